@@ -1,0 +1,204 @@
+"""The ``kseg`` command line: thin commands over the library's stage functions."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from kseg import __version__
+from kseg.config import Config, load_config
+from kseg.errors import KsegError
+
+app = typer.Typer(
+    name="kseg",
+    help="From a Kaggle semantic-segmentation download to a validated, leaderboard-ready submission.csv.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Experiment YAML (default: ./kseg.yaml).", show_default=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a config key: dotted.key=value, value parsed as YAML. Repeatable.", show_default=False
+    ),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+@contextlib.contextmanager
+def handled(debug: bool = False) -> Iterator[None]:
+    """Turn kseg's errors into one red line and exit code 1 (``--debug`` re-raises)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KsegError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc.strerror or exc))}{escape(where)}; "
+            "check the path, permissions and free disk space "
+            "(--debug shows the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def _config(config: Path | None, overrides: list[str] | None) -> Config:
+    return load_config(config, overrides or [])
+
+
+@contextlib.contextmanager
+def progress_bar(description: str) -> Iterator:
+    """A rich progress bar that appears on the first update; yields a ``callback(done, total)``."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    progress = Progress(*columns, console=err_console, transient=False)
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task(description, total=total)
+        progress.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            progress.stop()
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"kseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """kseg: split, train, infer, submit."""
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the competition to.")],
+    train: Annotated[int, typer.Option("--train", help="Training images.")] = 24,
+    test: Annotated[int, typer.Option("--test", help="Test images.")] = 8,
+    height: Annotated[int, typer.Option("--height", help="Image height.")] = 64,
+    width: Annotated[int, typer.Option("--width", help="Image width.")] = 96,
+    classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a small synthetic Kaggle-style aerial segmentation competition, with its kseg.yaml."""
+    from kseg.synth import make_competition
+
+    with handled(debug), progress_bar("synth") as update:
+        result = make_competition(out_dir, train, test, height, width, classes, seed, on_progress=update)
+    console.print(
+        f"wrote {result.n_train} train + {result.n_test} test images, {len(result.classes)} classes, to "
+        f"{result.root}\nnext: [bold]cd {result.root} && kseg split[/]  (config: {result.config.name})",
+        highlight=False,
+    )
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+@app.command()
+def split(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Scan the training masks and write multilabel-stratified K folds to <workdir>/folds.csv."""
+    from kseg.split import make_folds
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        with progress_bar("scan masks") as update:
+            result = make_folds(cfg, on_progress=update)
+    n_folds = cfg.split.n_folds
+    sizes = result.folds["fold"].value_counts().reindex(range(n_folds), fill_value=0)
+    table = Table(title=f"{n_folds} folds of {len(result.folds)} images  (image share % / pixel share %)")
+    table.add_column("class")
+    table.add_column("all", justify="right")
+    for f in range(n_folds):
+        table.add_column(f"fold {f}", justify="right")
+    table.add_row("images", str(len(result.folds)), *[str(sizes[f]) for f in range(n_folds)], end_section=True)
+    counts = result.stats.counts
+    all_img = (counts > 0).mean(0)
+    all_px = counts.sum(0) / max(counts.sum(), 1)
+    for k, name in enumerate(cfg.data.classes):
+        cells = [f"{_pct(result.image_share[f, k])} / {_pct(result.pixel_share[f, k])}" for f in range(n_folds)]
+        table.add_row(name, f"{_pct(all_img[k])} / {_pct(all_px[k])}", *cells)
+    console.print(table)
+    groups = f", {result.n_groups} groups by '{cfg.split.group_by}'" if result.n_groups else ""
+    plain = "plain group KFold" if result.n_groups else "plain KFold"
+    console.print(
+        f"imbalance [bold]{result.imbalance:.1f}%[/] vs {result.plain_imbalance:.1f}% for a {plain} "
+        f"(mean relative deviation of per-fold class shares; lower is better){groups}",
+        highlight=False,
+    )
+    if result.stats.unknown:
+        shown = ", ".join(
+            f"{v} ({p:,} px in {m} masks)"
+            for v, (p, m) in sorted(result.stats.unknown.items(), key=lambda kv: -kv[1][0])
+        )
+        console.print(f"[yellow]mapped to ignore index {cfg.data.ignore_index}:[/] {shown}", highlight=False)
+    cached = len(result.folds) - result.stats.n_scanned
+    console.print(
+        f"wrote {result.path}  (scanned {result.stats.n_scanned} masks, {cached} from cache)", highlight=False
+    )
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Print the resolved config: every default spelled out, paths made absolute."""
+    from kseg.config import to_yaml
+
+    with handled(debug):
+        cfg = _config(config, set_)
+    console.print(to_yaml(cfg), highlight=False, markup=False, end="")

@@ -1,0 +1,372 @@
+"""Typed experiment config: YAML file + ``--set dotted.key=value`` overrides -> validated ``Config``.
+
+Relative paths in a config (``workdir``, ``data.root``, ``submission.path``) are resolved against the
+folder of the config file, so ``kseg split -c comp/kseg.yaml`` and ``cd comp && kseg split`` mean the
+same thing. Data file templates are relative to ``data.root``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kseg.errors import ConfigError
+from kseg.io import atomic_write_text
+
+CONFIG_NAME = "kseg.yaml"
+TTA_VIEWS = ("none", "hflip", "vflip", "flip", "rot90", "d4")
+
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+def parse_color(value: Any) -> str:
+    """Normalise a colour given as ``"#RRGGBB"``, ``"RRGGBB"`` or ``[r, g, b]`` to ``"#RRGGBB"``."""
+    if isinstance(value, str):
+        match = _HEX.match(value.strip())
+        if match:
+            return "#" + match.group(1).upper()
+    elif (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
+    ):
+        return "#{:02X}{:02X}{:02X}".format(*value)
+    raise ValueError(f"{value!r} is not a colour; write it as '#RRGGBB' or [r, g, b] with 0-255 values")
+
+
+def _palette_entry(value: Any) -> list[str]:
+    # One class may own several colours (e.g. two shades that mean the same thing).
+    if isinstance(value, (list, tuple)) and value and not isinstance(value[0], int):
+        return [parse_color(v) for v in value]
+    return [parse_color(value)]
+
+
+def _size(value: Any) -> Any:
+    if isinstance(value, int):
+        return (value, value)
+    return value
+
+
+Color = Annotated[str, BeforeValidator(parse_color)]
+PaletteEntry = Annotated[list[str], BeforeValidator(_palette_entry)]
+Size = Annotated[tuple[int, int], BeforeValidator(_size)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the competition's files are and how to read them."""
+
+    root: Path = Path(".")
+    layout: Literal["csv", "glob"] = "csv"
+    classes: list[str] = Field(min_length=2, max_length=254)
+    image_size: Size = (384, 512)
+    ignore_index: int = Field(255, ge=0, le=255)
+    unknown_labels: Literal["error", "ignore"] = "error"
+    # layout: csv -- ids listed in CSV files, paths from templates with {id} (and any other CSV column)
+    train_csv: str = "train.csv"
+    test_csv: str | None = "test.csv"
+    id_column: str = "ImageID"
+    image_template: str = "images/{id}.png"
+    mask_template: str = "masks/{id}.png"
+    test_image_template: str | None = None
+    test_mask_template: str | None = None
+    # layout: glob -- files discovered by patterns whose {name} parts match one path segment each
+    image_pattern: str | None = None
+    mask_pattern: str | None = None
+    test_image_pattern: str | None = None
+    id_template: str | None = None
+    # masks
+    mask_format: Literal["index", "color"] = "index"
+    palette: list[PaletteEntry] | None = None
+    ignore_colors: list[Color] = Field(default_factory=list)
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError("must be two positive integers [height, width]")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value: list[str]) -> list[str]:
+        dupes = sorted({c for c in value if value.count(c) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique but {dupes} appear more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        n = len(self.classes)
+        if self.ignore_index < n:
+            raise ValueError(
+                f"ignore_index {self.ignore_index} is a class index (there are {n} classes); "
+                "use a value >= the class count, such as 255"
+            )
+        if self.palette is not None and len(self.palette) != n:
+            raise ValueError(f"palette has {len(self.palette)} entries but classes has {n}; give one per class")
+        if self.mask_format == "color" and self.palette is None:
+            raise ValueError("mask_format 'color' needs a palette: one colour (or list of colours) per class")
+        if self.palette is not None:
+            seen: dict[str, int] = {}
+            for k, colours in enumerate(self.palette):
+                for colour in colours:
+                    if colour in seen and seen[colour] != k:
+                        raise ValueError(f"colour {colour} is given to classes {seen[colour]} and {k}")
+                    seen[colour] = k
+            both = sorted(set(seen) & set(self.ignore_colors))
+            if both:
+                raise ValueError(f"colours {both} are both in palette and in ignore_colors")
+        if self.layout == "glob" and not (self.image_pattern and self.mask_pattern):
+            raise ValueError("layout 'glob' needs image_pattern and mask_pattern, e.g. '{tile}/images/{name}.jpg'")
+        return self
+
+
+class ModelConfig(Section):
+    """The segmentation-models-pytorch model."""
+
+    arch: str = "Unet"
+    encoder_name: str = "resnet50"
+    encoder_weights: str | None = "imagenet"
+    in_channels: int = Field(3, ge=1)
+
+
+class TrainConfig(Section):
+    """One fold's training loop."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+class SplitConfig(Section):
+    """K-fold split of the training images."""
+
+    n_folds: int = Field(5, ge=2)
+    seed: int = 42
+    group_by: str | None = None
+    area_bins: int = Field(3, ge=0, le=10)
+    workers: int | None = Field(None, ge=1)
+    verify_images: bool = False
+
+
+class InferConfig(Section):
+    """Test-time prediction."""
+
+    tta: Literal["none", "hflip", "vflip", "flip", "rot90", "d4"] = "d4"
+
+
+class SubmissionConfig(Section):
+    """The competition's submission file format."""
+
+    sample: str | None = "sample_submission.csv"
+    path: Path = Path("submissions/submission.csv")
+    predictions: Path | None = None
+    size: Literal["original"] | Size = "original"
+    pixel_order: Literal["column", "row"] = "column"
+    empty_token: str = ""
+    id_format: str = "{id}_{k}"
+    check_overlap: bool = True
+
+    @field_validator("id_format")
+    @classmethod
+    def _id_format_fields(cls, value: str) -> str:
+        if "{id}" not in value or "{k}" not in value:
+            raise ValueError(f"{value!r} must contain both {{id}} and {{k}}, e.g. '{{id}}_{{k}}'")
+        return value
+
+
+class Config(Section):
+    """A whole experiment: one YAML file."""
+
+    workdir: Path = Path("work")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+    submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.data.classes)
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.submission.predictions or self.workdir / "predictions"
+
+    @property
+    def sample_path(self) -> Path | None:
+        if self.submission.sample is None:
+            return None
+        return self.data.root / self.submission.sample
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section; set it directly")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides to a raw config mapping.
+
+    Values are parsed as YAML (``[64,64]``, ``null``, ``3``); text that is not valid YAML is kept as is.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            raise ConfigError(
+                f"--set {item!r} is not of the form dotted.key=value; write e.g. --set data.image_size=[64,64]"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. {id}_{k}): the user meant the text itself
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _explain(error: dict, source: str, overrides: list[str]) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    dotted = ".".join(loc)
+    origin = source
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
+            origin = f"--set {item}"
+    if error["type"] == "extra_forbidden":
+        parent = _section_model(loc[:-1])
+        valid = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else "remove it"
+        where = ".".join(loc[:-1]) or "the top level"
+        return f"unknown config key '{dotted}' in {origin} ({hint}); valid keys in {where}: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"config key '{dotted}' is missing in {origin}; add it"
+    message = error["msg"].removeprefix("Value error, ")
+    if loc:
+        shown = error.get("input")
+        got = f" (got {shown!r})" if not isinstance(shown, dict) else ""
+        if error["type"] == "string_type" and isinstance(shown, dict):
+            got = " (YAML read an unquoted {...} as a mapping: quote the value, e.g. '{id}_{k}')"
+        return f"config key '{dotted}' in {origin}: {message}{got}; fix it in the file or with --set"
+    return f"config {origin}: {message}"
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def build_config(tree: dict, base_dir: Path, source: str = "config", overrides: list[str] | None = None) -> Config:
+    """Validate a raw mapping into a ``Config`` whose paths are absolute.
+
+    Args:
+        tree: The parsed YAML with overrides already applied.
+        base_dir: Folder that relative paths are resolved against (the config file's folder).
+        source: How to name the config in error messages.
+        overrides: The ``--set`` items, so errors can point at them.
+    """
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _explain(errors[0], source, overrides or [])
+        more = f" ({len(errors) - 1} more problem(s) after this one)" if len(errors) > 1 else ""
+        raise ConfigError(first + more) from None
+    base_dir = Path(base_dir).resolve()
+    cfg.workdir = _resolve(cfg.workdir, base_dir)
+    cfg.data.root = _resolve(cfg.data.root, base_dir)
+    cfg.submission.path = _resolve(cfg.submission.path, base_dir)
+    if cfg.submission.predictions is not None:
+        cfg.submission.predictions = _resolve(cfg.submission.predictions, base_dir)
+    return cfg
+
+
+def find_config(path: Path | None) -> Path:
+    """The config to use: ``path`` if given, else ``./kseg.yaml``."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist; check the path given to -c")
+        return Path(path)
+    default = Path.cwd() / CONFIG_NAME
+    if not default.is_file():
+        raise ConfigError(
+            f"no config given and no {CONFIG_NAME} in {Path.cwd()}; pass -c FILE, or run "
+            "'kseg synth DIR' to get an example competition with its config"
+        )
+    return default
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, validate, and resolve its paths.
+
+    Args:
+        path: The YAML file; ``None`` means ``kseg.yaml`` in the current folder.
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML.
+    """
+    overrides = list(overrides or [])
+    file = find_config(path)
+    try:
+        tree = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {file} is not valid YAML{where}; fix the syntax there") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {file} cannot be read ({exc}); check the file") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"config {file} must be a mapping of keys (workdir:, data:, ...), not a {type(tree).__name__}"
+        )
+    apply_overrides(tree, overrides)
+    return build_config(tree, file.parent, source=str(file), overrides=overrides)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The config as YAML, every default spelled out."""
+    tree = cfg.model_dump(mode="json")
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+def save_resolved(cfg: Config, path: Path | None = None) -> Path:
+    """Write the resolved config (absolute paths, all defaults) next to the run's outputs."""
+    target = path or cfg.workdir / "config.yaml"
+    atomic_write_text(target, to_yaml(cfg))
+    return target

@@ -1,0 +1,25 @@
+"""Errors kseg raises on bad input.
+
+Every message is one sentence that names the bad value (file, key, number) and says how to fix it;
+the command line prints it as one red line and exits non-zero.
+"""
+
+
+class KsegError(Exception):
+    """Base class of every error caused by the user's data, config or command line."""
+
+
+class ConfigError(KsegError):
+    """The config file or a --set override is missing, malformed or invalid."""
+
+
+class DataError(KsegError):
+    """A data file or folder is missing, unreadable or inconsistent with its config."""
+
+
+class SplitError(KsegError):
+    """The folds cannot be made as configured."""
+
+
+class SubmissionError(KsegError):
+    """A submission cannot be written, read, validated, scored or uploaded."""

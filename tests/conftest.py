@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny synthetic competitions made by kseg's own generator, and the real Dubai data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kseg.synth import make_competition
+
+REPO = Path(__file__).resolve().parents[1]
+DUBAI = Path(os.environ.get("KSEG_DUBAI", REPO.parent / "shared" / "data" / "dubai-aerial"))
+
+
+@pytest.fixture(scope="session")
+def comp_template(tmp_path_factory) -> Path:
+    """A 24-train / 8-test, 64x96, 6-class synthetic competition (do not modify: copy it)."""
+    root = tmp_path_factory.mktemp("comp")
+    make_competition(root, n_train=24, n_test=8, height=64, width=96, n_classes=6, seed=0)
+    return root
+
+
+@pytest.fixture
+def comp(comp_template, tmp_path) -> Path:
+    """A private copy of the synthetic competition that a test may change."""
+    target = tmp_path / "comp"
+    shutil.copytree(comp_template, target)
+    return target
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def dubai() -> Path:
+    """The real Dubai aerial download; tests using it are skipped where it is absent."""
+    if not (DUBAI / "Tile 1").is_dir():
+        pytest.skip(f"Dubai aerial data not found at {DUBAI} (set KSEG_DUBAI)")
+    return DUBAI
