@@ -202,3 +202,111 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt =
     with handled(debug):
         cfg = _config(config, set_)
     console.print(to_yaml(cfg), highlight=False, markup=False, end="")
+
+
+def _render_report(report, path: Path) -> None:
+    if report.ok:
+        console.print(f"[bold green]valid[/]: {path} ({report.n_rows} rows)", highlight=False)
+        return
+    table = Table(title=f"{path}: {len(report.problems)} kind(s) of problem", title_justify="left")
+    table.add_column("problem", style="bold red")
+    table.add_column("rows", justify="right")
+    table.add_column("first rows")
+    table.add_column("fix")
+    for problem in report.problems:
+        table.add_row(problem.kind, str(problem.count), escape("\n".join(problem.examples)), escape(problem.fix))
+    console.print(table)
+
+
+@app.command()
+def submit(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Submission file (default: submission.path).")] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", help="Folder of <ImageID>.png label maps (default: <workdir>/predictions)."),
+    ] = None,
+    upload: Annotated[
+        bool, typer.Option("--upload", help="Send the validated file to Kaggle (needs kseg[kaggle]).")
+    ] = False,
+    competition: Annotated[str, typer.Option("--competition", help="Competition slug, for --upload.")] = "",
+    message: Annotated[str, typer.Option("--message", "-m", help="Submission description, for --upload.")] = "kseg",
+    debug: DebugOpt = False,
+) -> None:
+    """Encode the predicted label maps into a validated submission.csv (optionally uploaded)."""
+    from kseg.submission import upload_submission, write_submission
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        if upload and not competition:
+            raise KsegError("--upload needs --competition SLUG (the name in the competition's URL)")
+        with progress_bar("read predictions") as update:
+            result = write_submission(cfg, out=out, predictions=predictions, on_progress=update)
+        took = sum(result.seconds.values())
+        console.print(
+            f"wrote {result.path}: {result.n_rows} rows for {result.n_images} images, "
+            f"{result.n_bytes / 1e6:.1f} MB, {result.empty_rows} empty rows, [bold green]valid[/] "
+            f"({took:.2f} s: encode {result.seconds['encode']:.2f} s, validate {result.seconds['validate']:.2f} s)",
+            highlight=False,
+        )
+        if upload:
+            upload_submission(result.path, cfg, competition, message)
+            console.print(f"uploaded to [bold]{competition}[/] with message {message!r}", highlight=False)
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="The submission CSV to check.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Check a submission file against the competition's format; exit 0 only when it is valid."""
+    from kseg.submission import validate_file
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        report = validate_file(file, cfg)
+    _render_report(report, file)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def score(
+    file: Annotated[Path, typer.Argument(help="The submission CSV to score.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option("--truth", help="Folder of true masks <ImageID>.png (default: data.test_mask_template)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"score": ..., "per_class": {...}} only.')] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score a submission locally with the competition metric: mean row Dice (1 when both masks are empty)."""
+    import json
+
+    from kseg.submission import score_file
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        result = score_file(file, cfg, truth)
+    if as_json:
+        typer.echo(json.dumps({"score": result.score, "per_class": result.per_class}))
+        return
+    console.print(
+        f"{file}: score [bold]{result.score:.4f}[/] "
+        f"(mean Dice over {len(result.rows)} rows; 1 when both masks are empty)",
+        highlight=False,
+    )
+    table = Table()
+    table.add_column("class")
+    for column in ("Dice", "IoU", "empty rows", "rows"):
+        table.add_column(column, justify="right")
+    for name, row in result.per_class.items():
+        table.add_row(
+            name, f"{row['dice']:.4f}", f"{row['iou']:.4f}", f"{100 * row['empty_share']:.1f}%", str(row["rows"])
+        )
+    console.print(table)

@@ -63,6 +63,10 @@ def _size(value: Any) -> Any:
 Color = Annotated[str, BeforeValidator(parse_color)]
 PaletteEntry = Annotated[list[str], BeforeValidator(_palette_entry)]
 Size = Annotated[tuple[int, int], BeforeValidator(_size)]
+# YAML reads `empty_token: -1` as a number; the token is text in the file.
+Token = Annotated[
+    str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+]
 
 
 class Section(BaseModel):
@@ -179,7 +183,7 @@ class SubmissionConfig(Section):
     predictions: Path | None = None
     size: Literal["original"] | Size = "original"
     pixel_order: Literal["column", "row"] = "column"
-    empty_token: str = ""
+    empty_token: Token = ""
     id_format: str = "{id}_{k}"
     check_overlap: bool = True
 

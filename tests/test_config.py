@@ -56,6 +56,10 @@ def test_override_that_is_not_yaml_is_taken_as_text(comp):
     assert load_config(comp / "kseg.yaml", ["submission.id_format={id}_{k}"]).submission.id_format == "{id}_{k}"
 
 
+def test_numeric_empty_token_is_text(comp):
+    assert load_config(comp / "kseg.yaml", ["submission.empty_token=-1"]).submission.empty_token == "-1"
+
+
 def test_square_size_from_a_single_int(comp):
     assert load_config(comp / "kseg.yaml", ["data.image_size=64"]).data.image_size == (64, 64)
 

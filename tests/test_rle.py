@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from kseg import rle
+
+
+def reference_encode(mask: np.ndarray, order: str = "column") -> str:
+    """The textbook loop: number pixels, walk them, emit runs (slow, obviously right)."""
+    flat = mask.T.ravel() if order == "column" else mask.ravel()
+    out, run_start = [], None
+    for i, v in enumerate(flat.tolist() + [0]):
+        if v and run_start is None:
+            run_start = i
+        elif not v and run_start is not None:
+            out += [run_start + 1, i - run_start]
+            run_start = None
+    return " ".join(map(str, out))
+
+
+shapes = st.tuples(st.integers(1, 40), st.integers(1, 40))
+masks = shapes.flatmap(lambda s: arrays(np.uint8, s, elements=st.integers(0, 1)))
+label_maps = st.tuples(shapes, st.integers(1, 6)).flatmap(
+    lambda a: st.tuples(arrays(np.uint8, a[0], elements=st.integers(0, a[1] - 1)), st.just(a[1]))
+)
+orders = st.sampled_from(["column", "row"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks, orders)
+def test_round_trip(mask, order):
+    text = rle.encode(mask, order)
+    assert text == reference_encode(mask, order)
+    np.testing.assert_array_equal(rle.decode(text, mask.shape, order), mask)
+
+
+@settings(max_examples=200, deadline=None)
+@given(label_maps, orders)
+def test_encode_labels_equals_per_class_encode(case, order):
+    label_map, n_classes = case
+    rows = rle.encode_labels(label_map, n_classes, order)
+    assert rows == [rle.encode(label_map == k, order) for k in range(n_classes)]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 17), (17, 1), (5, 7)])
+@pytest.mark.parametrize("order", ["column", "row"])
+def test_edge_masks(shape, order):
+    h, w = shape
+    empty = np.zeros(shape, np.uint8)
+    full = np.ones(shape, np.uint8)
+    assert rle.encode(empty, order) == ""
+    assert rle.encode(full, order) == f"1 {h * w}"
+    first = empty.copy()
+    first[0, 0] = 1
+    assert rle.encode(first, order) == "1 1"
+    last = empty.copy()
+    last[-1, -1] = 1
+    assert rle.encode(last, order) == f"{h * w} 1"
+    for m in (empty, full, first, last):
+        np.testing.assert_array_equal(rle.decode(rle.encode(m, order), shape, order), m)
+
+
+def test_column_order_is_top_to_bottom_then_left_to_right():
+    mask = np.zeros((3, 4), np.uint8)
+    mask[1, 0] = 1  # row 1, column 0 -> pixel 2 in column order, 5 in row order
+    mask[0, 2] = 1  # row 0, column 2 -> pixel 7 in column order, 3 in row order
+    assert rle.encode(mask) == "2 1 7 1"
+    assert rle.encode(mask, "row") == "3 1 5 1"
+
+
+def test_runs_continue_across_columns():
+    mask = np.zeros((3, 2), np.uint8)
+    mask[2, 0] = 1  # bottom of column 0 ...
+    mask[0, 1] = 1  # ... and top of column 1 are neighbours in column order
+    assert rle.encode(mask) == "3 2"
+    assert rle.encode(mask, "row") == "2 1 5 1"
+
+
+def test_empty_token():
+    zeros = np.zeros((2, 2), np.uint8)
+    assert rle.encode_labels(zeros, 2, empty="-1") == ["1 4", "-1"]
+    np.testing.assert_array_equal(rle.decode("-1", (2, 2), empty="-1"), zeros)
+
+
+def test_values_outside_classes_belong_to_no_row():
+    label_map = np.array([[0, 255], [1, 1]], np.uint8)
+    assert rle.encode_labels(label_map, 2) == ["1 1", "2 1 4 1"]
+
+
+def test_batch_of_mixed_sizes_and_dtypes():
+    rng = np.random.default_rng(0)
+    maps = [rng.integers(0, 4, s).astype(dt) for s, dt in [((8, 9), np.uint8), ((8, 9), np.int64), ((3, 30), np.uint8)]]
+    out = rle.encode_batch(maps, 4, threads=2, chunk=1)
+    for m, rows in zip(maps, out, strict=True):
+        assert [r.decode() for r in rows] == [reference_encode(m == k) for k in range(4)]
+
+
+def test_batch_threads_agree():
+    rng = np.random.default_rng(1)
+    maps = [rng.integers(0, 5, (20, 30), dtype=np.uint8) for _ in range(37)]
+    assert rle.encode_batch(maps, 5, threads=1) == rle.encode_batch(maps, 5, threads=2, chunk=4)
+
+
+@pytest.mark.parametrize("top", [9, 99_999, 9_999_999, 10_000_000, 2**40])
+def test_number_formatting_at_every_width(top):
+    rng = np.random.default_rng(top)
+    numbers = rng.integers(1, top + 1, 5000, dtype=np.uint64)
+    numbers[:2] = (1, top)
+    text, offsets = rle._format_numbers(numbers)
+    assert text.tobytes().decode() == "".join(f"{v} " for v in numbers.tolist())
+    assert offsets[-1] == len(text)
+
+
+def test_large_image_uses_wide_numbers():
+    mask = np.zeros((4000, 3000), np.uint8)  # 12 megapixels: 8-digit pixel numbers
+    mask[-1, -1] = 1
+    mask[5, 2500] = 1
+    assert rle.encode(mask) == f"{2500 * 4000 + 6} 1 {12_000_000} 1"
+
+
+def test_parse_rows_flags_garbage_and_keeps_rows_apart():
+    numbers, row, bad = rle.parse_rows(["1 2 3 4", "", "-1", "5 x", "  7   8 ", "12345678901234567890 1"])
+    assert bad.tolist() == [2, 3]
+    assert row.tolist() == [0, 0, 0, 0, 4, 4, 5, 5]
+    assert numbers.tolist()[:6] == [1, 2, 3, 4, 7, 8]
+    assert numbers[6] == -1  # too long to be a pixel number
+
+
+def test_decode_rejects_runs_past_the_end_and_odd_counts():
+    with pytest.raises(ValueError, match="runs past the last pixel 6"):
+        rle.decode("5 3", (2, 3))
+    with pytest.raises(ValueError, match="pairs of positive integers"):
+        rle.decode("1 2 3", (2, 3))
+    with pytest.raises(ValueError, match="pairs of positive integers"):
+        rle.decode("0 2", (2, 3))
+
+
+@settings(max_examples=100, deadline=None)
+@given(label_maps, orders)
+def test_decode_labels_inverts_encode_labels(case, order):
+    label_map, n_classes = case
+    starts, lengths, labels = [], [], []
+    for k, text in enumerate(rle.encode_labels(label_map, n_classes, order)):
+        nums = np.array(text.split(), dtype=np.int64)
+        starts += nums[0::2].tolist()
+        lengths += nums[1::2].tolist()
+        labels += [k] * (len(nums) // 2)
+    out = rle.decode_labels(np.array(starts), np.array(lengths), np.array(labels), label_map.shape, order)
+    np.testing.assert_array_equal(out, label_map)
+
+
+def test_decode_labels_of_an_image_without_runs():
+    assert rle.decode_labels(np.array([]), np.array([]), np.array([]), (2, 3), fill=7).tolist() == [[7] * 3] * 2
+
+
+def test_decode_labels_rejects_overlap_and_fills_gaps():
+    out = rle.decode_labels(np.array([1]), np.array([2]), np.array([3]), (2, 2), fill=9)
+    assert out.tolist() == [[3, 9], [3, 9]]
+    with pytest.raises(ValueError, match="claim the same pixel"):
+        rle.decode_labels(np.array([1, 2]), np.array([2, 2]), np.array([0, 1]), (2, 2))
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_transpose_with_and_without_opencv(monkeypatch, opencv):
+    if not opencv:
+        import builtins
+
+        real_import = builtins.__import__
+
+        def no_cv2(name, *args, **kwargs):
+            if name == "cv2":
+                raise ImportError(name)
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_cv2)
+    a = (np.arange(200 * 130) % 251).astype(np.uint8).reshape(200, 130)
+    out = rle._transpose(a)
+    np.testing.assert_array_equal(out, a.T)
+    assert out.flags["C_CONTIGUOUS"]
