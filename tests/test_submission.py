@@ -168,13 +168,19 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
-def test_each_corruption_is_rejected(perfect, kind):
-    lines = _lines(perfect)
-    report = _validate(perfect, CORRUPTIONS[kind](lines))
+def test_each_corruption_is_rejected(perfect, runner, kind):
+    lines = CORRUPTIONS[kind](_lines(perfect))
+    report = _validate(perfect, lines)
     assert not report.ok
     assert kind in _kinds(report)
     problem = next(p for p in report.problems if p.kind == kind)
     assert problem.count >= 1 and problem.examples and problem.fix
+    bad = perfect / "corrupt.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["validate", str(bad), "-c", str(perfect / "kseg.yaml")], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert kind in result.output and problem.examples[0].split(":")[0] in result.output
+    assert "Traceback" not in result.output
 
 
 def test_not_a_csv(perfect):
