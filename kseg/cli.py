@@ -310,3 +310,86 @@ def score(
             name, f"{row['dice']:.4f}", f"{row['iou']:.4f}", f"{100 * row['empty_share']:.1f}%", str(row["rows"])
         )
     console.print(table)
+
+
+def _folds_to_train(cfg: Config, fold: str) -> list[int]:
+    from kseg.split import read_folds
+
+    n_folds = int(read_folds(cfg)["fold"].max()) + 1
+    if fold == "all":
+        return list(range(n_folds))
+    try:
+        return [int(fold)]
+    except ValueError:
+        raise KsegError(
+            f"--fold {fold!r} is neither a fold number nor 'all'; use e.g. --fold 0 or --fold all"
+        ) from None
+
+
+def _train_one(cfg: Config, fold: int, resume: bool, quiet: bool):
+    """Train one fold with a rich progress bar (loss, images/s, ETA) and a line per epoch."""
+    from kseg.train import train_fold
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s"),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    progress = Progress(*columns, console=err_console, transient=True, disable=quiet)
+    tasks: dict[int, int] = {}
+
+    def on_step(epoch: int, step: int, steps: int, loss: float, speed: float) -> None:
+        if epoch not in tasks:
+            description = f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}"
+            tasks[epoch] = progress.add_task(description, total=steps, loss=0.0, speed=0.0)
+        progress.update(tasks[epoch], completed=step, loss=loss, speed=speed)
+
+    def on_epoch(stats) -> None:
+        mark = " [green]best[/]" if stats.best else ""
+        progress.console.print(
+            f"fold {fold} epoch {stats.epoch:>3}/{cfg.train.epochs}  train loss {stats.train_loss:.4f}  "
+            f"val loss {stats.val_loss:.4f}  val Dice [bold]{stats.val_dice:.4f}[/]  "
+            f"{stats.images_per_s:.1f} img/s  {stats.seconds:.0f} s{mark}",
+            highlight=False,
+        )
+
+    def on_note(text: str) -> None:
+        if not quiet:
+            progress.console.print(f"[dim]{escape(text)}[/]", highlight=False)
+
+    with progress:
+        return train_fold(cfg, fold, resume=resume, on_step=on_step, on_epoch=on_epoch, on_note=on_note)
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    fold: Annotated[
+        str, typer.Option("--fold", help="Fold to hold out (0, 1, ...) or 'all' (one after another).")
+    ] = "0",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from <workdir>/fold<N>/last.pt.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a UNet (or any smp model) on the other folds; keep the best epoch by validation Dice."""
+    import os
+
+    quiet = int(os.environ.get("RANK", 0)) != 0  # under torchrun only rank 0 talks
+    with handled(debug):
+        cfg = _config(config, set_)
+        results = [_train_one(cfg, f, resume, quiet) for f in _folds_to_train(cfg, fold)]
+    if quiet:
+        return
+    table = Table(title="training", title_justify="left")
+    for column in ("fold", "best epoch", "val Dice (best)", "epochs", "outputs"):
+        table.add_column(column, justify="right" if column != "outputs" else "left")
+    for r in results:
+        stop = " (early stop)" if r.stopped_early else ""
+        table.add_row(str(r.fold), str(r.best_epoch), f"{r.best_score:.4f}", f"{r.epochs_done}{stop}", str(r.dir))
+    console.print(table)
+    if len(results) > 1:
+        scores = [r.best_score for r in results]
+        console.print(f"CV (mean of fold bests): [bold]{sum(scores) / len(scores):.4f}[/]", highlight=False)

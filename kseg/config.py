@@ -99,12 +99,18 @@ class DataConfig(Section):
     mask_format: Literal["index", "color"] = "index"
     palette: list[PaletteEntry] | None = None
     ignore_colors: list[Color] = Field(default_factory=list)
+    # input normalisation, per channel, on 0-1 pixel values (ImageNet's by default)
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
 
     @field_validator("image_size")
     @classmethod
     def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
         if min(value) < 1:
             raise ValueError("must be two positive integers [height, width]")
+        if value[0] % 32 or value[1] % 32:
+            up = [-(-v // 32) * 32 for v in value]
+            raise ValueError(f"must be multiples of 32 (the encoders downsample 32x); use {up}")
         return value
 
     @field_validator("classes")
@@ -137,6 +143,10 @@ class DataConfig(Section):
             both = sorted(set(seen) & set(self.ignore_colors))
             if both:
                 raise ValueError(f"colours {both} are both in palette and in ignore_colors")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}; give one per channel")
+        if any(v <= 0 for v in self.std):
+            raise ValueError("std values must be positive")
         if self.layout == "glob" and not (self.image_pattern and self.mask_pattern):
             raise ValueError("layout 'glob' needs image_pattern and mask_pattern, e.g. '{tile}/images/{name}.jpg'")
         return self
@@ -149,6 +159,18 @@ class ModelConfig(Section):
     encoder_name: str = "resnet50"
     encoder_weights: str | None = "imagenet"
     in_channels: int = Field(3, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)  # passed to the smp architecture as is
+
+
+class AugmentConfig(Section):
+    """Training augmentations: the probability of each (0 turns it off)."""
+
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.5, ge=0, le=1)
+    rotate90: float = Field(0.5, ge=0, le=1)
+    shift_scale_rotate: float = Field(0.0, ge=0, le=1)
+    brightness_contrast: float = Field(0.3, ge=0, le=1)
+    coarse_dropout: float = Field(0.0, ge=0, le=1)
 
 
 class TrainConfig(Section):
@@ -156,6 +178,37 @@ class TrainConfig(Section):
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
+    crop: Literal["resize", "random_crop"] = "resize"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loss: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
+    class_weights: Literal["none", "inverse", "sqrt_inverse"] = "none"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "onecycle", "plateau", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    accumulate: int = Field(1, ge=1)
+    clip_grad: float | None = Field(None, gt=0)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    patience: int | None = Field(None, ge=1)
+    sampling: Literal["uniform", "rare"] = "uniform"
+    num_workers: int | None = Field(None, ge=0)
+    pin_memory: bool | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 42
+    val_batch_size: int | None = Field(None, ge=1)
+    save_oof: bool = True
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value or all(w == 0 for w in value.values()):
+            raise ValueError("needs at least one loss with a non-zero weight, e.g. {ce: 1.0, dice: 1.0}")
+        return value
 
 
 class SplitConfig(Section):
@@ -170,9 +223,12 @@ class SplitConfig(Section):
 
 
 class InferConfig(Section):
-    """Test-time prediction."""
+    """Test-time prediction (also how validation images are predicted)."""
 
     tta: Literal["none", "hflip", "vflip", "flip", "rot90", "d4"] = "d4"
+    mode: Literal["resize", "tile"] = "resize"
+    tile_overlap: float = Field(0.25, ge=0, lt=1)
+    batch_size: int = Field(8, ge=1)
 
 
 class SubmissionConfig(Section):
@@ -205,6 +261,15 @@ class Config(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
+
+    @model_validator(mode="after")
+    def _channels(self) -> Config:
+        if len(self.data.mean) != self.model.in_channels:
+            raise ValueError(
+                f"model.in_channels is {self.model.in_channels} but data.mean / data.std give "
+                f"{len(self.data.mean)} channel(s); give one mean and std per input channel"
+            )
+        return self
 
     @property
     def n_classes(self) -> int:
@@ -316,6 +381,9 @@ def build_config(tree: dict, base_dir: Path, source: str = "config", overrides: 
     cfg.workdir = _resolve(cfg.workdir, base_dir)
     cfg.data.root = _resolve(cfg.data.root, base_dir)
     cfg.submission.path = _resolve(cfg.submission.path, base_dir)
+    weights = cfg.model.encoder_weights
+    if weights and (weights.lower().endswith((".pth", ".pt", ".bin", ".safetensors", ".ckpt")) or "/" in weights):
+        cfg.model.encoder_weights = str(_resolve(Path(weights), base_dir))
     if cfg.submission.predictions is not None:
         cfg.submission.predictions = _resolve(cfg.submission.predictions, base_dir)
     return cfg

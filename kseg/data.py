@@ -202,7 +202,7 @@ def read_mask(path: Path, spec: MaskSpec) -> np.ndarray:
     labels, unknown = decode_mask(read_mask_raw(path, spec), spec, path)
     if unknown and spec.unknown == "error":
         raise unknown_error(path, unknown, spec)
-    return labels
+    return labels if labels.flags.writeable else labels.copy()
 
 
 # ------------------------------------------------------------------------------------- layouts

@@ -23,3 +23,11 @@ class SplitError(KsegError):
 
 class SubmissionError(KsegError):
     """A submission cannot be written, read, validated, scored or uploaded."""
+
+
+class ModelError(KsegError):
+    """The model cannot be built or its weights cannot be loaded."""
+
+
+class TrainError(KsegError):
+    """Training cannot start or resume as asked."""

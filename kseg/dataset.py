@@ -1,0 +1,190 @@
+"""Torch datasets, albumentations pipelines and loaders for training.
+
+Augmentations are seeded per sample from ``(train.seed, epoch, index)``, so an epoch's batches are the
+same whatever the number of workers and whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from kseg.config import Config
+from kseg.data import MaskSpec, read_image, read_mask
+from kseg.errors import DataError
+
+
+def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
+    """An image for the model: RGB for 3 channels, or an ``(H, W, C)`` array from ``.npy`` (multispectral).
+
+    Shape:
+        Returns ``(H, W, C)``, uint8 (or the array's own dtype for ``.npy``).
+    """
+    path = Path(path)
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"image {path} cannot be read ({exc}); re-create the file") from None
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.shape[-1] != channels:
+            raise DataError(f"image {path} has {array.shape[-1]} channels but model.in_channels is {channels}")
+        return array
+    image = read_image(path)
+    if channels != 3:
+        raise DataError(f"image {path} is RGB but model.in_channels is {channels}; store multiband images as .npy")
+    return image
+
+
+def normalize(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """``(H, W, C)`` pixels (0-255, or 0-1 floats) -> normalised ``(C, H, W)`` float32 tensor."""
+    array = image.astype(np.float32)
+    if image.dtype == np.uint8:
+        array /= 255.0
+    array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def train_transforms(cfg: Config) -> A.Compose:
+    """Crop or resize to ``data.image_size`` then the enabled augmentations."""
+    height, width = cfg.data.image_size
+    aug = cfg.train.augment
+    ignore = cfg.data.ignore_index
+    steps: list = []
+    if cfg.train.crop == "resize":
+        steps.append(A.Resize(height, width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+    else:
+        steps += [
+            A.PadIfNeeded(height, width, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore),
+            A.RandomCrop(height, width),
+        ]
+    if aug.hflip:
+        steps.append(A.HorizontalFlip(p=aug.hflip))
+    if aug.vflip:
+        steps.append(A.VerticalFlip(p=aug.vflip))
+    if aug.rotate90 and height == width:  # a quarter turn swaps H and W; flips already give 180 degrees
+        steps.append(A.RandomRotate90(p=aug.rotate90))
+    if aug.shift_scale_rotate:
+        steps.append(
+            A.Affine(
+                translate_percent=(-0.0625, 0.0625),
+                scale=(0.9, 1.1),
+                rotate=(-15, 15),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=aug.shift_scale_rotate,
+            )
+        )
+    if aug.brightness_contrast:
+        steps.append(A.RandomBrightnessContrast(p=aug.brightness_contrast))
+    if aug.coarse_dropout:
+        steps.append(
+            A.CoarseDropout(
+                num_holes_range=(1, 8),
+                hole_height_range=(0.05, 0.15),
+                hole_width_range=(0.05, 0.15),
+                fill=0,
+                p=aug.coarse_dropout,
+            )
+        )
+    return A.Compose(steps, seed=cfg.train.seed)
+
+
+class TrainDataset(Dataset):
+    """Training images and masks through the augmentation pipeline.
+
+    Shape:
+        Items are ``(image (C, H, W) float32, mask (H, W) int64)``.
+    """
+
+    def __init__(self, samples: pd.DataFrame, cfg: Config, transform: A.Compose | None):
+        self.images = samples["image"].tolist()
+        self.masks = samples["mask"].tolist()
+        self.spec = MaskSpec.from_config(cfg.data)
+        self.transform = transform
+        self.mean, self.std = cfg.data.mean, cfg.data.std
+        self.channels = cfg.model.in_channels
+        self.seed = cfg.train.seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = load_image(self.images[index], self.channels)
+        mask = read_mask(Path(self.masks[index]), self.spec)
+        if image.shape[:2] != mask.shape:
+            raise DataError(
+                f"mask {self.masks[index]} is {mask.shape[0]}x{mask.shape[1]} but image {self.images[index]} is "
+                f"{image.shape[0]}x{image.shape[1]}; each mask must have its image's size"
+            )
+        if self.transform is not None:
+            self.transform.set_random_seed(
+                int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+            )
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return normalize(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+
+
+def rare_class_weights(counts: np.ndarray) -> np.ndarray:
+    """Sampling weight per image: the rarest class it contains sets it (inverse share of images, sqrt).
+
+    Shape:
+        counts ``(N, K)`` class pixels per image; returns ``(N,)`` summing to 1.
+    """
+    present = np.asarray(counts) > 0
+    share = present.mean(0)
+    with np.errstate(divide="ignore"):
+        rarity = np.where(share > 0, 1.0 / np.maximum(share, 1e-12), 0.0)
+    weight = np.sqrt((present * rarity).max(1))
+    weight = np.where(weight > 0, weight, weight[weight > 0].min() if (weight > 0).any() else 1.0)
+    return weight / weight.sum()
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def train_loader(
+    dataset: TrainDataset,
+    cfg: Config,
+    epoch: int,
+    sample_weights: np.ndarray | None = None,
+    rank: int = 0,
+    world: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The loader of one epoch: its shuffling depends only on ``(seed, epoch)`` (and the rank)."""
+    dataset.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
+    if sample_weights is not None:
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(sample_weights, dtype=torch.double), len(dataset), replacement=True, generator=generator
+        )
+        indices = list(sampler)[rank::world]
+        sampler = indices
+    else:
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        per_rank = len(order) // world if world > 1 else len(order)
+        sampler = order[rank * per_rank : (rank + 1) * per_rank] if world > 1 else order
+    workers = default_workers() if cfg.train.num_workers is None else cfg.train.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=len(sampler) > cfg.train.batch_size,
+        persistent_workers=False,
+    )

@@ -1,0 +1,139 @@
+"""Training losses from config: a weighted sum of named terms.
+
+``train.loss`` maps names from ``LOSSES`` to weights, e.g. ``{ce: 1.0, dice: 1.0}``. Every term takes
+raw logits and an index target in which ``data.ignore_index`` marks pixels to leave out.
+
+Shape:
+    logits ``(N, C, H, W)``, target ``(N, H, W)`` int64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from kseg.config import Config
+from kseg.errors import ConfigError
+
+
+class CrossEntropy(nn.Module):
+    """Cross-entropy with optional class weights and label smoothing."""
+
+    def __init__(self, ignore_index: int, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not (target != self.ignore_index).any():
+            return logits.sum() * 0.0  # an all-ignored batch (rare crops): no signal, no NaN
+        return nn.functional.cross_entropy(
+            logits.float(),
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+class _Fp32(nn.Module):
+    """Run an smp loss in float32: soft Dice of half-precision probabilities is unstable under AMP."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return self.loss(logits.float(), target)
+
+
+def _dice(cfg: Config, weight: torch.Tensor | None) -> nn.Module:
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    return _Fp32(DiceLoss(mode="multiclass", from_logits=True, ignore_index=cfg.data.ignore_index))
+
+
+def _focal(cfg: Config, weight: torch.Tensor | None) -> nn.Module:
+    from segmentation_models_pytorch.losses import FocalLoss
+
+    return _Fp32(FocalLoss(mode="multiclass", ignore_index=cfg.data.ignore_index))
+
+
+def _lovasz(cfg: Config, weight: torch.Tensor | None) -> nn.Module:
+    from segmentation_models_pytorch.losses import LovaszLoss
+
+    return _Fp32(LovaszLoss(mode="multiclass", ignore_index=cfg.data.ignore_index))
+
+
+def _ce(cfg: Config, weight: torch.Tensor | None) -> nn.Module:
+    return CrossEntropy(cfg.data.ignore_index, weight, cfg.train.label_smoothing)
+
+
+LOSSES: dict[str, Callable[[Config, torch.Tensor | None], nn.Module]] = {
+    "ce": _ce,
+    "dice": _dice,
+    "focal": _focal,
+    "lovasz": _lovasz,
+}
+
+
+class WeightedSum(nn.Module):
+    """``sum_i weight_i * term_i(logits, target)``; ``parts`` holds each term's last value."""
+
+    def __init__(self, terms: dict[str, tuple[float, nn.Module]]):
+        super().__init__()
+        self.names = list(terms)
+        self.weights = [w for w, _ in terms.values()]
+        self.terms = nn.ModuleList(t for _, t in terms.values())
+        self.parts: dict[str, float] = {}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        for name, weight, term in zip(self.names, self.weights, self.terms, strict=True):
+            if weight:
+                value = term(logits, target)
+                self.parts[name] = float(value.detach())
+                total = total + weight * value
+        return total
+
+
+def class_weights(pixels: np.ndarray, how: str) -> torch.Tensor | None:
+    """Cross-entropy class weights from training pixel counts, normalised to mean 1.
+
+    ``inverse``: ``1 / frequency``; ``sqrt_inverse``: its square root (milder). Classes never seen get the
+    largest weight of the others.
+    """
+    if how == "none":
+        return None
+    pixels = np.asarray(pixels, dtype=np.float64)
+    freq = pixels / max(pixels.sum(), 1)
+    with np.errstate(divide="ignore"):
+        weight = np.where(freq > 0, 1.0 / freq, np.nan)
+    if how == "sqrt_inverse":
+        weight = np.sqrt(weight)
+    top = np.nanmax(weight) if np.isfinite(weight).any() else 1.0
+    weight = np.where(np.isnan(weight), top, weight)
+    return torch.tensor(weight / weight.mean(), dtype=torch.float32)
+
+
+def build_loss(cfg: Config, class_pixels: np.ndarray | None = None) -> WeightedSum:
+    """The loss of ``cfg.train.loss``.
+
+    Args:
+        cfg: The experiment config.
+        class_pixels: Training pixels per class (from ``kseg split``), needed for class weights.
+    """
+    unknown = [name for name in cfg.train.loss if name not in LOSSES]
+    if unknown:
+        raise ConfigError(f"train.loss names {unknown[0]!r}, which is no loss; choose from {', '.join(LOSSES)}")
+    weight = None
+    if cfg.train.class_weights != "none":
+        if class_pixels is None:
+            raise ConfigError("train.class_weights needs the class pixel counts of 'kseg split'; run it first")
+        weight = class_weights(class_pixels, cfg.train.class_weights)
+    return WeightedSum({name: (w, LOSSES[name](cfg, weight)) for name, w in cfg.train.loss.items()})
