@@ -393,3 +393,110 @@ def train(
     if len(results) > 1:
         scores = [r.best_score for r in results]
         console.print(f"CV (mean of fold bests): [bold]{sum(scores) / len(scores):.4f}[/]", highlight=False)
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise KsegError(f"{what} {text!r} is not a comma-separated list of fold numbers, e.g. 0,1,2") from None
+
+
+def _float_list(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise KsegError(f"{what} {text!r} is not a comma-separated list of numbers, e.g. 1,1,2") from None
+
+
+FoldsOpt = Annotated[
+    str | None, typer.Option("--folds", help="Folds to use, e.g. 0,1,2 (default: every trained fold).")
+]
+
+
+@app.command()
+def infer(
+    views: Annotated[
+        str | None,
+        typer.Argument(
+            help="Views for --tta: none, hflip, vflip, flip, rot90, d4 (default: infer.tta).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Test-time augmentation with the config's views (or VIEWS).")
+    ] = False,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Predict this folder (default: the test set).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: <workdir>/predictions).")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="A 'kseg export' file: needs no config.")] = None,
+    folds: FoldsOpt = None,
+    fold_weights: Annotated[str | None, typer.Option("--fold-weights", help="One weight per fold, e.g. 1,1,2.")] = None,
+    color: Annotated[bool, typer.Option("--color", help="Also write <id>_color.png in the palette.")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write <id>_overlay.png (image | blend).")] = False,
+    probs: Annotated[bool, typer.Option("--probs", help="Also write uint8 probabilities <id>.probs.npy.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Predict the test set (or --images DIR) with the trained folds, optionally with TTA."""
+    from kseg.infer import competition_test_images, list_images, load_bundle, load_ensemble, run_inference
+    from kseg.tta import views as view_set_of
+
+    with handled(debug):
+        if views is not None:
+            view_set_of(views)  # a bad name fails before any model is loaded
+        if bundle is not None:
+            if images is None or out is None:
+                raise KsegError("with --bundle, give --images DIR and --out DIR (a bundle carries no data set)")
+            ensemble = load_bundle(bundle, set_ or [])
+        else:
+            cfg = _config(config, set_)
+            chosen = _int_list(folds, "--folds") or cfg.infer.folds
+            weights = _float_list(fold_weights, "--fold-weights") or cfg.infer.fold_weights
+            ensemble = load_ensemble(cfg, chosen, weights)
+        cfg = ensemble.cfg
+        if images is not None:
+            if out is None:
+                raise KsegError("--images needs --out DIR for the predicted masks")
+            table = list_images(images)
+        else:
+            table = competition_test_images(cfg)
+        target = out or cfg.predictions_dir
+        view_set = views or (cfg.infer.tta if tta else "none")
+        with progress_bar("predict") as update:
+            result = run_inference(ensemble, table, target, view_set, probs, color, overlay, on_progress=update)
+    console.print(
+        f"predicted {result.n_images} images with {len(ensemble.models)} model(s) ({result.source}), "
+        f"TTA {result.tta} ({result.views} views), {cfg.infer.mode} mode: {result.images_per_s:.2f} images/s\n"
+        f"wrote {result.out}",
+        highlight=False,
+    )
+    for item in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {escape(item)}", highlight=False)
+
+
+@app.command()
+def export(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Bundle file to write, e.g. model.kseg.")] = Path("model.kseg"),
+    folds: FoldsOpt = None,
+    half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (half the size).")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Pack the resolved config and the trained folds' best weights into one file for offline inference."""
+    from kseg.infer import export_bundle
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        path = export_bundle(cfg, out, _int_list(folds, "--folds"), half)
+    console.print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); predict anywhere with "
+        f"[bold]kseg infer --bundle {path.name} --images DIR --out DIR[/]",
+        highlight=False,
+    )

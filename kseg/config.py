@@ -226,9 +226,28 @@ class InferConfig(Section):
     """Test-time prediction (also how validation images are predicted)."""
 
     tta: Literal["none", "hflip", "vflip", "flip", "rot90", "d4"] = "d4"
+    tta_scales: list[float] = Field(default_factory=lambda: [1.0])
+    merge: Literal["mean", "gmean"] = "mean"
     mode: Literal["resize", "tile"] = "resize"
     tile_overlap: float = Field(0.25, ge=0, lt=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # images per forward pass; default 16 on GPU, 2 on CPU
+    folds: list[int] | None = None
+    fold_weights: list[float] | None = None
+    on_error: Literal["stop", "skip"] = "stop"
+
+    @field_validator("tta_scales")
+    @classmethod
+    def _scales(cls, value: list[float]) -> list[float]:
+        if not value or any(s <= 0 for s in value):
+            raise ValueError("needs one or more positive scales, e.g. [0.75, 1.0, 1.25]")
+        return value
+
+    @field_validator("fold_weights")
+    @classmethod
+    def _fold_weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (any(w < 0 for w in value) or sum(value) <= 0):
+            raise ValueError("fold weights must be non-negative with a positive sum")
+        return value
 
 
 class SubmissionConfig(Section):

@@ -238,7 +238,7 @@ def evaluate(
     k = len(cfg.data.classes)
     counts = np.zeros((len(val), 3, k), dtype=np.int64)
     losses = []
-    step = cfg.infer.batch_size
+    step = predictor.batch
     for first in range(0, len(val), step):
         rows = val.iloc[first : first + step]
         images = [load_image(p, cfg.model.in_channels) for p in rows["image"]]

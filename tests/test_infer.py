@@ -1,0 +1,306 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from kseg.cli import app
+from kseg.config import load_config
+from kseg.infer import (
+    InferError,
+    Predictor,
+    export_bundle,
+    list_images,
+    load_bundle,
+    load_ensemble,
+    run_inference,
+    tile_origins,
+    window_weights,
+)
+from kseg.split import make_folds
+from kseg.train import train_fold
+
+FAST = [
+    "train.num_workers=0",
+    "train.lr=0.001",
+    "train.batch_size=4",
+    "model.encoder_name=resnet18",
+    "infer.batch_size=4",
+]
+
+
+def _cfg(root: Path, *extra: str):
+    return load_config(root / "kseg.yaml", [*FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained_comp(comp_template, tmp_path_factory) -> Path:
+    """A synthetic competition with folds 0 and 1 trained for one epoch."""
+    root = tmp_path_factory.mktemp("infer") / "comp"
+    shutil.copytree(comp_template, root)
+    make_folds(_cfg(root))
+    for fold in (0, 1):
+        train_fold(_cfg(root, "train.epochs=1"), fold)
+    return root
+
+
+class Pointwise(nn.Module):
+    """A per-pixel model (1x1 convolution): tiling must reproduce whole-image inference exactly."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(150, 230), (64, 96), (40, 50), (97, 33)])
+@pytest.mark.parametrize("tta", ["none", "d4"])
+def test_tiling_matches_whole_image_and_covers_every_pixel(comp, shape, tta):
+    cfg = _cfg(comp, "data.image_size=[64,64]", "infer.tile_overlap=0.3")
+    model = Pointwise().eval()
+    image = _image(*shape)
+    tiled = next(
+        Predictor(
+            [model],
+            cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"mode": "tile"})}),
+            torch.device("cpu"),
+            tta=tta,
+        ).predict([image])
+    )
+    assert tuple(tiled.shape) == (4, *shape)
+    from kseg.dataset import normalize
+
+    with torch.no_grad():
+        whole = model(normalize(image, cfg.data.mean, cfg.data.std)[None]).softmax(1)[0]
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+
+
+def test_tile_origins_and_weights_cover_everything():
+    for size, tile, overlap in [(230, 64, 0.25), (64, 64, 0.5), (65, 64, 0.0), (1000, 256, 0.5)]:
+        starts = tile_origins(size, tile, overlap)
+        covered = np.zeros(size, bool)
+        for s in starts:
+            covered[s : s + tile] = True
+        assert covered.all() and starts[-1] + tile == size and starts == sorted(starts)
+    w = window_weights(8, 12)
+    assert (w > 0).all() and w[4, 6] > w[0, 0]
+
+
+def test_conv_model_tiling_agrees_in_the_interior(comp):
+    """A real network sees less context per window: close to whole-image inference, not equal."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=4).eval()
+    cfg = _cfg(comp, "data.image_size=[64,64]", "infer.tile_overlap=0.5", "infer.mode=tile")
+    image = _image(128, 192, seed=3)
+    tiled = next(Predictor([model], cfg, torch.device("cpu")).predict([image]))
+    whole = next(
+        Predictor(
+            [model],
+            cfg.model_copy(
+                update={
+                    "data": cfg.data.model_copy(update={"image_size": (128, 192)}),
+                    "infer": cfg.infer.model_copy(update={"mode": "resize"}),
+                }
+            ),
+            torch.device("cpu"),
+        ).predict([image])
+    )
+    agree = (tiled.argmax(0) == whole.argmax(0)).float()[16:-16, 16:-16].mean()
+    assert agree > 0.5  # an untrained net is noisy; the point is shapes, coverage and placement
+
+
+def test_resize_mode_returns_original_size(comp):
+    cfg = _cfg(comp)
+    probs = list(Predictor([Pointwise().eval()], cfg, torch.device("cpu")).predict([_image(50, 70), _image(130, 90)]))
+    assert [tuple(p.shape) for p in probs] == [(4, 50, 70), (4, 130, 90)]
+    assert torch.allclose(probs[0].sum(0), torch.ones(50, 70), atol=1e-5)
+
+
+def test_multiscale_tta(comp):
+    cfg = _cfg(comp, "infer.tta_scales=[0.5,1.0,1.5]")
+    probs = next(Predictor([Pointwise().eval()], cfg, torch.device("cpu"), tta="hflip").predict([_image(64, 96)]))
+    assert probs.shape == (4, 64, 96) and torch.allclose(probs.sum(0), torch.ones(64, 96), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- pipeline
+
+
+def test_test_set_inference_feeds_submit(trained_comp, tmp_path):
+    from kseg.submission import score_file, write_submission
+
+    cfg = _cfg(trained_comp, f"submission.predictions={tmp_path / 'pred'}", f"submission.path={tmp_path / 'sub.csv'}")
+    result = run_inference(
+        load_ensemble(cfg),
+        pd.read_csv(trained_comp / "test.csv").assign(
+            image=lambda t: [str(trained_comp / "images" / f"{i}.png") for i in t["ImageID"]]
+        ),
+        tmp_path / "pred",
+        "flip",
+    )
+    assert result.n_images == 8 and result.folds == [0, 1] and result.views == 4
+    info = json.loads((tmp_path / "pred" / "inference.json").read_text())
+    assert info["tta"] == "flip" and info["folds"] == [0, 1]
+    label = np.asarray(Image.open(tmp_path / "pred" / "test_0000.png"))
+    assert label.shape == (64, 96) and label.max() < 6
+    write_submission(cfg)
+    assert 0.0 <= score_file(tmp_path / "sub.csv", cfg).score <= 1.0
+
+
+def test_folder_inference_with_colour_overlay_and_probabilities(trained_comp, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_image(70, 110)).save(folder / "a.jpg")
+    Image.fromarray(_image(40, 40, 1)).save(folder / "b.png")
+    cfg = _cfg(trained_comp)
+    run_inference(
+        load_ensemble(cfg, [1]),
+        list_images(folder),
+        tmp_path / "out",
+        "none",
+        save_probs=True,
+        color=True,
+        overlay=True,
+    )
+    assert np.asarray(Image.open(tmp_path / "out" / "a.png")).shape == (70, 110)
+    colour = np.asarray(Image.open(tmp_path / "out" / "a_color.png"))
+    assert colour.shape == (70, 110, 3)
+    palette = {
+        tuple(c)
+        for c in np.array([[int(h[i : i + 2], 16) for i in (1, 3, 5)] for h in [c[0] for c in cfg.data.palette]])
+    }
+    assert {tuple(c) for c in colour.reshape(-1, 3)} <= palette
+    assert np.asarray(Image.open(tmp_path / "out" / "a_overlay.png")).shape == (70, 220, 3)
+    probs = np.load(tmp_path / "out" / "b.probs.npy")
+    assert probs.shape == (6, 40, 40) and probs.dtype == np.uint8
+
+
+def test_unreadable_image_stops_or_is_skipped(trained_comp, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_image(32, 32)).save(folder / "good.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(InferError, match=r"image .*broken.jpg cannot be read .*set infer.on_error: skip"):
+        run_inference(load_ensemble(_cfg(trained_comp)), list_images(folder), tmp_path / "out")
+    result = run_inference(
+        load_ensemble(_cfg(trained_comp, "infer.on_error=skip")), list_images(folder), tmp_path / "out2"
+    )
+    assert result.n_images == 1 and len(result.skipped) == 1 and "broken.jpg" in result.skipped[0]
+
+
+def test_empty_folder_and_no_folds(comp, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InferError, match="no images in .*empty"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(InferError, match="no trained folds in .*run 'kseg train --fold 0'"):
+        load_ensemble(_cfg(comp))
+
+
+def test_missing_fold_and_wrong_weight_count(trained_comp):
+    with pytest.raises(InferError, match="fold 2 has no .*best.pt \\(trained folds: 0, 1\\)"):
+        load_ensemble(_cfg(trained_comp), [0, 2])
+    with pytest.raises(InferError, match="3 fold weights for 2 folds"):
+        load_ensemble(_cfg(trained_comp), [0, 1], [1, 1, 1])
+
+
+def test_bundle_predicts_like_the_workdir_and_needs_nothing_else(trained_comp, tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(_image(48 + 8 * i, 80, i)).save(folder / f"img{i}.png")
+    cfg = _cfg(trained_comp)
+    bundle = export_bundle(cfg, tmp_path / "model.kseg")
+    direct = run_inference(load_ensemble(cfg), list_images(folder), tmp_path / "direct", "flip")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = shutil.copy(bundle, elsewhere / "model.kseg")
+    monkeypatch.chdir(elsewhere)
+    ensemble = load_bundle(Path(moved))
+    assert ensemble.folds == [0, 1]
+    run_inference(ensemble, list_images(folder), tmp_path / "bundled", "flip")
+    for i in range(direct.n_images):
+        a = np.asarray(Image.open(tmp_path / "direct" / f"img{i}.png"))
+        b = np.asarray(Image.open(tmp_path / "bundled" / f"img{i}.png"))
+        assert np.array_equal(a, b)
+
+
+def test_half_precision_bundle_is_smaller(trained_comp, tmp_path):
+    full = export_bundle(_cfg(trained_comp), tmp_path / "full.kseg", [0])
+    half = export_bundle(_cfg(trained_comp), tmp_path / "half.kseg", [0], half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert len(load_bundle(half).models) == 1
+
+
+def test_bundle_of_another_version_or_kind(trained_comp, tmp_path):
+    path = export_bundle(_cfg(trained_comp), tmp_path / "m.kseg", [0])
+    bundle = torch.load(path, weights_only=True)
+    bundle["bundle_version"] = 99
+    torch.save(bundle, tmp_path / "future.kseg")
+    with pytest.raises(InferError, match="bundle of format 99 .* reads format 1; export it again"):
+        load_bundle(tmp_path / "future.kseg")
+    torch.save({"weights": 1}, tmp_path / "other.kseg")
+    with pytest.raises(InferError, match="is not a kseg bundle"):
+        load_bundle(tmp_path / "other.kseg")
+    with pytest.raises(InferError, match="does not exist"):
+        load_bundle(tmp_path / "nope.kseg")
+
+
+def test_cli_infer_tta_spellings(runner, trained_comp, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_image(64, 96)).save(folder / "x.png")
+    base = ["infer", "-c", str(trained_comp / "kseg.yaml"), "--images", str(folder)]
+    for item in FAST:
+        base += ["--set", item]
+    for args, expected in ([[], "none"], [["--tta"], "d4"], [["--tta", "flip"], "flip"]):
+        out = tmp_path / f"out_{expected}"
+        result = runner.invoke(app, [*base, *args, "--out", str(out), "--color"])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "inference.json").read_text())["tta"] == expected
+        assert (out / "x_color.png").is_file()
+
+
+def test_cli_export_then_bundle_infer(runner, trained_comp, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_image(64, 96)).save(folder / "x.png")
+    result = runner.invoke(app, ["export", "-c", str(trained_comp / "kseg.yaml"), "--out", str(tmp_path / "m.kseg")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app,
+        [
+            "infer",
+            "--bundle",
+            str(tmp_path / "m.kseg"),
+            "--images",
+            str(folder),
+            "--out",
+            str(tmp_path / "o"),
+            "--tta",
+            "hflip",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "x.png").is_file()
+    result = runner.invoke(app, ["infer", "--bundle", str(tmp_path / "m.kseg")])
+    assert result.exit_code == 1 and "with --bundle, give --images DIR and --out DIR" in result.output
+
+
+def test_cli_infer_errors_are_one_line(runner, comp, tmp_path):
+    result = runner.invoke(app, ["infer", "-c", str(comp / "kseg.yaml")])
+    assert result.exit_code == 1 and "no trained folds" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["infer", "-c", str(comp / "kseg.yaml"), "--tta", "d8"])
+    assert result.exit_code == 1 and "TTA views 'd8' are unknown" in result.output
