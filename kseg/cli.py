@@ -46,6 +46,7 @@ SetOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+NoPostOpt = Annotated[bool, typer.Option("--no-postprocess", help="Ignore <workdir>/postprocess.json.")]
 
 
 @contextlib.contextmanager
@@ -232,6 +233,7 @@ def submit(
     ] = False,
     competition: Annotated[str, typer.Option("--competition", help="Competition slug, for --upload.")] = "",
     message: Annotated[str, typer.Option("--message", "-m", help="Submission description, for --upload.")] = "kseg",
+    no_postprocess: NoPostOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Encode the predicted label maps into a validated submission.csv (optionally uploaded)."""
@@ -242,7 +244,10 @@ def submit(
         if upload and not competition:
             raise KsegError("--upload needs --competition SLUG (the name in the competition's URL)")
         with progress_bar("read predictions") as update:
-            result = write_submission(cfg, out=out, predictions=predictions, on_progress=update)
+            result = write_submission(
+                cfg, out=out, predictions=predictions, on_progress=update, postprocess=not no_postprocess
+            )
+        console.print(result.note, highlight=False)
         took = sum(result.seconds.values())
         console.print(
             f"wrote {result.path}: {result.n_rows} rows for {result.n_images} images, "
@@ -441,6 +446,7 @@ def infer(
     color: Annotated[bool, typer.Option("--color", help="Also write <id>_color.png in the palette.")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write <id>_overlay.png (image | blend).")] = False,
     probs: Annotated[bool, typer.Option("--probs", help="Also write uint8 probabilities <id>.probs.npy.")] = False,
+    no_postprocess: NoPostOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Predict the test set (or --images DIR) with the trained folds, optionally with TTA."""
@@ -469,13 +475,21 @@ def infer(
         target = out or cfg.predictions_dir
         view_set = views or (cfg.infer.tta if tta else "none")
         with progress_bar("predict") as update:
-            result = run_inference(ensemble, table, target, view_set, probs, color, overlay, on_progress=update)
+            result = run_inference(
+                ensemble, table, target, view_set, probs, color, overlay, not no_postprocess, on_progress=update
+            )
     console.print(
         f"predicted {result.n_images} images with {len(ensemble.models)} model(s) ({result.source}), "
         f"TTA {result.tta} ({result.views} views), {cfg.infer.mode} mode: {result.images_per_s:.2f} images/s\n"
         f"wrote {result.out}",
         highlight=False,
     )
+    if result.postprocessed:
+        console.print(
+            f"post-processing: tuned thresholds and minimum areas applied ({ensemble.source})", highlight=False
+        )
+    elif ensemble.post is not None:
+        console.print("post-processing: off (--no-postprocess)", highlight=False)
     for item in result.skipped:
         err_console.print(f"[yellow]skipped[/] {escape(item)}", highlight=False)
 
@@ -500,3 +514,69 @@ def export(
         f"[bold]kseg infer --bundle {path.name} --images DIR --out DIR[/]",
         highlight=False,
     )
+
+
+@app.command()
+def tune(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Tune per-class probability thresholds and minimum areas on the out-of-fold predictions."""
+    from kseg.postprocess import tune as tune_postprocess
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        with progress_bar("read OOF") as update:
+            result = tune_postprocess(cfg, on_progress=update)
+    post = result.post
+    table = Table(
+        title=f"post-processing tuned on {post.n_images} out-of-fold images "
+        f"({post.resolution[0]}x{post.resolution[1]})",
+        title_justify="left",
+    )
+    for column in ("class", "threshold", "min area", "OOF Dice before", "after"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, params in post.params.items():
+        threshold = f"{params.threshold:.2f}" if params.threshold else "argmax"
+        area = f"{100 * params.min_area:.3g}% of image" if params.min_area else "-"
+        gain = result.class_after[name] - result.class_before[name]
+        after = f"{result.class_after[name]:.4f}" + (f" [green](+{gain:.4f})[/]" if gain > 0 else "")
+        table.add_row(name, threshold, area, f"{result.class_before[name]:.4f}", after)
+    console.print(table)
+    console.print(
+        f"OOF mean row Dice {post.oof_score_before:.4f} -> [bold]{post.oof_score_after:.4f}[/] in-sample "
+        f"({post.oof_score_after - post.oof_score_before:+.4f}); tuned on one half and scored on the other: "
+        f"{result.holdout_before:.4f} -> {result.holdout_after:.4f} ({post.holdout_gain:+.4f})\nwrote {result.path}",
+        highlight=False,
+    )
+
+
+@app.command()
+def report(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Cross-validation report: per-fold and per-class OOF scores, confusion matrix, worst images."""
+    from kseg.report import cv_report
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        with progress_bar("read OOF") as update:
+            result = cv_report(cfg, on_progress=update)
+    post = " (with post-processing)" if result.post is not None else ""
+    folds = Table(title="out-of-fold score per fold (mean row Dice at data.image_size)", title_justify="left")
+    for column in ("fold", "images", "score", f"score{post}"):
+        folds.add_column(column, justify="right")
+    for row in result.folds.itertuples(index=False):
+        folds.add_row(str(row.fold), str(row.images), f"{row.score:.4f}", f"{row.score_postprocessed:.4f}")
+    folds.add_row(
+        "all",
+        str(int(result.folds["images"].sum())),
+        f"{result.overall_before:.4f}",
+        f"[bold]{result.overall_after:.4f}[/]",
+        end_section=True,
+    )
+    console.print(folds)
+    classes = Table(title=f"per class{post}", title_justify="left")
+    for column in ("class", "Dice", "IoU", "Dice without post-processing", "empty rows"):
+        classes.add_column(column, justify="left" if column == "class" else "right")
+    for row in result.classes.itertuples(index=False):
+        classes.add_row(
+            row[0], f"{row.dice:.4f}", f"{row.iou:.4f}", f"{row.dice_before:.4f}", f"{100 * row.empty_share:.1f}%"
+        )
+    console.print(classes)
+    console.print(f"confusion matrix: {result.confusion_png}\nworst images: {result.worst_png}", highlight=False)

@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -36,6 +36,8 @@ from kseg.data import ID, list_samples, palette_rgb
 from kseg.dataset import default_workers, load_image, normalize
 from kseg.errors import DataError, KsegError
 from kseg.io import atomic_open, atomic_write_text
+from kseg.postprocess import PostProcess, apply
+from kseg.postprocess import load as load_postprocess
 from kseg.tta import predict_views, views
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy")
@@ -240,6 +242,7 @@ class Ensemble:
     folds: list[int]
     weights: list[float] | None
     source: str
+    post: PostProcess | None = None  # tuned post-processing, when there is one
 
 
 def trained_folds(cfg: Config) -> list[int]:
@@ -278,7 +281,9 @@ def load_ensemble(cfg: Config, folds: list[int] | None = None, weights: list[flo
         model = _bare_model(cfg, cfg.n_classes)
         model.load_state_dict(saved["model"])
         models.append(model.eval())
-    return Ensemble(cfg, models, chosen, weights, f"folds {', '.join(map(str, chosen))} of {cfg.workdir}")
+    return Ensemble(
+        cfg, models, chosen, weights, f"folds {', '.join(map(str, chosen))} of {cfg.workdir}", load_postprocess(cfg)
+    )
 
 
 def export_bundle(cfg: Config, out: Path, folds: list[int] | None = None, half: bool = False) -> Path:
@@ -298,6 +303,7 @@ def export_bundle(cfg: Config, out: Path, folds: list[int] | None = None, half: 
         "config": cfg.model_dump(mode="json"),
         "folds": ensemble.folds,
         "state_dicts": states,
+        "postprocess": ensemble.post.to_json() if ensemble.post is not None else None,
     }
     with atomic_open(out, "wb") as handle:
         torch.save(bundle, handle)
@@ -329,7 +335,8 @@ def load_bundle(path: Path, overrides: list[str] | None = None) -> Ensemble:
         model = _bare_model(cfg, cfg.n_classes)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         models.append(model.eval())
-    return Ensemble(cfg, models, list(bundle["folds"]), None, f"bundle {path} (folds {bundle['folds']})")
+    post = PostProcess.from_json(bundle["postprocess"], str(path)) if bundle.get("postprocess") else None
+    return Ensemble(cfg, models, list(bundle["folds"]), None, f"bundle {path} (folds {bundle['folds']})", post)
 
 
 # --------------------------------------------------------------------------------------- streaming
@@ -376,7 +383,7 @@ class InferResult:
     tta: str
     views: int
     source: str
-    files: dict[str, int] = field(default_factory=dict)
+    postprocessed: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -427,7 +434,7 @@ def run_inference(
     save_probs: bool = False,
     color: bool = False,
     overlay: bool = False,
-    postprocess: Callable[[torch.Tensor], np.ndarray] | None = None,
+    postprocess: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> InferResult:
     """Predict every image of ``images`` (``ImageID``, ``image``) and write the outputs to ``out``.
@@ -440,13 +447,14 @@ def run_inference(
         save_probs: Also write uint8 probabilities ``<id>.probs.npy`` ``(K, H, W)``.
         color: Also write ``<id>_color.png`` in the data set's palette.
         overlay: Also write ``<id>_overlay.png``: the image beside its blend with the colour mask.
-        postprocess: Turns ``(K, H, W)`` probabilities into labels (default: argmax).
+        postprocess: Apply the ensemble's tuned post-processing (``postprocess.json``), when it has one.
         on_progress: ``callback(done, total)``.
 
     Raises:
         InferError: On an unreadable image when ``infer.on_error`` is ``stop`` (the default).
     """
     cfg = ensemble.cfg
+    post = ensemble.post if postprocess else None
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
     from kseg.train import amp_dtype
 
@@ -479,7 +487,7 @@ def run_inference(
                     raise InferError(f"{error.rstrip('.')} (set infer.on_error: skip to leave such images out)")
             if good:
                 for (image_id, image), probs in zip(good, predictor.predict([im for _, im in good]), strict=True):
-                    labels = postprocess(probs) if postprocess else probs.argmax(0).to(torch.uint8).numpy()
+                    labels = apply(probs, post)
                     stored = (probs * 255).round().to(torch.uint8).numpy() if save_probs else None
                     pending.append(
                         writer.submit(_write_outputs, out, image_id, image, labels, stored, palette, color, overlay)
@@ -505,9 +513,20 @@ def run_inference(
         "kseg_version": __version__,
         "images": len(written),
         "skipped": skipped,
+        "postprocess": json.loads(post.to_json()) if post is not None else None,
     }
     atomic_write_text(out / "inference.json", json.dumps(info, indent=2))
-    return InferResult(out, len(written), skipped, seconds, ensemble.folds, tta, len(predictor.views), ensemble.source)
+    return InferResult(
+        out,
+        len(written),
+        skipped,
+        seconds,
+        ensemble.folds,
+        tta,
+        len(predictor.views),
+        ensemble.source,
+        postprocessed=post is not None,
+    )
 
 
 def competition_test_images(cfg: Config) -> pd.DataFrame:

@@ -200,6 +200,56 @@ class WriteResult:
     empty_rows: int
     report: ValidationReport
     seconds: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def _postprocess_plan(cfg: Config, directory: Path, image_ids: list[str], enabled: bool):
+    """How ``write_submission`` post-processes: returns ``(PostProcess or None, use probabilities, note)``."""
+    import json
+
+    from kseg.postprocess import load as load_postprocess
+
+    info_path = directory / "inference.json"
+    done = False
+    if info_path.is_file():
+        try:
+            done = json.loads(info_path.read_text(encoding="utf-8")).get("postprocess") is not None
+        except ValueError:
+            done = False
+    if done:
+        note = "post-processing: applied by kseg infer"
+        if not enabled:
+            note += " (run 'kseg infer --no-postprocess' to leave it out)"
+        return None, False, note
+    if not enabled:
+        return None, False, "post-processing: off (--no-postprocess)"
+    post = load_postprocess(cfg)
+    if post is None or post.identity:
+        return None, False, "post-processing: none (no postprocess.json, or nothing to change)"
+    if all((directory / f"{i}.probs.npy").is_file() for i in image_ids):
+        return post, True, f"post-processing: {cfg.workdir / 'postprocess.json'} applied to the saved probabilities"
+    return (
+        post,
+        False,
+        (
+            f"post-processing: minimum areas of {cfg.workdir / 'postprocess.json'} applied to the label maps "
+            "(its thresholds need probabilities: let kseg infer apply it, or run kseg infer --probs)"
+        ),
+    )
+
+
+def _read_postprocessed(path: Path, shape: tuple[int, int], post, use_probs: bool) -> np.ndarray:
+    from kseg.postprocess import apply, apply_to_labels
+
+    if post is None:
+        return read_prediction(path, shape)
+    if use_probs:
+        probs_path = path.with_name(f"{path.stem}.probs.npy")
+        labels = apply(np.load(probs_path), post)
+        if labels.shape != tuple(shape):
+            labels = np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.NEAREST))
+        return labels
+    return apply_to_labels(read_prediction(path, shape), post)
 
 
 def write_submission(
@@ -207,6 +257,7 @@ def write_submission(
     out: Path | None = None,
     predictions: Path | None = None,
     on_progress: Progress | None = None,
+    postprocess: bool = True,
 ) -> WriteResult:
     """Encode the predicted label maps into a validated submission file, written atomically.
 
@@ -215,6 +266,7 @@ def write_submission(
         out: Target file (default ``submission.path``).
         predictions: Folder of ``<image id>.png``/``.npy`` label maps (default ``<workdir>/predictions``).
         on_progress: Optional ``callback(done, total)`` over images read.
+        postprocess: Apply ``postprocess.json`` if ``kseg infer`` has not already (``note`` says which).
 
     Raises:
         SubmissionError: If predictions are missing or the encoded file would not validate (nothing is
@@ -223,14 +275,19 @@ def write_submission(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fmt = load_format(cfg)
-    paths = find_predictions(predictions or cfg.predictions_dir, fmt.image_ids)
+    directory = predictions or cfg.predictions_dir
+    paths = find_predictions(directory, fmt.image_ids)
+    post, use_probs, note = _postprocess_plan(cfg, directory, fmt.image_ids, postprocess)
     timings["format"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     maps: list[np.ndarray] = [None] * len(paths)  # type: ignore[list-item]
     done = 0
     with ThreadPoolExecutor(8) as pool:  # PNG decoding releases the GIL
-        futures = [pool.submit(read_prediction, p, tuple(s)) for p, s in zip(paths, fmt.shapes, strict=True)]
+        futures = [
+            pool.submit(_read_postprocessed, p, tuple(s), post, use_probs)
+            for p, s in zip(paths, fmt.shapes, strict=True)
+        ]
         for i, future in enumerate(futures):
             maps[i] = future.result()
             done += 1
@@ -261,6 +318,7 @@ def write_submission(
         empty_rows=sum(1 for m in masks if not m),
         report=report,
         seconds=timings,
+        note=note,
     )
 
 

@@ -1,0 +1,191 @@
+"""Cross-validation report from the out-of-fold predictions: scores, confusion matrix, worst images.
+
+Everything is computed at the OOF resolution (``data.image_size``), with and without the tuned
+post-processing; pictures go to ``<workdir>/report/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kseg.config import Config
+from kseg.data import ID, MaskSpec, list_samples, palette_rgb
+from kseg.dataset import load_image
+from kseg.io import atomic_open, atomic_write_text
+from kseg.metrics import row_dice, row_iou
+from kseg.postprocess import THRESHOLDS, OOFSet, PostProcess, _class_table, apply, load, load_oof
+
+
+@dataclass
+class Report:
+    """The CV figures and where the pictures are."""
+
+    folds: pd.DataFrame  # fold, images, score before / after post-processing
+    classes: pd.DataFrame  # class, dice, iou (after), dice_before, empty_share
+    overall_before: float
+    overall_after: float
+    worst: pd.DataFrame  # ImageID, fold, dice
+    confusion_png: Path
+    worst_png: Path
+    post: PostProcess | None
+
+
+def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tuple[np.ndarray, ...]:
+    """Intersection, predicted and true pixels per image and class, with the post-processing.
+
+    Shape:
+        Each ``(N, K)``.
+    """
+    n, k = oof.truth_area.shape
+    inter, pred = np.zeros((n, k)), np.zeros((n, k))
+    for j, name in enumerate(classes):
+        area, hits = _class_table(oof, j)
+        level, min_area = 0, 0.0
+        if post is not None and name in post.params:
+            level = int(np.argmin(np.abs(THRESHOLDS - post.params[name].threshold)))
+            min_area = post.params[name].min_area
+        emptied = area[:, level] < min_area * oof.n_pixels
+        pred[:, j] = np.where(emptied, 0, area[:, level])
+        inter[:, j] = np.where(emptied, 0, hits[:, level])
+    return inter, pred, oof.truth_area.astype(np.float64)
+
+
+def cv_report(cfg: Config, worst: int = 6, on_progress=None) -> Report:
+    """Per-fold and overall OOF scores, per-class Dice / IoU, confusion matrix and worst images."""
+    oof = load_oof(cfg, on_progress)
+    post = load(cfg)
+    classes = list(cfg.data.classes)
+    before = row_dice(*_row_counts(oof, None, classes))
+    inter, pred, truth = _row_counts(oof, post, classes)
+    after = row_dice(inter, pred, truth)
+    iou = row_iou(inter, pred, truth)
+    folds = pd.DataFrame(
+        [
+            {
+                "fold": int(f),
+                "images": int((oof.folds == f).sum()),
+                "score": float(before[oof.folds == f].mean()),
+                "score_postprocessed": float(after[oof.folds == f].mean()),
+            }
+            for f in np.unique(oof.folds)
+        ]
+    )
+    per_class = pd.DataFrame(
+        {
+            "class": classes,
+            "dice_before": before.mean(0),
+            "dice": after.mean(0),
+            "iou": iou.mean(0),
+            "empty_share": (truth == 0).mean(0),
+        }
+    )
+    per_image = after.mean(1)
+    order = np.argsort(per_image, kind="stable")[:worst]
+    worst_table = pd.DataFrame({ID: [oof.ids[i] for i in order], "fold": oof.folds[order], "dice": per_image[order]})
+    out = cfg.workdir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "folds.csv", folds.to_csv(index=False))
+    atomic_write_text(out / "classes.csv", per_class.to_csv(index=False))
+    confusion_png = _plot_confusion(oof.confusion, classes, out / "confusion.png")
+    worst_png = _plot_worst(cfg, worst_table, post, out / "worst.png")
+    return Report(
+        folds, per_class, float(before.mean()), float(after.mean()), worst_table, confusion_png, worst_png, post
+    )
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Path:
+    plt = _plt()
+    share = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.55 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted (argmax)", ylabel="true", title="out-of-fold confusion (share of each true class)")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if share[i, j] >= 0.005:
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * share[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def _colour(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = palette
+    table[255] = (40, 40, 40)  # ignored / no class
+    return table[labels]
+
+
+def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path: Path) -> Path:
+    from matplotlib.patches import Patch
+
+    plt = _plt()
+    import cv2
+
+    samples = list_samples(cfg.data, "train").set_index(ID)
+    palette = palette_rgb(cfg.data)
+    height, width = cfg.data.image_size
+    rows = max(1, len(worst))
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 2.9 * rows), squeeze=False)
+    spec = MaskSpec.from_config(cfg.data)
+    for r, item in enumerate(worst.itertuples(index=False)):
+        image_id, fold, dice = item
+        d = cfg.workdir / f"fold{fold}"
+        table = pd.read_csv(d / "oof.csv", dtype={ID: str})
+        i = int(np.flatnonzero(table[ID].to_numpy() == image_id)[0])
+        probs = np.load(d / "oof.npy", mmap_mode="r")[i]
+        truth = np.load(d / "oof_masks.npy", mmap_mode="r")[i]
+        image = load_image(samples.loc[image_id, "image"], cfg.model.in_channels)[..., :3]
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        if image.dtype != np.uint8:
+            image = ((image - image.min()) / max(float(np.ptp(image)), 1e-9) * 255).astype(np.uint8)
+        pred = apply(np.asarray(probs), post)
+        truth = np.where(truth < spec.n_classes, truth, 255).astype(np.uint8)
+        for c, (picture, title) in enumerate(
+            [
+                (image, f"{image_id} (fold {fold})"),
+                (_colour(truth, palette), "truth"),
+                (_colour(pred, palette), f"prediction: Dice {dice:.3f}"),
+            ]
+        ):
+            axes[r, c].imshow(picture)
+            axes[r, c].set_title(title, fontsize=8)
+            axes[r, c].axis("off")
+    handles = [Patch(color=np.asarray(palette[k]) / 255, label=name) for k, name in enumerate(cfg.data.classes)]
+    handles.append(Patch(color=np.array([40, 40, 40]) / 255, label="ignored / no class"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle("worst out-of-fold images (mean row Dice)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    return _save(fig, path)
+
+
+__all__ = ["Report", "cv_report"]
