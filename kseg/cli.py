@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -280,29 +281,43 @@ def validate(
 
 @app.command()
 def score(
-    file: Annotated[Path, typer.Argument(help="The submission CSV to score.")],
+    file: Annotated[Path | None, typer.Argument(help="The submission CSV to score.", show_default=False)] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     truth: Annotated[
         Path | None,
         typer.Option("--truth", help="Folder of true masks <ImageID>.png (default: data.test_mask_template)."),
     ] = None,
+    predictions: Annotated[
+        Path | None, typer.Option("--predictions", help="Score a folder of predicted label maps instead of a CSV.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"score": ..., "per_class": {...}} only.')] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Score a submission locally with the competition metric: mean row Dice (1 when both masks are empty)."""
+    """Score a submission (or a folder of label maps) with the competition metric: mean row Dice."""
     import json
 
-    from kseg.submission import score_file
+    from kseg.submission import score_file, score_label_maps
 
     with handled(debug):
         cfg = _config(config, set_)
-        result = score_file(file, cfg, truth)
+        if (file is None) == (predictions is None):
+            raise KsegError(
+                "give either a submission FILE or --predictions DIR (with --truth DIR), not both or neither"
+            )
+        if predictions is not None:
+            if truth is None:
+                raise KsegError("--predictions needs --truth DIR: the folder of true masks")
+            result = score_label_maps(cfg, predictions, truth)
+            what = predictions
+        else:
+            result = score_file(file, cfg, truth)
+            what = file
     if as_json:
         typer.echo(json.dumps({"score": result.score, "per_class": result.per_class}))
         return
     console.print(
-        f"{file}: score [bold]{result.score:.4f}[/] "
+        f"{what}: score [bold]{result.score:.4f}[/] "
         f"(mean Dice over {len(result.rows)} rows; 1 when both masks are empty)",
         highlight=False,
     )
@@ -580,3 +595,44 @@ def report(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = Fals
         )
     console.print(classes)
     console.print(f"confusion matrix: {result.confusion_png}\nworst images: {result.worst_png}", highlight=False)
+
+
+class _RichReporter:
+    """Shows each demo stage as a rich progress bar."""
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator:
+        started = time.perf_counter()
+        with progress_bar(name) as update:
+            yield update
+        console.print(f"[green]done[/] {name} ({time.perf_counter() - started:.0f} s)", highlight=False)
+
+    def note(self, text: str) -> None:
+        console.print(f"[dim]{escape(text)}[/]", highlight=False)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for everything the demo writes.")] = Path("kseg-demo"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic competition.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a previous demo in OUT_DIR.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """The whole pipeline on a synthetic competition, on a CPU, in a few minutes."""
+    from kseg.demo import run_demo
+
+    with handled(debug):
+        result = run_demo(out_dir, _RichReporter(), seed=seed, force=force)
+    verdict = "[bold green]valid[/]" if result.valid else f"[bold red]INVALID[/] ({', '.join(result.problems)})"
+    lines = [
+        f"submission: {result.submission} ({verdict})",
+        f"local score against the hidden test truth: [bold]{result.score:.4f}[/] "
+        f"(an all-empty submission scores {result.empty_score:.4f})",
+        f"cross-validation (out-of-fold): {result.cv_score:.4f}, {result.cv_tuned:.4f} with tuned post-processing",
+    ]
+    for what, paths in result.pictures.items():
+        if paths:
+            shown = ", ".join(str(p) for p in paths[:3])
+            lines.append(f"{what}: {shown}")
+    lines.append(f"finished in {result.seconds / 60:.1f} min; the config is {result.root / 'kseg.yaml'}")
+    console.print("\n".join(lines), highlight=False)

@@ -99,7 +99,11 @@ class DataConfig(Section):
     mask_format: Literal["index", "color"] = "index"
     palette: list[PaletteEntry] | None = None
     ignore_colors: list[Color] = Field(default_factory=list)
-    # input normalisation, per channel, on 0-1 pixel values (ImageNet's by default)
+    exclude: list[str] = Field(default_factory=list)  # glob patterns (relative to root) of files to leave out
+    scale: float = Field(1.0, gt=0, le=4)  # images (and masks) are resized by this factor before anything else
+    # input normalisation, per channel, on 0-1 pixel values: fixed mean/std (ImageNet's by default), or each
+    # image standardised by its own statistics (per_image: robust to lighting that differs between scenes)
+    normalize: Literal["fixed", "per_image"] = "fixed"
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -170,6 +174,7 @@ class AugmentConfig(Section):
     rotate90: float = Field(0.5, ge=0, le=1)
     shift_scale_rotate: float = Field(0.0, ge=0, le=1)
     brightness_contrast: float = Field(0.3, ge=0, le=1)
+    color_jitter: float = Field(0.0, ge=0, le=1)  # brightness, contrast, saturation and hue together
     coarse_dropout: float = Field(0.0, ge=0, le=1)
 
 
@@ -178,6 +183,7 @@ class TrainConfig(Section):
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
+    repeat: int = Field(1, ge=1)  # each training image this many times per epoch (different crops)
     crop: Literal["resize", "random_crop"] = "resize"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     loss: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
@@ -197,6 +203,7 @@ class TrainConfig(Section):
     patience: int | None = Field(None, ge=1)
     sampling: Literal["uniform", "rare"] = "uniform"
     num_workers: int | None = Field(None, ge=0)
+    cache: bool = False  # keep decoded (rescaled) training images in memory: small data sets, num_workers 0
     pin_memory: bool | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42

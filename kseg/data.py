@@ -16,6 +16,7 @@ unless ``data.unknown_labels: ignore`` maps them to ``data.ignore_index``.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 import string
@@ -364,6 +365,15 @@ def list_samples(data: DataConfig, which: str = "train") -> pd.DataFrame:
     if not data.root.exists():
         raise DataError(f"data.root {data.root} does not exist; point it at the competition's data folder")
     table = _csv_table(data, which) if data.layout == "csv" else _glob_table(data, which)
+    if data.exclude:
+        relative = [
+            Path(p).relative_to(data.root).as_posix() if Path(p).is_relative_to(data.root) else p
+            for p in table["image"]
+        ]
+        keep = [not any(fnmatch.fnmatch(r, pattern) for pattern in data.exclude) for r in relative]
+        table = table[keep]
+        if table.empty:
+            raise DataError(f"data.exclude {data.exclude} leaves no {which} image; narrow the patterns")
     return table.reset_index(drop=True)
 
 

@@ -44,6 +44,23 @@ def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
     return image
 
 
+def rescale(array: np.ndarray, scale: float, labels: bool = False) -> np.ndarray:
+    """Resize by ``scale`` (``data.scale``): area averaging for images, nearest for label masks."""
+    height, width = array.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    interpolation = cv2.INTER_NEAREST if labels else (cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    out = cv2.resize(array, size, interpolation=interpolation)
+    return out[..., None] if array.ndim == 3 and out.ndim == 2 else out
+
+
+def channel_stats(image: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of an image on the 0-1 scale (``data.normalize: per_image``)."""
+    array = image.reshape(-1, image.shape[-1]).astype(np.float32)
+    if image.dtype == np.uint8:
+        array /= 255.0
+    return array.mean(0).tolist(), np.maximum(array.std(0), 1e-3).tolist()
+
+
 def normalize(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """``(H, W, C)`` pixels (0-255, or 0-1 floats) -> normalised ``(C, H, W)`` float32 tensor."""
     array = image.astype(np.float32)
@@ -84,6 +101,8 @@ def train_transforms(cfg: Config) -> A.Compose:
         )
     if aug.brightness_contrast:
         steps.append(A.RandomBrightnessContrast(p=aug.brightness_contrast))
+    if aug.color_jitter:  # scenes differ in light and season from tile to tile
+        steps.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.3, hue=0.04, p=aug.color_jitter))
     if aug.coarse_dropout:
         steps.append(
             A.CoarseDropout(
@@ -110,31 +129,49 @@ class TrainDataset(Dataset):
         self.spec = MaskSpec.from_config(cfg.data)
         self.transform = transform
         self.mean, self.std = cfg.data.mean, cfg.data.std
+        self.per_image = cfg.data.normalize == "per_image"
         self.channels = cfg.model.in_channels
         self.seed = cfg.train.seed
+        self.scale = cfg.data.scale
+        self.repeat = cfg.train.repeat
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+        if cfg.train.cache:  # filled here, before loader workers fork, so they share it
+            self.cache = {i: self._read(i) for i in range(len(self.images))}
+            for arrays in self.cache.values():
+                for array in arrays:
+                    array.setflags(write=False)  # shared: an in-place change must fail, not spread
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) * self.repeat
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = load_image(self.images[index], self.channels)
-        mask = read_mask(Path(self.masks[index]), self.spec)
+    def _read(self, source: int) -> tuple[np.ndarray, np.ndarray]:
+        if getattr(self, "cache", None) is not None:
+            return self.cache[source]
+        image = load_image(self.images[source], self.channels)
+        mask = read_mask(Path(self.masks[source]), self.spec)
         if image.shape[:2] != mask.shape:
             raise DataError(
-                f"mask {self.masks[index]} is {mask.shape[0]}x{mask.shape[1]} but image {self.images[index]} is "
+                f"mask {self.masks[source]} is {mask.shape[0]}x{mask.shape[1]} but image {self.images[source]} is "
                 f"{image.shape[0]}x{image.shape[1]}; each mask must have its image's size"
             )
+        if self.scale != 1.0:
+            image, mask = rescale(image, self.scale), rescale(mask, self.scale, labels=True)
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self._read(index % len(self.images))
+        mean, std = channel_stats(image) if self.per_image else (self.mean, self.std)  # whole image, not crop
         if self.transform is not None:
             self.transform.set_random_seed(
                 int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
             )
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return normalize(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+        return normalize(image, mean, std), torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
 
 
 def rare_class_weights(counts: np.ndarray) -> np.ndarray:

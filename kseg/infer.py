@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from kseg import __version__
 from kseg.config import Config, build_config
 from kseg.data import ID, list_samples, palette_rgb
-from kseg.dataset import default_workers, load_image, normalize
+from kseg.dataset import channel_stats, default_workers, load_image, normalize, rescale
 from kseg.errors import DataError, KsegError
 from kseg.io import atomic_open, atomic_write_text
 from kseg.postprocess import PostProcess, apply
@@ -120,7 +120,7 @@ class Predictor:
         self.size = tuple(cfg.data.image_size)
         self.views = views(tta)
         self.model_weights = model_weights
-        self.channels_last = device.type == "cuda" and cfg.train.channels_last
+        self.channels_last = cfg.train.channels_last
         self.batch = infer_batch(cfg, device)
 
     @torch.inference_mode()
@@ -169,14 +169,20 @@ class Predictor:
         for image, p in zip(images, self.predict_batch(batch), strict=True):
             yield self._resize_back(p, image.shape[:2])
 
+    def _stats(self, image: np.ndarray) -> tuple[list[float], list[float]]:
+        if self.cfg.data.normalize == "per_image":
+            return channel_stats(image)
+        return self.cfg.data.mean, self.cfg.data.std
+
     def _prepare(self, image: np.ndarray) -> torch.Tensor:
+        mean, std = self._stats(image)
         height, width = self.size
         if image.shape[:2] != (height, width):
             shrink = image.shape[0] > height or image.shape[1] > width
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             if image.ndim == 2:
                 image = image[..., None]
-        return normalize(image, self.cfg.data.mean, self.cfg.data.std)
+        return normalize(image, mean, std)
 
     @staticmethod
     def _resize_back(probs: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -185,6 +191,13 @@ class Predictor:
         return probs
 
     def _tiled(self, image: np.ndarray) -> torch.Tensor:
+        scale = self.cfg.data.scale
+        if scale != 1.0:  # predict at the training scale, then back to the image's own size
+            probs = self._tiled_native(rescale(image, scale))
+            return self._resize_back(probs, image.shape[:2])
+        return self._tiled_native(image)
+
+    def _tiled_native(self, image: np.ndarray) -> torch.Tensor:
         tile_h, tile_w = self.size
         height, width = image.shape[:2]
         pad_h, pad_w = max(0, tile_h - height), max(0, tile_w - width)
@@ -193,7 +206,7 @@ class Predictor:
             if image.ndim == 2:
                 image = image[..., None]
         full_h, full_w = image.shape[:2]
-        tensor = normalize(image, self.cfg.data.mean, self.cfg.data.std)
+        tensor = normalize(image, *self._stats(image[:height, :width]))
         weights = window_weights(tile_h, tile_w)
         overlap = self.cfg.infer.tile_overlap
         origins = [(y, x) for y in tile_origins(full_h, tile_h, overlap) for x in tile_origins(full_w, tile_w, overlap)]
@@ -213,18 +226,6 @@ class Predictor:
 
 
 # ------------------------------------------------------------------------------------------ models
-
-
-def _check_compatible(saved: dict, cfg: Config, source: Path) -> None:
-    model = saved.get("config", {}).get("model", {})
-    for key in ("arch", "encoder_name", "in_channels"):
-        if model.get(key) != getattr(cfg.model, key):
-            raise InferError(
-                f"{source} was trained with model.{key}={model.get(key)!r} but the config says "
-                f"{getattr(cfg.model, key)!r}; predict with the config it was trained with"
-            )
-    if saved.get("classes") != list(cfg.data.classes):
-        raise InferError(f"{source} was trained on classes {saved.get('classes')}, not {list(cfg.data.classes)}")
 
 
 def _bare_model(cfg: Config, n_classes: int) -> nn.Module:
@@ -257,7 +258,7 @@ def trained_folds(cfg: Config) -> list[int]:
 
 def load_ensemble(cfg: Config, folds: list[int] | None = None, weights: list[float] | None = None) -> Ensemble:
     """The best checkpoint of each chosen fold (default: every trained fold), loaded once."""
-    from kseg.train import load_checkpoint
+    from kseg.train import checkpoint_mismatch, load_checkpoint
 
     available = trained_folds(cfg)
     if not available:
@@ -277,7 +278,9 @@ def load_ensemble(cfg: Config, folds: list[int] | None = None, weights: list[flo
     for f in chosen:
         path = cfg.workdir / f"fold{f}" / "best.pt"
         saved = load_checkpoint(path)
-        _check_compatible(saved, cfg, path)
+        mismatch = checkpoint_mismatch(saved, cfg)
+        if mismatch:
+            raise InferError(f"{path} {mismatch}; predict with the config it was trained with")
         model = _bare_model(cfg, cfg.n_classes)
         model.load_state_dict(saved["model"])
         models.append(model.eval())
@@ -460,7 +463,7 @@ def run_inference(
 
     amp = amp_dtype(cfg, device)
     models = [m.to(device) for m in ensemble.models]
-    if device.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         models = [m.to(memory_format=torch.channels_last) for m in models]
     predictor = Predictor(models, cfg, device, amp, tta, ensemble.weights)
     palette = palette_rgb(cfg.data)

@@ -82,6 +82,16 @@ def _transpose(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _map(fn, items, threads: int | None) -> list:
+    """``[fn(x) for x in items]`` on a thread pool (NumPy releases the GIL in the heavy kernels)."""
+    items = list(items)
+    threads = threads or os.cpu_count() or 1
+    if threads > 1 and len(items) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(fn, items))
+    return [fn(x) for x in items]
+
+
 def _check_order(order: str) -> None:
     if order not in ("column", "row"):
         raise ValueError(f"pixel order {order!r} is not 'column' or 'row'")
@@ -264,13 +274,7 @@ def encode_batch(
             stack = stack.astype(np.uint8)
         return _encode_stack(stack, n_classes, order)
 
-    threads = threads or os.cpu_count() or 1
-    if threads > 1 and len(groups) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(work, groups))
-    else:
-        parts = [work(g) for g in groups]
-    flat = [row for part in parts for row in part]
+    flat = [row for part in _map(work, groups, threads) for row in part]
     return [flat[i * n_classes : (i + 1) * n_classes] for i in range(len(maps))]
 
 
@@ -498,11 +502,4 @@ def decode_batch(
             for i, a, b in zip(images, edges[:-1], edges[1:], strict=True)
         ]
 
-    firsts = range(0, len(shapes), chunk)
-    threads = threads or os.cpu_count() or 1
-    if threads > 1 and len(firsts) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(work, firsts))
-    else:
-        parts = [work(f) for f in firsts]
-    return [label for part in parts for label in part]
+    return [label for part in _map(work, range(0, len(shapes), chunk), threads) for label in part]

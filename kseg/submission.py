@@ -24,7 +24,7 @@ from kseg.config import Config
 from kseg.data import ID, MaskSpec, image_size, list_samples, read_mask
 from kseg.errors import DataError, KsegError, SubmissionError
 from kseg.io import atomic_write_bytes
-from kseg.metrics import row_dice, row_iou
+from kseg.metrics import label_counts, row_dice, row_iou
 
 Progress = Callable[[int, int], None]
 
@@ -710,6 +710,51 @@ def score_file(path: Path, cfg: Config, truth_dir: Path | None = None) -> ScoreR
         index=pd.Index(fmt.ids, name="row_id"),
     )
     return ScoreResult(float(dice.mean()) if n_rows else 1.0, per_class, rows)
+
+
+def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult:
+    """Score a folder of predicted label maps (``kseg infer`` output) against a folder of true masks,
+    with the competition metric: one row per image and class, Dice = 1 when both are empty.
+
+    Predictions are ``<stem>.png`` class-index maps (colour/overlay files are skipped); true masks are
+    files of the same stem in the data set's mask format (index or colour, ``data.palette``).
+    """
+    predictions, truth = Path(predictions), Path(truth)
+    for folder, flag in ((predictions, "--predictions"), (truth, "--truth")):
+        if not folder.is_dir():
+            raise SubmissionError(f"{flag} {folder} is not a folder; give the folder that holds the masks")
+    preds = {p.stem: p for p in sorted(predictions.glob("*.png")) if not p.stem.endswith(("_color", "_overlay"))}
+    if not preds:
+        raise SubmissionError(f"no predicted label maps (*.png) in {predictions}; run 'kseg infer --out {predictions}'")
+    truths = {p.stem: p for p in sorted(truth.iterdir()) if p.suffix.lower() in (".png", ".tif", ".tiff", ".bmp")}
+    missing = [stem for stem in preds if stem not in truths]
+    if missing:
+        raise SubmissionError(
+            f"no true mask for prediction {missing[0]!r} in {truth} ({len(missing)} of {len(preds)} missing); "
+            "masks must share the predictions' file names"
+        )
+    spec = MaskSpec.from_config(cfg.data)
+    k = len(cfg.data.classes)
+    rows = []
+    for stem, path in preds.items():
+        true = read_mask(truths[stem], spec)
+        pred = read_prediction(path, true.shape)
+        inter, pred_px, true_px = label_counts(pred, true, k, cfg.data.ignore_index)
+        for c in range(k):
+            rows.append((stem, c, int(inter[c]), int(pred_px[c]), int(true_px[c])))
+    table = pd.DataFrame(rows, columns=[ID, "class", "intersection", "pred_pixels", "true_pixels"])
+    table["dice"] = row_dice(table["intersection"], table["pred_pixels"], table["true_pixels"])
+    iou = row_iou(table["intersection"], table["pred_pixels"], table["true_pixels"])
+    per_class = {}
+    for c, name in enumerate(cfg.data.classes):
+        sel = (table["class"] == c).to_numpy()
+        per_class[name] = {
+            "dice": float(table["dice"][sel].mean()),
+            "iou": float(iou[sel].mean()),
+            "empty_share": float((table["true_pixels"][sel] == 0).mean()),
+            "rows": int(sel.sum()),
+        }
+    return ScoreResult(float(table["dice"].mean()), per_class, table)
 
 
 def _row_counts(parsed: pd.DataFrame, fmt: SubmissionFormat, truths: list[np.ndarray]) -> np.ndarray:

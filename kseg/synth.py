@@ -225,8 +225,11 @@ model:
   encoder_name: resnet18
   encoder_weights: null
 train:
-  epochs: 3
+  epochs: 12
   batch_size: 8
+  lr: 0.003
+  scheduler: onecycle
+  num_workers: 0                     # tiny images: worker processes would cost more than they save
 split:
   n_folds: 3
   seed: {seed}

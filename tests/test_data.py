@@ -267,14 +267,20 @@ def test_template_with_unknown_field(comp):
 # ------------------------------------------------------------------------------- real data
 
 
+def cfg_path():
+    return Path(__file__).parents[1] / "configs" / "dubai-aerial.yaml"
+
+
 def test_real_dubai_download(dubai, tmp_path):
     cfg = load_config(
         Path(__file__).parents[1] / "configs" / "dubai-aerial.yaml", [f"data.root={dubai}", f"workdir={tmp_path}"]
     )
     train = list_samples(cfg.data)
-    assert len(train) == 63 and train["ImageID"].is_unique
+    assert len(train) == 54 and train["ImageID"].is_unique  # Tile 7 is held out by data.exclude
     assert train["ImageID"][0] == "Tile_1_image_part_001"
-    assert train["tile"].nunique() == 7
+    assert train["tile"].nunique() == 6 and "Tile 7" not in set(train["tile"])
+    everything = list_samples(load_config(cfg_path(), [f"data.root={dubai}", "data.exclude=[]"]).data)
+    assert len(everything) == 63 and everything["tile"].nunique() == 7
     stats = scan_masks(cfg, train)
     assert (stats.counts.sum(1) > 0).all()
     assert set(stats.unknown) == {"#000000"}  # the download's stray black pixels, reported not hidden
@@ -296,3 +302,14 @@ def test_real_dubai_classes_json_colours_are_rejected_with_the_real_ones(dubai, 
     )
     with pytest.raises(DataError, match=r"colours outside data.palette: #8429F6 \([\d,]+ px\)"):
         scan_masks(cfg)
+
+
+def test_shipped_drone_config_reads_the_drone_layout(comp, tmp_path):
+    root = make_drone_layout(comp, tmp_path / "drone")
+    shutil.copy(comp / "sample_submission.csv", root / "sample_submission.csv")
+    config = Path(__file__).parents[1] / "configs" / "drone-12class.yaml"
+    six = "[background, person, bike, car, drone, boat]"  # the synthetic copy has 6 classes
+    cfg = load_config(config, [f"data.root={root}", f"data.classes={six}", f"workdir={tmp_path / 'w'}"])
+    assert len(list_samples(cfg.data, "train")) == 24 and len(list_samples(cfg.data, "test")) == 8
+    assert cfg.model.encoder_name == "resnet50" and cfg.infer.tta == "d4" and cfg.split.n_folds == 5
+    assert load_config(config).n_classes == 12

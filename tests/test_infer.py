@@ -304,3 +304,18 @@ def test_cli_infer_errors_are_one_line(runner, comp, tmp_path):
     assert result.exit_code == 1 and "no trained folds" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["infer", "-c", str(comp / "kseg.yaml"), "--tta", "d8"])
     assert result.exit_code == 1 and "TTA views 'd8' are unknown" in result.output
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_per_image_normalisation_ignores_lighting(comp, mode):
+    """Standardising each image by its own statistics makes predictions blind to a per-channel
+    brightness and contrast change (the scene-to-scene shift it is meant for)."""
+    cfg = _cfg(comp, "data.normalize=per_image", f"infer.mode={mode}", "data.image_size=[64,64]")
+    model = Pointwise().eval()
+    image = np.random.default_rng(4).random((80, 120, 3)).astype(np.float32)
+    darker = image * np.array([0.6, 0.7, 0.8], np.float32) + np.array([0.05, 0.1, 0.0], np.float32)
+    predictor = Predictor([model], cfg, torch.device("cpu"))
+    a, b = next(predictor.predict([image])), next(predictor.predict([darker]))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    fixed = Predictor([model], _cfg(comp, f"infer.mode={mode}", "data.image_size=[64,64]"), torch.device("cpu"))
+    assert (next(fixed.predict([image])) - next(fixed.predict([darker]))).abs().max() > 1e-2

@@ -362,3 +362,15 @@ def test_missing_kaggle_package_is_explained(monkeypatch):
 
     with pytest.raises(SubmissionError, match=r"pip install 'kseg\[kaggle\]'"):
         kaggle_api()
+
+
+def test_score_a_folder_of_label_maps(comp, runner):
+    from kseg.submission import score_label_maps
+
+    cfg = _cfg(comp)
+    result = score_label_maps(cfg, comp / "test_masks", comp / "test_masks")
+    assert result.score == 1.0 and len(result.rows) == 8 * 6
+    out = runner.invoke(app, ["score", "-c", str(comp / "kseg.yaml"), "--predictions", str(comp / "test_masks")])
+    assert out.exit_code == 1 and "--predictions needs --truth DIR" in out.output
+    out = runner.invoke(app, ["score", "-c", str(comp / "kseg.yaml")])
+    assert out.exit_code == 1 and "give either a submission FILE or --predictions DIR" in out.output

@@ -1,0 +1,142 @@
+"""``kseg demo``: the whole pipeline on a synthetic competition, on a CPU, in a few minutes.
+
+synth -> split -> train (every fold) -> tune -> report -> infer with TTA -> submit -> validate -> score,
+everything written under one folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kseg.config import load_config
+from kseg.errors import KsegError
+
+# Large enough for a small UNet to learn the scenes in a few CPU minutes, small enough to stay there.
+DEMO_COMPETITION = {"n_train": 48, "n_test": 16, "height": 64, "width": 96, "n_classes": 6}
+
+
+class Reporter(Protocol):
+    """How the demo tells its caller what it is doing."""
+
+    def stage(self, name: str) -> contextlib.AbstractContextManager[Callable[[int, int], None]]: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class _Silent:
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Callable[[int, int], None]]:
+        yield lambda done, total: None
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class DemoResult:
+    """Where the demo put things and how it scored."""
+
+    root: Path
+    submission: Path
+    valid: bool
+    problems: list[str]
+    score: float
+    empty_score: float
+    cv_score: float
+    cv_tuned: float
+    seconds: float
+    pictures: dict[str, list[Path]] = field(default_factory=dict)
+
+
+def _prepare(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KsegError(f"{out_dir} exists and is not a folder; choose another DIR for the demo")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        looks_like_demo = (out_dir / "kseg.yaml").is_file() and (out_dir / "train.csv").is_file()
+        if not force:
+            raise KsegError(f"{out_dir} is not empty; choose another DIR, or pass --force to replace a previous demo")
+        if not looks_like_demo:
+            raise KsegError(
+                f"{out_dir} does not look like a kseg demo (no kseg.yaml and train.csv); --force only replaces demos"
+            )
+        shutil.rmtree(out_dir)
+
+
+def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, force: bool = False) -> DemoResult:
+    """Run the whole pipeline on a fresh synthetic competition in ``out_dir``.
+
+    Args:
+        out_dir: Folder for everything the demo writes (created).
+        reporter: Receives stage names, progress and notes.
+        seed: Seed of the synthetic competition.
+        force: Replace a previous demo in ``out_dir``.
+    """
+    from kseg.infer import competition_test_images, load_ensemble, run_inference
+    from kseg.postprocess import tune
+    from kseg.report import cv_report
+    from kseg.split import make_folds
+    from kseg.submission import score_file, validate_file, write_submission
+    from kseg.synth import make_competition
+    from kseg.train import train_fold
+
+    rep = reporter or _Silent()
+    out_dir = Path(out_dir)
+    _prepare(out_dir, force)
+    t0 = time.perf_counter()
+    with rep.stage("make a synthetic competition") as progress:
+        make_competition(out_dir, seed=seed, on_progress=progress, **DEMO_COMPETITION)
+    cfg = load_config(out_dir / "kseg.yaml")
+    with rep.stage("split into folds") as progress:
+        make_folds(cfg, on_progress=progress)
+    best = []
+    for fold in range(cfg.split.n_folds):
+        with rep.stage(f"train fold {fold}") as progress:
+
+            def step(epoch: int, done: int, steps: int, loss: float, speed: float, progress=progress) -> None:
+                progress(epoch * steps + done, cfg.train.epochs * steps)
+
+            best.append(train_fold(cfg, fold, on_step=step).best_score)
+    with rep.stage("tune post-processing on out-of-fold predictions") as progress:
+        tuned = tune(cfg, on_progress=progress)
+    with rep.stage("cross-validation report") as progress:
+        report = cv_report(cfg, on_progress=progress)
+    with rep.stage(f"predict the test set (TTA {cfg.infer.tta}, {cfg.split.n_folds} folds)") as progress:
+        run_inference(
+            load_ensemble(cfg),
+            competition_test_images(cfg),
+            cfg.predictions_dir,
+            cfg.infer.tta,
+            color=True,
+            overlay=True,
+            on_progress=progress,
+        )
+    with rep.stage("write, validate and score the submission") as progress:
+        written = write_submission(cfg, on_progress=progress)
+        report_check = validate_file(written.path, cfg)
+        score = score_file(written.path, cfg).score
+        empty = score_file(cfg.sample_path, cfg).score
+    rep.note(written.note)
+    pictures = {
+        "training curves": sorted(cfg.workdir.glob("fold*/curves.png")),
+        "prediction overlays": sorted(cfg.predictions_dir.glob("*_overlay.png"))[:3],
+        "confusion matrix": [report.confusion_png],
+        "worst out-of-fold images": [report.worst_png],
+    }
+    return DemoResult(
+        root=out_dir,
+        submission=written.path,
+        valid=report_check.ok,
+        problems=[p.kind for p in report_check.problems],
+        score=score,
+        empty_score=empty,
+        cv_score=tuned.post.oof_score_before,
+        cv_tuned=tuned.post.oof_score_after,
+        seconds=time.perf_counter() - t0,
+        pictures=pictures,
+    )

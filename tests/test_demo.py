@@ -1,0 +1,33 @@
+import pytest
+
+from kseg.cli import app
+from kseg.demo import run_demo
+from kseg.errors import KsegError
+
+
+def test_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(KsegError, match="is not empty; choose another DIR, or pass --force"):
+        run_demo(tmp_path)
+    with pytest.raises(KsegError, match="does not look like a kseg demo"):
+        run_demo(tmp_path, force=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(runner, tmp_path):
+    """The README's main command: a valid submission scoring well above an all-empty one."""
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output and "INVALID" not in result.output
+    assert (out / "submissions" / "submission.csv").is_file()
+    assert (out / "work" / "postprocess.json").is_file()
+    assert list((out / "work" / "predictions").glob("*_overlay.png"))
+    assert (out / "work" / "report" / "worst.png").is_file()
+    line = next(x for x in result.output.splitlines() if "local score" in x)
+    score = float(line.split("truth: ")[1].split()[0])
+    empty = float(line.split("scores ")[1].rstrip(")"))
+    assert score > empty + 0.2
+    again = runner.invoke(app, ["demo", str(out), "--force"], env={"COLUMNS": "200"})
+    assert again.exit_code == 0, again.output

@@ -1,0 +1,26 @@
+import os
+import stat
+
+import pytest
+
+from kseg.io import atomic_write_text
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "out.csv", "a,b\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o644
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    from kseg.io import atomic_open
+
+    (tmp_path / "out.csv").write_text("previous\n")
+    with pytest.raises(RuntimeError), atomic_open(tmp_path / "out.csv") as handle:
+        handle.write("half")
+        raise RuntimeError("interrupted")
+    assert (tmp_path / "out.csv").read_text() == "previous\n"
+    assert os.listdir(tmp_path) == ["out.csv"]
