@@ -177,7 +177,9 @@ def split(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False
         cells = [f"{_pct(result.image_share[f, k])} / {_pct(result.pixel_share[f, k])}" for f in range(n_folds)]
         table.add_row(name, f"{_pct(all_img[k])} / {_pct(all_px[k])}", *cells)
     console.print(table)
-    groups = f", {result.n_groups} groups by '{cfg.split.group_by}'" if result.n_groups else ""
+    by = [f"'{cfg.split.group_by}'"] if cfg.split.group_by else []
+    by = " and ".join(by + (["audit duplicates"] if cfg.split.duplicates else []))
+    groups = f", {result.n_groups} groups by {by}" if result.n_groups else ""
     plain = "plain group KFold" if result.n_groups else "plain KFold"
     console.print(
         f"imbalance [bold]{result.imbalance:.1f}%[/] vs {result.plain_imbalance:.1f}% for a {plain} "
@@ -194,6 +196,95 @@ def split(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False
     console.print(
         f"wrote {result.path}  (scanned {result.stats.n_scanned} masks, {cached} from cache)", highlight=False
     )
+
+
+@app.command()
+def audit(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: <workdir>/audit).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary only.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Audit the data: duplicates across train/test, unreadable files, mask sizes, classes, image sizes."""
+    from kseg.audit import run_audit, summary_json
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        bars: dict[str, object] = {}
+        stack = contextlib.ExitStack()
+        with stack:
+
+            def update(stage: str, done: int, total: int) -> None:
+                if stage not in bars:
+                    label = {"hash": "hash images", "masks": "read masks"}.get(stage, stage)
+                    bars[stage] = stack.enter_context(progress_bar(label))
+                bars[stage](done, total)
+
+            result = run_audit(cfg, out, on_progress=None if as_json else update)
+    if as_json:
+        print(summary_json(result))
+        return
+    n_train = int((result.images["set"] == "train").sum())
+    n_test = int((result.images["set"] == "test").sum())
+    table = Table(title=f"audit of {n_train} training and {n_test} test images")
+    table.add_column("finding")
+    table.add_column("count", justify="right")
+    table.add_column("detail")
+    cross = result.groups[result.groups["kind"] == "train+test"]
+    table.add_row(
+        "duplicate groups",
+        str(result.n_groups),
+        f"{result.n_cross} across train/test ({cross['set'].eq('test').sum()} test images)" if result.n_groups else "",
+    )
+    first = result.unreadable["error"].iloc[0] if len(result.unreadable) else ""
+    table.add_row("unreadable images", str(len(result.unreadable)), escape(first))
+    first = result.mask_problems["problem"].iloc[0] if len(result.mask_problems) else ""
+    table.add_row("mask problems", str(len(result.mask_problems)), escape(first))
+    rare = result.classes.loc[result.classes["rare"], "class"].tolist()
+    table.add_row("rare classes", str(len(rare)), ", ".join(rare))
+    unknown = ", ".join(f"{v} ({p:,} px in {m} masks)" for v, (p, m) in sorted(result.unknown.items()))
+    table.add_row("values outside the palette", str(len(result.unknown)), unknown)
+    console.print(table)
+    console.print(f"wrote {result.report}", highlight=False)
+
+
+@app.command()
+def tile(
+    image: Annotated[Path, typer.Argument(help="A georeferenced raster (GeoTIFF), any number of bands.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for tiles, tiles.csv, tiles.json, data.yaml.")],
+    mask: Annotated[Path | None, typer.Option("--mask", help="Class raster (band 1), any resolution.")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Tile side in pixels (tile.size).")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Step between tiles (tile.stride).")] = None,
+    bands: Annotated[str | None, typer.Option("--bands", help="1-based bands to keep, e.g. 4,3,2.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Cut a large GeoTIFF (and its mask raster) into tiles with windowed reads; needs kseg[geo]."""
+    from kseg.config import tile_options
+    from kseg.tile import tile_raster
+
+    with handled(debug):
+        options, ignore_index = tile_options(config, set_)
+        changes = {"size": size, "stride": stride, "bands": _int_list(bands, "--bands")}
+        options = options.model_copy(update={k: v for k, v in changes.items() if v is not None})
+        if options.size < 8 or (options.stride is not None and options.stride < 1):
+            raise KsegError(f"--size {options.size} / --stride {options.stride} must be at least 8 / 1")
+        with progress_bar("tile") as update:
+            result = tile_raster(image, out, options, mask, ignore_index, on_progress=update)
+    kept = len(result.index)
+    console.print(
+        f"{kept} tiles of {options.size} px kept out of {result.n_candidates} "
+        f"({result.dropped_nodata} all nodata, {result.dropped_classes} only tile.drop_classes)\n"
+        f"per-band mean {_short(result.mean)}, std {_short(result.std)}\n"
+        f"wrote {result.out} (tiles.csv, tiles.json, data.yaml: the data section for these tiles)",
+        highlight=False,
+    )
+
+
+def _short(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 @app.command("config")
@@ -421,7 +512,7 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise KsegError(f"{what} {text!r} is not a comma-separated list of fold numbers, e.g. 0,1,2") from None
+        raise KsegError(f"{what} {text!r} is not a comma-separated list of whole numbers, e.g. 0,1,2") from None
 
 
 def _float_list(text: str | None, what: str) -> list[float] | None:
@@ -461,6 +552,10 @@ def infer(
     color: Annotated[bool, typer.Option("--color", help="Also write <id>_color.png in the palette.")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write <id>_overlay.png (image | blend).")] = False,
     probs: Annotated[bool, typer.Option("--probs", help="Also write uint8 probabilities <id>.probs.npy.")] = False,
+    stitch: Annotated[
+        Path | None,
+        typer.Option("--stitch", help="Tiles of 'kseg tile': also write the predictions as one GeoTIFF here."),
+    ] = None,
     no_postprocess: NoPostOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -481,6 +576,16 @@ def infer(
             weights = _float_list(fold_weights, "--fold-weights") or cfg.infer.fold_weights
             ensemble = load_ensemble(cfg, chosen, weights)
         cfg = ensemble.cfg
+        tiles_dir = None
+        if stitch is not None:
+            from kseg.tile import META_NAME
+
+            candidates = [d for d in (images, images.parent if images else None) if d and (d / META_NAME).is_file()]
+            if not candidates:
+                raise KsegError(
+                    f"--stitch needs --images pointing at the images of a 'kseg tile' folder (with {META_NAME})"
+                )
+            tiles_dir = candidates[0]
         if images is not None:
             if out is None:
                 raise KsegError("--images needs --out DIR for the predicted masks")
@@ -507,6 +612,12 @@ def infer(
         console.print("post-processing: off (--no-postprocess)", highlight=False)
     for item in result.skipped:
         err_console.print(f"[yellow]skipped[/] {escape(item)}", highlight=False)
+    if tiles_dir is not None:
+        from kseg.tile import stitch as stitch_tiles
+
+        with handled(debug):
+            written = stitch_tiles(tiles_dir, result.out, stitch)
+        console.print(f"stitched {result.n_images} tiles into {written}", highlight=False)
 
 
 @app.command()

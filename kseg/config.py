@@ -197,6 +197,7 @@ class TrainConfig(Section):
     warmup_epochs: float = Field(1.0, ge=0)
     accumulate: int = Field(1, ge=1)
     clip_grad: float | None = Field(None, gt=0)
+    ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -207,7 +208,6 @@ class TrainConfig(Section):
     pin_memory: bool | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
-    val_batch_size: int | None = Field(None, ge=1)
     save_oof: bool = True
 
     @field_validator("loss")
@@ -227,6 +227,30 @@ class SplitConfig(Section):
     area_bins: int = Field(3, ge=0, le=10)
     workers: int | None = Field(None, ge=1)
     verify_images: bool = False
+    duplicates: bool = False  # keep each duplicate group of 'kseg audit' in one fold
+
+
+class TileConfig(Section):
+    """`kseg tile`: cutting large georeferenced rasters (and their mask rasters) into tiles."""
+
+    size: int = Field(512, ge=8)  # tile side in image pixels
+    stride: int | None = Field(None, ge=1)  # default: the size (no overlap)
+    bands: list[int] | None = None  # 1-based band numbers to keep (default: all)
+    mask_resampling: Literal["nearest", "mode"] = "mode"  # mask onto the image grid: nearest or majority
+    nodata: float | None = None  # image nodata value (default: the raster's own)
+    drop_nodata: bool = True  # drop tiles whose pixels are all nodata
+    drop_classes: list[int] = Field(default_factory=list)  # drop tiles whose labelled pixels are all these
+
+
+class AuditConfig(Section):
+    """`kseg audit`: perceptual-hash duplicates and the thresholds of what gets flagged."""
+
+    hash: Literal["phash", "dhash", "average_hash", "whash"] = "phash"
+    hash_size: int = Field(8, ge=4, le=32)  # bits: hash_size squared
+    threshold: int = Field(10, ge=0)  # images whose hashes differ in at most this many bits are near-duplicates
+    max_sheets: int = Field(50, ge=0)  # contact sheets written (groups beyond are listed only)
+    rare_images: int = Field(5, ge=0)  # a class in fewer training images is flagged rare
+    rare_share: float = Field(0.001, ge=0, le=1)  # ... or with a smaller share of the labelled pixels
 
 
 class InferConfig(Section):
@@ -285,6 +309,8 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    tile: TileConfig = Field(default_factory=TileConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
 
@@ -413,6 +439,23 @@ def build_config(tree: dict, base_dir: Path, source: str = "config", overrides: 
     if cfg.submission.predictions is not None:
         cfg.submission.predictions = _resolve(cfg.submission.predictions, base_dir)
     return cfg
+
+
+def tile_options(path: Path | None, overrides: list[str] | None = None) -> tuple[TileConfig, int]:
+    """The ``tile`` section (and ``data.ignore_index``) of a config; without ``-c`` and without a
+    ``kseg.yaml`` here, the defaults with ``--set tile.*`` overrides (tiling needs no competition yet)."""
+    overrides = list(overrides or [])
+    if path is not None or (Path.cwd() / CONFIG_NAME).is_file():
+        cfg = load_config(path, overrides)
+        return cfg.tile, cfg.data.ignore_index
+    tree = apply_overrides({}, overrides)
+    unknown = sorted(set(tree) - {"tile"})
+    if unknown:
+        raise ConfigError(f"without a config only tile.* keys can be --set, not {unknown[0]!r}; pass -c FILE")
+    try:
+        return TileConfig.model_validate(tree.get("tile") or {}), 255
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc.errors()[0], "--set", overrides).replace("config --set", "--set")) from None
 
 
 def find_config(path: Path | None) -> Path:

@@ -97,6 +97,13 @@ def _open(path: Path, what: str) -> Image.Image:
 
 def image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` of an image from its header, without decoding the pixels."""
+    if Path(path).suffix == ".npy":  # multiband arrays (H, W, C): the header alone, memory-mapped
+        try:
+            return tuple(np.load(path, mmap_mode="r").shape[:2])
+        except FileNotFoundError:
+            raise DataError(f"image {path} does not exist; check the path and the config's templates") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"image {path} cannot be read ({exc}); re-create the file") from None
     try:
         with Image.open(path) as image:
             width, height = image.size

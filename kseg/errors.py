@@ -31,3 +31,11 @@ class ModelError(KsegError):
 
 class TrainError(KsegError):
     """Training cannot start or resume as asked."""
+
+
+class AuditError(KsegError):
+    """The data audit cannot run, or its results are missing where a command needs them."""
+
+
+class TileError(KsegError):
+    """A raster cannot be tiled, or tile predictions cannot be stitched, as asked."""

@@ -375,10 +375,16 @@ def make_folds(cfg: Config, on_progress: Progress | None = None) -> SplitResult:
                 "fix split.group_by"
             )
         groups = samples[column].astype(str).to_numpy()
+    if cfg.split.duplicates:  # near-copies found by 'kseg audit' never straddle folds
+        from kseg.audit import merge_groups, read_duplicate_groups
+
+        groups = merge_groups(samples[ID], groups, read_duplicate_groups(cfg))
+    if groups is not None:
         n_groups = len(set(groups))
         if n_groups < n_folds:
+            what = f"split.group_by {cfg.split.group_by!r}" if cfg.split.group_by else "split.duplicates"
             raise SplitError(
-                f"split.group_by {column!r} gives {n_groups} groups, fewer than split.n_folds={n_folds}; "
+                f"{what} gives {n_groups} groups, fewer than split.n_folds={n_folds}; "
                 f"lower split.n_folds to at most {n_groups}"
             )
     elif len(samples) < n_folds:

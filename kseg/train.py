@@ -396,11 +396,27 @@ def train_fold(
     seed_everything(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
     model, weights_from = build_model(cfg.model, len(classes))
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        if (checkpoint.get("ema_decay") is not None) != (cfg.train.ema is not None):
+            raise TrainError(
+                f"{last_path} was trained with train.ema {checkpoint.get('ema_decay')} and the config says "
+                f"{cfg.train.ema}; resume with the same train.ema, or train without --resume"
+            )
+        # with EMA, "model" holds the averaged weights (what inference loads), "raw_model" the trained ones
+        model.load_state_dict(checkpoint.get("raw_model", checkpoint["model"]))
         weights_from = f"resumed from {last_path} (epoch {checkpoint['epoch']})"
     model.to(device)
     if cfg.train.channels_last:  # faster on GPUs and, measured here, on CPUs too (scripts/bench_train.py)
         model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.train.ema is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # BatchNorm statistics are averaged too (use_buffers), so the averaged model needs no recalibration
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+        if checkpoint is not None:
+            ema.module.load_state_dict(checkpoint["model"])
+            ema.n_averaged.fill_(checkpoint["ema_updates"])
+    eval_model = ema.module if ema is not None else model
     class_pixels = counts.sum(0) if counts is not None else None
     loss_fn = build_loss(cfg, class_pixels).to(device)
     val_loss_fn = build_loss(cfg, class_pixels)  # on the CPU, where validation probabilities land
@@ -461,7 +477,7 @@ def train_fold(
             f"fold {fold} has already trained {start_epoch} epochs (train.epochs is {cfg.train.epochs}); "
             "raise train.epochs to train on"
         )
-    predictor = Predictor([model], cfg, device, amp)
+    predictor = Predictor([eval_model], cfg, device, amp)
     stopped_early = False
     steps_done = checkpoint["steps_done"] if checkpoint is not None else 0
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -489,6 +505,8 @@ def train_fold(
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 steps_done += 1
+                if ema is not None:
+                    ema.update_parameters(model)
                 if per_step:
                     scheduler.step()
             running += float(loss.detach()) * len(images)
@@ -506,7 +524,7 @@ def train_fold(
         lr = optimizer.param_groups[0]["lr"]
         stats = None
         if main:
-            model.eval()
+            eval_model.eval()
             oof_tmp = fold_dir / "oof.npy.partial"
             oof = None
             if cfg.train.save_oof:
@@ -545,7 +563,7 @@ def train_fold(
             scheduler.step(history[-1]["val_dice"])
         if main:
             state = {
-                "model": _unwrap(model).state_dict(),
+                "model": eval_model.state_dict() if ema is not None else _unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(),
@@ -562,6 +580,10 @@ def train_fold(
                 "kseg_version": __version__,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             }
+            if ema is not None:
+                state["raw_model"] = _unwrap(model).state_dict()
+                state["ema_decay"] = cfg.train.ema
+                state["ema_updates"] = int(ema.n_averaged)
             if stats is not None and stats.best:
                 save_checkpoint(best_path, state)
             save_checkpoint(last_path, state)

@@ -310,3 +310,46 @@ def test_two_process_gloo_training(split_comp, tmp_path):
     metrics = pd.read_csv(root / "work" / "fold0" / "metrics.csv")
     assert len(metrics) == 2 and np.isfinite(metrics["val_dice"]).all()
     assert (root / "work" / "fold0" / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_path):
+    """train.ema: the averaged weights are what validation scores and inference loads; resume is exact."""
+    from kseg.infer import Predictor
+    from kseg.losses import build_loss
+    from kseg.models import build_model
+    from kseg.train import _fold_tables, evaluate, summarize
+
+    straight = _copy(split_comp, tmp_path / "a")
+    interrupted = _copy(split_comp, tmp_path / "b")
+    full = train_fold(_cfg(straight, "train.epochs=3", "train.ema=0.9"), 1)
+    state = torch.load(straight / "work" / "fold1" / "best.pt", weights_only=False)
+    assert state["ema_decay"] == 0.9 and state["ema_updates"] > 0
+    assert any(not torch.equal(state["model"][k], state["raw_model"][k]) for k in state["model"])
+
+    cfg = _cfg(straight, "train.ema=0.9")
+    model, _ = build_model(cfg.model, 6)
+    model.load_state_dict(state["model"])
+    model.eval()
+    _, val, _ = _fold_tables(cfg, 1)
+    _, counts = evaluate(Predictor([model], cfg, torch.device("cpu")), val, cfg, build_loss(cfg))
+    assert summarize(counts, cfg.data.classes)[0] == pytest.approx(full.best_score, abs=1e-12)
+
+    def stop_after_two(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(_cfg(interrupted, "train.epochs=3", "train.ema=0.9"), 1, on_epoch=stop_after_two)
+    with pytest.raises(TrainError, match="trained with train.ema 0.9 and the config says None"):
+        train_fold(_cfg(interrupted, "train.epochs=3"), 1, resume=True)
+    train_fold(_cfg(interrupted, "train.epochs=3", "train.ema=0.9"), 1, resume=True)
+    a = torch.load(straight / "work" / "fold1" / "last.pt", weights_only=False)
+    b = torch.load(interrupted / "work" / "fold1" / "last.pt", weights_only=False)
+    for key in ("model", "raw_model"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    pd.testing.assert_frame_equal(
+        pd.read_csv(straight / "work" / "fold1" / "metrics.csv"),
+        pd.read_csv(interrupted / "work" / "fold1" / "metrics.csv"),
+        check_exact=True,
+    )

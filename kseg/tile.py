@@ -1,0 +1,382 @@
+"""Cut large georeferenced rasters into training tiles, and stitch tile predictions back into one GeoTIFF.
+
+Satellite scenes (a Sentinel-2 style multiband GeoTIFF, 30,000 px a side, with a land-cover raster at
+another resolution) are far too big to load; every read and write here is windowed:
+
+- The image is read one tile window at a time (``tile.bands``, 1-based, chosen bands only).
+- The mask raster is read over the **same ground footprint** (its window comes from the image window's
+  bounds in the mask's own grid) and resampled onto the tile's pixel grid by GDAL while reading:
+  ``tile.mask_resampling: nearest`` or ``mode`` (the majority class of the finer pixels under each
+  image pixel). Mask pixels outside the mask raster or equal to its nodata become ``data.ignore_index``.
+- Tiles are dropped by rule: all image pixels nodata (``tile.drop_nodata``), or every labelled pixel in
+  ``tile.drop_classes`` (e.g. sea only).
+- Tiles are written as ``images/<stem>_y<row>_x<col>.npy`` (``(H, W, C)``, the raster's dtype) or
+  ``.png`` for 3-band 8-bit rasters, masks as index PNGs, and ``tiles.csv`` (``ImageID`` plus
+  ``source, row, col, height, width, labelled``) that ``data.layout: csv`` reads as a competition;
+  ``tiles.json`` keeps the source's georeference and the per-band mean / std of the kept tiles'
+  valid pixels (``data.mean`` / ``data.std`` in the raster's units), and ``data.yaml`` is the matching
+  ``data:`` section.
+- ``stitch`` writes tile predictions into a GeoTIFF with the source's CRS and transform; where tiles
+  overlap, each pixel comes from the tile whose centre is nearest.
+
+rasterio is an optional dependency: ``pip install -e ".[geo]"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from kseg.config import TileConfig
+from kseg.errors import TileError
+from kseg.io import atomic_write_text
+
+INDEX_NAME = "tiles.csv"
+META_NAME = "tiles.json"
+GDAL_CACHE_MB = 64  # GDAL's block cache would otherwise grow to 5% of RAM and hide the windowed reads
+
+
+def _rasterio():
+    try:
+        import rasterio
+    except ImportError:
+        raise TileError('kseg tile needs rasterio, which is not installed; run: pip install -e ".[geo]"') from None
+    return rasterio
+
+
+@dataclass
+class TileResult:
+    """What ``tile_raster`` wrote.
+
+    Attributes:
+        index: ``tiles.csv`` as a table (kept tiles only).
+        out: Output folder.
+        n_candidates: Tile windows considered.
+        dropped_nodata: Windows dropped because every image pixel was nodata.
+        dropped_classes: Windows dropped because every labelled pixel was in ``tile.drop_classes``.
+        mean, std: Per-band statistics of the kept tiles' valid pixels, in the raster's units.
+    """
+
+    index: pd.DataFrame
+    out: Path
+    n_candidates: int
+    dropped_nodata: int
+    dropped_classes: int
+    mean: list[float]
+    std: list[float]
+
+
+def tile_origins(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``size`` every ``stride`` that cover ``0..length``; the last one is
+    moved back to end exactly at ``length`` so that every tile is whole."""
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
+
+
+def _georeferenced(src) -> bool:
+    return src.crs is not None and not src.transform.is_identity
+
+
+def _check_inputs(src, mask_src, options: TileConfig, image: Path, mask: Path | None) -> list[int]:
+    if not _georeferenced(src):
+        raise TileError(
+            f"{image} has no georeference (no CRS or an identity transform); tiles could not be placed on the "
+            "mask or stitched back: assign one first, e.g. gdal_edit.py -a_srs EPSG:32640 -a_ullr ..."
+        )
+    size = options.size
+    if size > src.height or size > src.width:
+        raise TileError(
+            f"tile.size {size} is larger than {image} ({src.height}x{src.width} px); "
+            f"use a tile.size of at most {min(src.height, src.width)}"
+        )
+    bands = options.bands or list(range(1, src.count + 1))
+    bad = [b for b in bands if not 1 <= b <= src.count]
+    if bad:
+        raise TileError(
+            f"tile.bands {bad} out of range: {image} has bands 1..{src.count}; pick band numbers in that range"
+        )
+    if mask_src is not None:
+        if not _georeferenced(mask_src):
+            raise TileError(f"mask {mask} has no georeference (no CRS or an identity transform); assign one first")
+        if mask_src.crs != src.crs:
+            raise TileError(
+                f"mask {mask} is in {mask_src.crs} but image {image} is in {src.crs}; reproject the mask "
+                f"first, e.g. gdalwarp -t_srs {src.crs} -r mode mask.tif mask_{src.crs.to_epsg() or 'same'}.tif"
+            )
+    return bands
+
+
+def tile_raster(
+    image: Path,
+    out: Path,
+    options: TileConfig,
+    mask: Path | None = None,
+    ignore_index: int = 255,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TileResult:
+    """Cut ``image`` (and its ``mask`` raster) into tiles under ``out``.
+
+    Args:
+        image: A georeferenced raster (GeoTIFF), any number of bands.
+        out: Output folder (``images/``, ``masks/``, ``tiles.csv``, ``tiles.json``, ``data.yaml``).
+        options: The ``tile`` config section.
+        mask: Optional class raster (band 1 holds class indices), any resolution, same CRS.
+        ignore_index: Label for mask pixels that are nodata or outside the mask raster.
+        on_progress: Optional ``callback(done, total)``.
+
+    Raises:
+        TileError: No georeference, CRS mismatch, tile larger than the raster, band out of range, no rasterio.
+    """
+    rasterio = _rasterio()
+    image, out = Path(image), Path(out)
+    for path, what in ((image, "image"), (mask, "mask")):
+        if path is not None and not Path(path).is_file():
+            raise TileError(f"{what} raster {path} does not exist; check the path")
+    with warnings.catch_warnings():  # a raster without georeference gets kseg's one-line error, not a warning
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(image) as src:
+            mask_src = rasterio.open(mask) if mask is not None else None
+            # built next to its place and renamed into it: an interrupted run leaves no half-made tile set
+            work = out.with_name(f".{out.name}.partial")
+            shutil.rmtree(work, ignore_errors=True)
+            try:
+                result = _tile(rasterio, src, mask_src, image, work, options, mask, ignore_index, on_progress)
+                (work / "data.yaml").write_text(_data_yaml(out, json.loads((work / META_NAME).read_text()), mask))
+                if out.exists():
+                    old = out.with_name(f".{out.name}.old")
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(out, old)
+                    os.replace(work, out)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(work, out)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+            result.out = out
+            return result
+
+
+def _tile(rasterio, src, mask_src, image, out, options, mask, ignore_index, on_progress) -> TileResult:
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window, from_bounds
+
+    resampling = {"nearest": Resampling.nearest, "mode": Resampling.mode}[options.mask_resampling]
+    stride = options.stride or options.size
+    size = options.size
+    drop = set(options.drop_classes)
+    try:
+        bands = _check_inputs(src, mask_src, options, image, mask)
+        nodata = options.nodata if options.nodata is not None else src.nodata
+        dtype = np.dtype(src.dtypes[bands[0] - 1])
+        as_png = len(bands) == 3 and dtype == np.uint8
+        mask_nodata = mask_src.nodata if mask_src is not None else None
+        rows, cols = tile_origins(src.height, size, stride), tile_origins(src.width, size, stride)
+        (out / "images").mkdir(parents=True)
+        if mask_src is not None:
+            (out / "masks").mkdir(parents=True, exist_ok=True)
+        total, sums, squares = np.zeros(len(bands)), np.zeros(len(bands)), np.zeros(len(bands))
+        records, dropped_nodata, dropped_classes, done = [], 0, 0, 0
+        n = len(rows) * len(cols)
+        for row in rows:
+            for col in cols:
+                window = Window(col, row, size, size)
+                pixels = src.read(bands, window=window)  # (C, size, size)
+                valid = (
+                    np.ones(pixels.shape[1:], bool) if nodata is None else ~(pixels == nodata).all(0)
+                )  # a pixel is nodata when every chosen band says so
+                done += 1
+                if options.drop_nodata and not valid.any():
+                    dropped_nodata += 1
+                    _tick(on_progress, done, n)
+                    continue
+                labels = None
+                if mask_src is not None:
+                    bounds = rasterio.windows.bounds(window, src.transform)
+                    mwin = from_bounds(*bounds, transform=mask_src.transform)
+                    labels = mask_src.read(
+                        1,
+                        window=mwin,
+                        out_shape=(size, size),
+                        resampling=resampling,
+                        boundless=True,
+                        fill_value=mask_nodata if mask_nodata is not None else ignore_index,
+                    )
+                    labels = labels.astype(np.int64)
+                    outside = labels == mask_nodata if mask_nodata is not None else np.zeros_like(valid)
+                    labels = np.where(outside | ~valid | (labels < 0) | (labels > 255), ignore_index, labels)
+                    labels = labels.astype(np.uint8)
+                    labelled = labels != ignore_index
+                    if drop and labelled.any() and set(np.unique(labels[labelled]).tolist()) <= drop:
+                        dropped_classes += 1
+                        _tick(on_progress, done, n)
+                        continue
+                name = f"{image.stem}_y{row:05d}_x{col:05d}"
+                hwc = np.ascontiguousarray(pixels.transpose(1, 2, 0))
+                if as_png:
+                    Image.fromarray(hwc).save(out / "images" / f"{name}.png")
+                else:
+                    np.save(out / "images" / f"{name}.npy", hwc)
+                share = 1.0
+                if labels is not None:
+                    Image.fromarray(labels).save(out / "masks" / f"{name}.png")
+                    share = float((labels != ignore_index).mean())
+                flat = pixels.reshape(len(bands), -1)[:, valid.ravel()].astype(np.float64)
+                total += flat.shape[1]
+                sums += flat.sum(1)
+                squares += (flat * flat).sum(1)
+                records.append((name, image.name, row, col, size, size, round(share, 4)))
+                _tick(on_progress, done, n)
+    finally:
+        if mask_src is not None:
+            mask_src.close()
+    meta_src = {
+        "source": str(image.resolve()),
+        "crs": src.crs.to_wkt(),
+        "transform": list(src.transform)[:6],
+        "height": src.height,
+        "width": src.width,
+    }
+    if not records:
+        raise TileError(
+            f"every tile of {image} was dropped ({dropped_nodata} all nodata, {dropped_classes} only "
+            f"tile.drop_classes {sorted(drop)}); relax tile.drop_nodata / tile.drop_classes"
+        )
+    mean = (sums / np.maximum(total, 1)).tolist()
+    std = np.sqrt(np.maximum(squares / np.maximum(total, 1) - np.square(mean), 0)).tolist()
+    if as_png:  # 8-bit images are normalised on the 0-1 scale
+        mean, std = [m / 255 for m in mean], [s / 255 for s in std]
+    index = pd.DataFrame(records, columns=["ImageID", "source", "row", "col", "height", "width", "labelled"])
+    atomic_write_text(out / INDEX_NAME, index.to_csv(index=False))
+    meta = {
+        **meta_src,
+        "size": size,
+        "stride": stride,
+        "bands": bands,
+        "dtype": str(dtype),
+        "suffix": ".png" if as_png else ".npy",
+        "mean": mean,
+        "std": [max(s, 1e-6) for s in std],
+    }
+    atomic_write_text(out / META_NAME, json.dumps(meta, indent=1))
+    return TileResult(index, out, n, dropped_nodata, dropped_classes, mean, meta["std"])
+
+
+def _tick(callback, done: int, total: int) -> None:
+    if callback is not None:
+        callback(done, total)
+
+
+def _data_yaml(out: Path, meta: dict, has_mask: object) -> str:
+    suffix = meta["suffix"]
+    lines = [
+        f"# data section for the tiles of {Path(meta['source']).name}, written by kseg tile",
+        "data:",
+        f"  root: {out.resolve()}",
+        "  layout: csv",
+        f"  train_csv: {INDEX_NAME}",
+        f"  image_template: images/{{id}}{suffix}",
+    ]
+    if has_mask:
+        lines.append("  mask_template: masks/{id}.png")
+    lines += [
+        f"  image_size: [{meta['size']}, {meta['size']}]",
+        f"  mean: [{', '.join(f'{m:.6g}' for m in meta['mean'])}]",
+        f"  std: [{', '.join(f'{s:.6g}' for s in meta['std'])}]",
+        "model:",
+        f"  in_channels: {len(meta['bands'])}",
+        "split:",
+        "  group_by: source        # tiles of one scene stay in one fold",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def stitch(tiles: Path, predictions: Path, out: Path, nodata: int = 255) -> Path:
+    """Write the predicted label maps of ``tiles`` (``kseg infer --out predictions``) into one GeoTIFF.
+
+    Args:
+        tiles: The ``kseg tile`` output folder (``tiles.csv`` and ``tiles.json``).
+        predictions: Folder of ``<ImageID>.png`` label maps, one per tile.
+        out: GeoTIFF to write, with the source raster's CRS, transform and size (uint8, LZW, tiled).
+        nodata: Value of pixels no tile covers (dropped tiles).
+
+    Raises:
+        TileError: When the index or a tile's prediction is missing.
+    """
+    rasterio = _rasterio()
+    from rasterio.windows import Window
+
+    tiles, predictions, out = Path(tiles), Path(predictions), Path(out)
+    if not (tiles / META_NAME).is_file():
+        raise TileError(f"{tiles} holds no {META_NAME}; give the folder 'kseg tile' wrote")
+    meta = json.loads((tiles / META_NAME).read_text())
+    index = pd.read_csv(tiles / INDEX_NAME, dtype={"ImageID": str})
+    missing = [i for i in index["ImageID"] if not (predictions / f"{i}.png").is_file()]
+    if missing:
+        raise TileError(
+            f"no prediction {predictions / (missing[0] + '.png')} ({len(missing)} of {len(index)} tiles missing); "
+            f"run: kseg infer --images {tiles / 'images'} --out {predictions}"
+        )
+    height, width, size = meta["height"], meta["width"], meta["size"]
+    profile = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": rasterio.crs.CRS.from_wkt(meta["crs"]),
+        "transform": rasterio.Affine(*meta["transform"]),
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "lzw",
+    }
+    rows = sorted(set(index["row"]))
+    cols = sorted(set(index["col"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(tmp, "w", **profile) as dst:
+            band = 256
+            for y in range(0, height, band):  # nodata everywhere first: dropped tiles stay nodata
+                h = min(band, height - y)
+                dst.write(np.full((1, h, width), nodata, np.uint8), window=Window(0, y, width, h))
+            for r in index.itertuples(index=False):
+                y0, y1 = _central(r.row, rows, size, height)
+                x0, x1 = _central(r.col, cols, size, width)
+                labels = np.asarray(Image.open(predictions / f"{r.ImageID}.png"))
+                if labels.shape != (size, size):
+                    raise TileError(
+                        f"prediction {r.ImageID}.png is {labels.shape[0]}x{labels.shape[1]}, not the tile's "
+                        f"{size}x{size}; predict the tiles at their own size (infer.mode: tile, or data.image_size)"
+                    )
+                part = labels[y0 - r.row : y1 - r.row, x0 - r.col : x1 - r.col]
+                dst.write(part[None], window=Window(x0, y0, x1 - x0, y1 - y0))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _central(start: int, starts: list[int], size: int, length: int) -> tuple[int, int]:
+    """The span of this tile that lies closer to its own centre than to its neighbours' centres."""
+    i = starts.index(start)
+    lo = start if i == 0 else (starts[i - 1] + start + size + 1) // 2  # both ends round up: no gap, no overlap
+    hi = start + size if i == len(starts) - 1 else (start + starts[i + 1] + size + 1) // 2
+    lo = max(lo, start)
+    hi = min(hi, start + size, length)
+    return lo, hi
