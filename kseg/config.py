@@ -176,6 +176,9 @@ class AugmentConfig(Section):
     brightness_contrast: float = Field(0.3, ge=0, le=1)
     color_jitter: float = Field(0.0, ge=0, le=1)  # brightness, contrast, saturation and hue together
     coarse_dropout: float = Field(0.0, ge=0, le=1)
+    cutmix: float = Field(0.0, ge=0, le=1)  # per sample: paste a box of another sample of the batch
+    copy_paste: float = Field(0.0, ge=0, le=1)  # per sample: paste one rare class's pixels of another sample
+    copy_paste_classes: list[str] | None = None  # default: classes below the median pixel share
 
 
 class TrainConfig(Section):
@@ -209,6 +212,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
     save_oof: bool = True
+    log: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # experiment trackers, none by default
+    wandb_project: str = "kseg"
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
 
     @field_validator("loss")
     @classmethod

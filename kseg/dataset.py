@@ -225,3 +225,78 @@ def train_loader(
         drop_last=len(sampler) > cfg.train.batch_size,
         persistent_workers=False,
     )
+
+
+def cutmix(images: torch.Tensor, masks: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix for segmentation: with probability ``p`` per sample, a box of another sample of the batch
+    (image and labels together) is pasted in; the box covers a uniform random share of the area.
+
+    Shape:
+        images ``(B, C, H, W)``, masks ``(B, H, W)``; returns new tensors of the same shapes.
+    """
+    batch, _, height, width = images.shape
+    if p <= 0 or batch < 2:
+        return images, masks
+    images, masks = images.clone(), masks.clone()
+    source = (torch.arange(batch) + torch.randint(1, batch, ())) % batch  # another sample, never oneself
+    chosen = torch.rand(batch) < p
+    share = torch.rand(batch)
+    originals_i, originals_m = images.clone(), masks.clone()
+    for i in torch.nonzero(chosen).flatten().tolist():
+        h = max(1, int(round(height * share[i].sqrt().item())))
+        w = max(1, int(round(width * share[i].sqrt().item())))
+        y = int(torch.randint(0, height - h + 1, ()).item())
+        x = int(torch.randint(0, width - w + 1, ()).item())
+        j = int(source[i])
+        images[i, :, y : y + h, x : x + w] = originals_i[j, :, y : y + h, x : x + w]
+        masks[i, y : y + h, x : x + w] = originals_m[j, y : y + h, x : x + w]
+    return images, masks
+
+
+def copy_paste(
+    images: torch.Tensor, masks: torch.Tensor, p: float, classes: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-aware copy-paste: with probability ``p`` per sample, the pixels of one of ``classes``
+    present in another sample of the batch (picked at random among those present) are pasted in,
+    image and labels together, at the same place.
+
+    Shape:
+        images ``(B, C, H, W)``, masks ``(B, H, W)``; returns new tensors of the same shapes.
+    """
+    batch = images.shape[0]
+    if p <= 0 or batch < 2 or not classes:
+        return images, masks
+    wanted = torch.tensor(classes, dtype=masks.dtype)
+    originals_i, originals_m = images.clone(), masks.clone()
+    images, masks = images.clone(), masks.clone()
+    chosen = torch.rand(batch) < p
+    for i in torch.nonzero(chosen).flatten().tolist():
+        others = [j for j in torch.randperm(batch).tolist() if j != i]
+        for j in others:
+            present = wanted[torch.isin(wanted, torch.unique(originals_m[j]))]
+            if len(present):
+                c = present[torch.randint(0, len(present), ())]
+                where = originals_m[j] == c
+                images[i][:, where] = originals_i[j][:, where]
+                masks[i][where] = c
+                break
+    return images, masks
+
+
+def paste_classes(cfg: Config, class_pixels: np.ndarray | None) -> list[int]:
+    """Class indices for copy-paste: ``train.augment.copy_paste_classes`` by name, or by default the
+    classes whose share of the training pixels is below the median (all but class 0 without counts)."""
+    names = cfg.train.augment.copy_paste_classes
+    if names is not None:
+        unknown = [n for n in names if n not in cfg.data.classes]
+        if unknown:
+            raise DataError(
+                f"train.augment.copy_paste_classes names {unknown[0]!r}, which is not in data.classes "
+                f"{cfg.data.classes}; use class names from there"
+            )
+        return [cfg.data.classes.index(n) for n in names]
+    k = len(cfg.data.classes)
+    if class_pixels is None or class_pixels.sum() == 0:
+        return list(range(1, k))
+    share = class_pixels / class_pixels.sum()
+    return [c for c in range(k) if share[c] < np.median(share)]

@@ -51,3 +51,21 @@ def label_counts(pred: np.ndarray, truth: np.ndarray, n_classes: int, ignore_ind
     joint = np.bincount(truth[valid] * n_classes + pred[valid], minlength=n_classes * n_classes)
     confusion = joint.reshape(n_classes, n_classes)
     return np.stack([np.diag(confusion), confusion.sum(0), np.bincount(truth, minlength=n_classes)])
+
+
+def pixel_metrics(counts: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Pixel accuracy, and per-class precision and recall, pooled over all images.
+
+    Args:
+        counts: ``(N, 3, K)``: intersection, predicted and true pixels per image and class (pixels with
+            the ignore label are in none of them).
+
+    Returns:
+        ``(accuracy, precision (K,), recall (K,))``; a class never predicted has precision 1 if it is
+        also never true, else 0 (and the same for recall with the roles swapped).
+    """
+    inter, pred, true = (np.asarray(counts[:, i], dtype=np.float64).sum(0) for i in range(3))
+    accuracy = float(inter.sum() / true.sum()) if true.sum() else float("nan")
+    precision = np.where(pred > 0, inter / np.maximum(pred, 1), np.where(true > 0, 0.0, 1.0))
+    recall = np.where(true > 0, inter / np.maximum(true, 1), np.where(pred > 0, 0.0, 1.0))
+    return accuracy, precision, recall

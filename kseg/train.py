@@ -30,14 +30,24 @@ from torch import nn
 from kseg import __version__
 from kseg.config import Config, save_resolved
 from kseg.data import ID, MaskSpec, list_samples, read_mask
-from kseg.dataset import TrainDataset, load_image, rare_class_weights, train_loader, train_transforms
+from kseg.dataset import (
+    TrainDataset,
+    copy_paste,
+    cutmix,
+    load_image,
+    paste_classes,
+    rare_class_weights,
+    train_loader,
+    train_transforms,
+)
 from kseg.errors import TrainError
 from kseg.infer import Predictor, autocast
 from kseg.io import atomic_open, atomic_write_text
 from kseg.losses import build_loss
-from kseg.metrics import label_counts, row_dice, row_iou
+from kseg.metrics import label_counts, pixel_metrics, row_dice, row_iou
 from kseg.models import build_model
 from kseg.split import STATS_NAME, read_folds
+from kseg.tracking import open_trackers
 
 StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, steps, loss, images/s
 
@@ -56,6 +66,9 @@ class EpochStats:
     images_per_s: float
     seconds: float
     best: bool = False
+    pixel_accuracy: float = float("nan")
+    class_precision: dict[str, float] = field(default_factory=dict)
+    class_recall: dict[str, float] = field(default_factory=dict)
 
     def row(self) -> dict[str, float]:
         out = {
@@ -64,9 +77,12 @@ class EpochStats:
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
             "val_dice": self.val_dice,
+            "val_pixel_accuracy": self.pixel_accuracy,
         }
         out.update({f"dice_{k}": v for k, v in self.class_dice.items()})
         out.update({f"iou_{k}": v for k, v in self.class_iou.items()})
+        out.update({f"precision_{k}": v for k, v in self.class_precision.items()})
+        out.update({f"recall_{k}": v for k, v in self.class_recall.items()})
         return out
 
 
@@ -480,123 +496,149 @@ def train_fold(
     predictor = Predictor([eval_model], cfg, device, amp)
     stopped_early = False
     steps_done = checkpoint["steps_done"] if checkpoint is not None else 0
-    for epoch in range(start_epoch, cfg.train.epochs):
-        t_epoch = time.perf_counter()
-        seed_everything(cfg.train.seed * 1000 + epoch)
-        loader = train_loader(dataset, cfg, epoch, weights, rank, world, pin)
-        train_model.train()
-        running, seen, t0 = 0.0, 0, time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        n_batches = len(loader)
-        for step, (images, masks) in enumerate(loader):
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
-            if cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp):
-                logits = train_model(images)
-            loss = loss_fn(logits, masks)
-            scaler.scale(loss / cfg.train.accumulate).backward()
-            if (step + 1) % cfg.train.accumulate == 0 or step + 1 == n_batches:
-                if cfg.train.clip_grad:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                steps_done += 1
-                if ema is not None:
-                    ema.update_parameters(model)
-                if per_step:
-                    scheduler.step()
-            running += float(loss.detach()) * len(images)
-            seen += len(images)
-            if on_step and main:
-                on_step(epoch, step + 1, n_batches, running / seen, seen * world / max(time.perf_counter() - t0, 1e-9))
-        images_per_s = seen * world / max(time.perf_counter() - t0, 1e-9)
-        train_loss = running / max(seen, 1)
-        if world > 1:
-            import torch.distributed as dist
+    aug = cfg.train.augment
+    mixing = aug.cutmix > 0 or aug.copy_paste > 0
+    pasted = paste_classes(cfg, class_pixels) if aug.copy_paste > 0 else []
+    if pasted:
+        note("copy-paste classes: " + ", ".join(cfg.data.classes[c] for c in pasted))
+    trackers = open_trackers(cfg, fold, fold_dir) if main else []
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            t_epoch = time.perf_counter()
+            seed_everything(cfg.train.seed * 1000 + epoch)
+            loader = train_loader(dataset, cfg, epoch, weights, rank, world, pin)
+            train_model.train()
+            running, seen, t0 = 0.0, 0, time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            n_batches = len(loader)
+            for step, (images, masks) in enumerate(loader):
+                if mixing:  # batch-level augmentations, on the CPU tensors, from the epoch-seeded generator
+                    images, masks = cutmix(images, masks, aug.cutmix)
+                    images, masks = copy_paste(images, masks, aug.copy_paste, pasted)
+                images = images.to(device, non_blocking=True)
+                masks = masks.to(device, non_blocking=True)
+                if cfg.train.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with autocast(device, amp):
+                    logits = train_model(images)
+                loss = loss_fn(logits, masks)
+                scaler.scale(loss / cfg.train.accumulate).backward()
+                if (step + 1) % cfg.train.accumulate == 0 or step + 1 == n_batches:
+                    if cfg.train.clip_grad:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    steps_done += 1
+                    if ema is not None:
+                        ema.update_parameters(model)
+                    if per_step:
+                        scheduler.step()
+                running += float(loss.detach()) * len(images)
+                seen += len(images)
+                if on_step and main:
+                    on_step(
+                        epoch, step + 1, n_batches, running / seen, seen * world / max(time.perf_counter() - t0, 1e-9)
+                    )
+            images_per_s = seen * world / max(time.perf_counter() - t0, 1e-9)
+            train_loss = running / max(seen, 1)
+            if world > 1:
+                import torch.distributed as dist
 
-            total = torch.tensor([running, seen], dtype=torch.float64)
-            dist.all_reduce(total)
-            train_loss = float(total[0] / max(total[1], 1))
-        lr = optimizer.param_groups[0]["lr"]
-        stats = None
-        if main:
-            eval_model.eval()
-            oof_tmp = fold_dir / "oof.npy.partial"
-            oof = None
-            if cfg.train.save_oof:
-                shape = (len(val_s), len(classes), *cfg.data.image_size)
-                oof = np.lib.format.open_memmap(oof_tmp, mode="w+", dtype=np.uint8, shape=shape)
-            val_loss, val_counts = evaluate(predictor, val_s, cfg, val_loss_fn, oof)
-            score, class_dice, class_iou = summarize(val_counts, classes)
-            improved = score > best_score
-            if oof is not None:
-                oof.flush()
-                del oof
+                total = torch.tensor([running, seen], dtype=torch.float64)
+                dist.all_reduce(total)
+                train_loss = float(total[0] / max(total[1], 1))
+            lr = optimizer.param_groups[0]["lr"]
+            stats = None
+            if main:
+                eval_model.eval()
+                oof_tmp = fold_dir / "oof.npy.partial"
+                oof = None
+                if cfg.train.save_oof:
+                    shape = (len(val_s), len(classes), *cfg.data.image_size)
+                    oof = np.lib.format.open_memmap(oof_tmp, mode="w+", dtype=np.uint8, shape=shape)
+                val_loss, val_counts = evaluate(predictor, val_s, cfg, val_loss_fn, oof)
+                score, class_dice, class_iou = summarize(val_counts, classes)
+                accuracy, precision, recall = pixel_metrics(val_counts)
+                improved = score > best_score
+                if oof is not None:
+                    oof.flush()
+                    del oof
+                    if improved:
+                        os.replace(oof_tmp, fold_dir / "oof.npy")
+                    else:
+                        oof_tmp.unlink(missing_ok=True)
                 if improved:
-                    os.replace(oof_tmp, fold_dir / "oof.npy")
+                    best_score, best_epoch, bad_epochs = score, epoch + 1, 0
                 else:
-                    oof_tmp.unlink(missing_ok=True)
-            if improved:
-                best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-            else:
-                bad_epochs += 1
-            stats = EpochStats(
-                epoch + 1,
-                lr,
-                train_loss,
-                val_loss,
-                score,
-                class_dice,
-                class_iou,
-                images_per_s,
-                time.perf_counter() - t_epoch,
-                improved,
-            )
-            history.append(stats.row())
-        history = _broadcast(history, rank, world)
-        best_score, best_epoch, bad_epochs = _broadcast((best_score, best_epoch, bad_epochs), rank, world)
-        if scheduler is not None and not per_step:
-            scheduler.step(history[-1]["val_dice"])
-        if main:
-            state = {
-                "model": eval_model.state_dict() if ema is not None else _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "total_epochs": cfg.train.epochs,
-                "steps_done": steps_done,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "history": history,
-                "config": cfg.model_dump(mode="json"),
-                "classes": classes,
-                "fold": fold,
-                "kseg_version": __version__,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            }
-            if ema is not None:
-                state["raw_model"] = _unwrap(model).state_dict()
-                state["ema_decay"] = cfg.train.ema
-                state["ema_updates"] = int(ema.n_averaged)
-            if stats is not None and stats.best:
-                save_checkpoint(best_path, state)
-            save_checkpoint(last_path, state)
-            table = pd.DataFrame(history)
-            atomic_write_text(fold_dir / "metrics.csv", table.to_csv(index=False))
-            _plot(table, fold_dir / "curves.png", fold)
-            if on_epoch and stats is not None:
-                on_epoch(stats)
-        _barrier(world)
-        if cfg.train.patience and bad_epochs >= cfg.train.patience:
-            stopped_early = True
-            note(f"early stop: no better validation Dice for {bad_epochs} epochs (train.patience)")
-            break
+                    bad_epochs += 1
+                stats = EpochStats(
+                    epoch + 1,
+                    lr,
+                    train_loss,
+                    val_loss,
+                    score,
+                    class_dice,
+                    class_iou,
+                    images_per_s,
+                    time.perf_counter() - t_epoch,
+                    improved,
+                    accuracy,
+                    dict(zip(classes, precision.tolist(), strict=True)),
+                    dict(zip(classes, recall.tolist(), strict=True)),
+                )
+                history.append(stats.row())
+            history = _broadcast(history, rank, world)
+            best_score, best_epoch, bad_epochs = _broadcast((best_score, best_epoch, bad_epochs), rank, world)
+            if scheduler is not None and not per_step:
+                scheduler.step(history[-1]["val_dice"])
+            if main:
+                state = {
+                    "model": eval_model.state_dict() if ema is not None else _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "total_epochs": cfg.train.epochs,
+                    "steps_done": steps_done,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "config": cfg.model_dump(mode="json"),
+                    "classes": classes,
+                    "fold": fold,
+                    "kseg_version": __version__,
+                    "rng": {
+                        "torch": torch.get_rng_state(),
+                        "numpy": np.random.get_state(),
+                        "python": random.getstate(),
+                    },
+                }
+                if ema is not None:
+                    state["raw_model"] = _unwrap(model).state_dict()
+                    state["ema_decay"] = cfg.train.ema
+                    state["ema_updates"] = int(ema.n_averaged)
+                if stats is not None and stats.best:
+                    save_checkpoint(best_path, state)
+                save_checkpoint(last_path, state)
+                table = pd.DataFrame(history)
+                atomic_write_text(fold_dir / "metrics.csv", table.to_csv(index=False))
+                _plot(table, fold_dir / "curves.png", fold)
+                if stats is not None:
+                    for tracker in trackers:
+                        tracker.log(stats.row(), stats.epoch)
+                if on_epoch and stats is not None:
+                    on_epoch(stats)
+            _barrier(world)
+            if cfg.train.patience and bad_epochs >= cfg.train.patience:
+                stopped_early = True
+                note(f"early stop: no better validation Dice for {bad_epochs} epochs (train.patience)")
+                break
+    finally:
+        for tracker in trackers:
+            tracker.close()
     metrics = pd.DataFrame(history)
     return FoldResult(
         fold=fold,
