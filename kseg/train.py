@@ -560,7 +560,7 @@ def train_fold(
                     oof = np.lib.format.open_memmap(oof_tmp, mode="w+", dtype=np.uint8, shape=shape)
                 val_loss, val_counts = evaluate(predictor, val_s, cfg, val_loss_fn, oof)
                 score, class_dice, class_iou = summarize(val_counts, classes)
-                accuracy, precision, recall = pixel_metrics(val_counts)
+                accuracy, class_precision, class_recall = pixel_metrics(val_counts)
                 improved = score > best_score
                 if oof is not None:
                     oof.flush()
@@ -585,8 +585,8 @@ def train_fold(
                     time.perf_counter() - t_epoch,
                     improved,
                     accuracy,
-                    dict(zip(classes, precision.tolist(), strict=True)),
-                    dict(zip(classes, recall.tolist(), strict=True)),
+                    dict(zip(classes, class_precision.tolist(), strict=True)),
+                    dict(zip(classes, class_recall.tolist(), strict=True)),
                 )
                 history.append(stats.row())
             history = _broadcast(history, rank, world)

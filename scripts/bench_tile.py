@@ -11,7 +11,6 @@ fresh process and reports that process's peak resident memory next to the raster
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -68,21 +67,10 @@ def main() -> None:
             f"mask {args.size * args.fine}x{args.size * args.fine} px uint8 ({mask_mb:,.0f} MiB); "
             f"written in {made:.1f} s ({(image.stat().st_size + mask.stat().st_size) / 2**20:,.0f} MiB on disk)"
         )
-        baseline = _peak(["-c", "import rasterio, kseg.tile"])
-        cmd = [
-            "-m",
-            "kseg",
-            "tile",
-            str(image),
-            "--mask",
-            str(mask),
-            "--out",
-            str(root / "tiles"),
-            "--size",
-            str(args.tile),
-        ]
+        baseline = _peak("import rasterio, numpy, kseg.cli, kseg.tile")
+        argv = ["kseg", "tile", str(image), "--mask", str(mask), "--out", str(root / "tiles"), "--size", str(args.tile)]
         t0 = time.perf_counter()
-        peak = _peak(cmd, cwd=root)
+        peak = _peak(f"import sys; sys.argv = {argv!r}; from kseg.cli import app; app()", cwd=root)
         took = time.perf_counter() - t0
         n = len((root / "tiles" / "tiles.csv").read_text().splitlines()) - 1
         print(f"kseg tile: {n} tiles of {args.tile} px in {took:.1f} s")
@@ -93,14 +81,27 @@ def main() -> None:
         )
 
 
-def _peak(args: list[str], cwd: Path | None = None) -> float:
-    """Peak RSS (MiB) of a fresh Python process running ``args``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
+_WRAP = """
+import sys
+try:
+    exec(sys.argv[1])
+except SystemExit as exc:
+    if exc.code:
+        raise
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print("PEAK_KIB", line.split()[1])
+"""
+
+
+def _peak(code: str, cwd: Path | None = None) -> float:
+    """Peak RSS (MiB) of a fresh Python process running ``code``: its own high-water mark (VmHWM), which
+    unlike the children's rusage does not count the pages of this (large) process it was forked from."""
+    result = subprocess.run([sys.executable, "-c", _WRAP, code], cwd=cwd, capture_output=True, text=True)
     if result.returncode:
         sys.exit(result.stdout + result.stderr)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) / 1024  # ru_maxrss is in KiB on Linux; max over children so far
+    kib = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("PEAK_KIB")]
+    return int(kib[-1]) / 1024
 
 
 if __name__ == "__main__":

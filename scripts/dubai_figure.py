@@ -59,7 +59,7 @@ def main() -> None:
     ]
     handles.append(Patch(color=palette[255] / 255, label="unlabeled (not scored)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=80)
     print(
