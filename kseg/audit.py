@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -32,6 +30,7 @@ from PIL import Image, ImageDraw
 from kseg.config import Config
 from kseg.data import ID, MaskSpec, hex_color, list_samples
 from kseg.errors import AuditError
+from kseg.io import atomic_dir
 from kseg.split import _scan_one
 
 Progress = Callable[[str, int, int], None]
@@ -338,11 +337,9 @@ def run_audit(cfg: Config, out: Path | None = None, on_progress: Progress | None
     ignored_share = (ignored - unknown_pixels) / total_pixels if total_pixels else 0.0
 
     # write everything into a fresh folder, then swap it in
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "groups").mkdir()
-        table.drop(columns=["path"]).assign(path=table["path"]).to_csv(tmp / "images.csv", index=False)
+        table.to_csv(tmp / "images.csv", index=False)
         groups.to_csv(tmp / DUPLICATES_NAME, index=False)
         classes.to_csv(tmp / "classes.csv", index=False)
         sheets = []
@@ -358,25 +355,7 @@ def run_audit(cfg: Config, out: Path | None = None, on_progress: Progress | None
         mask_problems = pd.DataFrame(problems, columns=[ID, "problem"])
         result = AuditResult(table, groups, classes, unknown, mask_problems, ignored_share, out / "audit.md")
         (tmp / "audit.md").write_text(_markdown(cfg, result, sheets, unknown_pixels, total_pixels))
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknown_px: int, total_px: int) -> str:

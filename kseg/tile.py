@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from PIL import Image
 
 from kseg.config import TileConfig
 from kseg.errors import TileError
-from kseg.io import atomic_write_text
+from kseg.io import atomic_dir, atomic_write_text
 
 INDEX_NAME = "tiles.csv"
 META_NAME = "tiles.json"
@@ -148,22 +147,9 @@ def tile_raster(
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(image) as src:
             mask_src = rasterio.open(mask) if mask is not None else None
             # built next to its place and renamed into it: an interrupted run leaves no half-made tile set
-            work = out.with_name(f".{out.name}.partial")
-            shutil.rmtree(work, ignore_errors=True)
-            try:
+            with atomic_dir(out) as work:
                 result = _tile(rasterio, src, mask_src, image, work, options, mask, ignore_index, on_progress)
                 (work / "data.yaml").write_text(_data_yaml(out, json.loads((work / META_NAME).read_text()), mask))
-                if out.exists():
-                    old = out.with_name(f".{out.name}.old")
-                    shutil.rmtree(old, ignore_errors=True)
-                    os.replace(out, old)
-                    os.replace(work, out)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.replace(work, out)
-            except BaseException:
-                shutil.rmtree(work, ignore_errors=True)
-                raise
             result.out = out
             return result
 

@@ -24,3 +24,21 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
         raise RuntimeError("interrupted")
     assert (tmp_path / "out.csv").read_text() == "previous\n"
     assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_atomic_dir_swaps_whole_folders_or_nothing(tmp_path):
+    from kseg.io import atomic_dir
+
+    out = tmp_path / "report"
+    with atomic_dir(out) as work:
+        (work / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as work:
+            (work / "a.txt").write_text("second")
+            raise RuntimeError("stop")
+    assert (out / "a.txt").read_text() == "first"  # the failed run left the previous folder alone
+    with atomic_dir(out) as work:
+        (work / "b.txt").write_text("third")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # replaced whole, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folders left
