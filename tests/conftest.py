@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from kseg.config import Config, load_config
 from kseg.synth import make_competition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,3 +44,18 @@ def dubai() -> Path:
     if not (DUBAI / "Tile 1").is_dir():
         pytest.skip(f"Dubai aerial data not found at {DUBAI} (set KSEG_DUBAI)")
     return DUBAI
+
+
+def dubai_config(dubai: Path, workdir: Path, *overrides: str, classes_json: bool = False) -> Config:
+    """configs/dubai-aerial.yaml on the real download; ``classes_json`` swaps in the download's own
+    classes.json palette (whose colours the masks do not use) with unknown colours as errors."""
+    extra = [f"data.root={dubai}", f"workdir={workdir}"]
+    if classes_json:
+        listed = json.loads((dubai / "classes.json").read_text())["classes"]
+        extra += [
+            "data.unknown_labels=error",
+            "data.ignore_colors=[]",
+            f"data.classes={[c['title'].replace(' ', '_') for c in listed]}",
+            f"data.palette={[c['color'] for c in listed]}",
+        ]
+    return load_config(REPO / "configs" / "dubai-aerial.yaml", [*extra, *overrides])

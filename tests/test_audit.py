@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import dubai_config
 from PIL import Image
 
 from kseg.audit import connected_groups, hamming_pairs, merge_groups, run_audit
@@ -189,19 +190,7 @@ def test_real_dubai_audit(dubai, tmp_path):
 
 def test_real_dubai_audit_with_the_downloads_classes_json(dubai, tmp_path):
     """With the palette of the download's classes.json, the audit lists the masks' real colours, not fatal."""
-    listed = json.loads((dubai / "classes.json").read_text())["classes"]
-    cfg = load_config(
-        Path(__file__).parents[1] / "configs" / "dubai-aerial.yaml",
-        [
-            f"data.root={dubai}",
-            f"workdir={tmp_path}",
-            "data.exclude=[]",
-            "data.unknown_labels=error",
-            "data.ignore_colors=[]",
-            f"data.classes={[c['title'].replace(' ', '_') for c in listed]}",
-            f"data.palette={[c['color'] for c in listed]}",
-        ],
-    )
+    cfg = dubai_config(dubai, tmp_path, "data.exclude=[]", classes_json=True)
     result = run_audit(cfg)
     assert {"#3C1098", "#8429F6", "#6EC1E4", "#FEDD3A", "#E2A929"} <= set(result.unknown)  # only Unlabeled matches
     assert result.unknown["#8429F6"][1] == 63  # land is in every mask and in no colour of classes.json

@@ -1,11 +1,10 @@
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from conftest import dubai_config
 from PIL import Image
 
 from kseg.config import build_config, load_config
@@ -288,18 +287,7 @@ def test_real_dubai_download(dubai, tmp_path):
 
 
 def test_real_dubai_classes_json_colours_are_rejected_with_the_real_ones(dubai, tmp_path):
-    listed = json.loads((dubai / "classes.json").read_text())["classes"]
-    cfg = load_config(
-        Path(__file__).parents[1] / "configs" / "dubai-aerial.yaml",
-        [
-            f"data.root={dubai}",
-            f"workdir={tmp_path}",
-            "data.unknown_labels=error",
-            "data.ignore_colors=[]",
-            f"data.classes={yaml.safe_dump([c['title'] for c in listed], default_flow_style=True).strip()}",
-            f"data.palette={[c['color'] for c in listed]}",
-        ],
-    )
+    cfg = dubai_config(dubai, tmp_path, classes_json=True)
     with pytest.raises(DataError, match=r"colours outside data.palette: #8429F6 \([\d,]+ px\)"):
         scan_masks(cfg)
 
