@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from kseg.config import Config
 from kseg.data import ID, MaskSpec, hex_color, list_samples
 from kseg.errors import AuditError
 from kseg.io import atomic_dir
-from kseg.split import _scan_one
+from kseg.split import _scan_one, parallel_map
 
 Progress = Callable[[str, int, int], None]
 AUDIT_DIR = "audit"
@@ -82,11 +81,9 @@ class AuditResult:
 
 
 def _load_for_hash(path: str) -> Image.Image:
-    if path.lower().endswith(".npy"):  # multiband arrays: the mean of the bands, stretched to 0-255
-        array = np.load(path, mmap_mode="r")
-        band = np.asarray(array, dtype=np.float32)
-        band = band.mean(-1) if band.ndim == 3 and band.shape[-1] < band.shape[0] else band
-        band = band.mean(0) if band.ndim == 3 else band
+    if path.lower().endswith(".npy"):  # multiband (H, W, C) arrays: the mean of the bands, stretched to 0-255
+        band = np.load(path).astype(np.float32)
+        band = band.mean(-1) if band.ndim == 3 else band
         lo, hi = np.percentile(band, [1, 99])
         return Image.fromarray(np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8))
     with Image.open(path) as image:
@@ -108,22 +105,6 @@ def _hash_one(item: tuple[str, str, int]) -> tuple[int, int, bytes | None, str |
         return 0, 0, None, f"{path} cannot be read ({type(exc).__name__}: {exc})"
     width, height = image.size
     return height, width, np.packbits(bits.ravel()).tobytes(), None
-
-
-def _map(fn, items: list, workers: int, on_progress: Callable[[int, int], None] | None) -> list:
-    out = []
-    if workers <= 1 or len(items) < 16:
-        for i, item in enumerate(items):
-            out.append(fn(item))
-            if on_progress:
-                on_progress(i + 1, len(items))
-        return out
-    with ProcessPoolExecutor(workers) as pool:
-        for i, result in enumerate(pool.map(fn, items, chunksize=max(1, len(items) // (workers * 8)))):
-            out.append(result)
-            if on_progress:
-                on_progress(i + 1, len(items))
-    return out
 
 
 def hamming_pairs(hashes: np.ndarray, threshold: int, block: int = 512) -> np.ndarray:
@@ -270,7 +251,7 @@ def run_audit(cfg: Config, out: Path | None = None, on_progress: Progress | None
         return (lambda done, total: on_progress(stage, done, total)) if on_progress else None
 
     items = [(p, options.hash, options.hash_size) for p in table["path"]]
-    hashed = _map(_hash_one, items, workers, progress("hash"))
+    hashed = parallel_map(_hash_one, items, workers, progress("hash"))
     table["height"] = [h for h, _, _, _ in hashed]
     table["width"] = [w for _, w, _, _ in hashed]
     table["hash"] = [b.hex() if b is not None else None for _, _, b, _ in hashed]
@@ -307,7 +288,7 @@ def run_audit(cfg: Config, out: Path | None = None, on_progress: Progress | None
     counting = replace(spec, unknown="ignore")  # unknown colours are counted and reported, not fatal
     readable_train = train[table["error"].iloc[: len(train)].isna().to_numpy()]
     scan_items = [(r[ID], r["mask"], r["image"], counting, False) for r in readable_train.to_dict("records")]
-    scanned = _map(_scan_one, scan_items, workers, progress("masks"))
+    scanned = parallel_map(_scan_one, scan_items, workers, progress("masks"))
     problems = [(r[ID], r["error"]) for r in scanned if "error" in r]
     good = [r for r in scanned if "error" not in r]
     k = len(cfg.data.classes)

@@ -268,9 +268,9 @@ def tile(
     with handled(debug):
         options, ignore_index = tile_options(config, set_)
         changes = {"size": size, "stride": stride, "bands": _int_list(bands, "--bands")}
-        options = options.model_copy(update={k: v for k, v in changes.items() if v is not None})
-        if options.size < 8 or (options.stride is not None and options.stride < 1):
-            raise KsegError(f"--size {options.size} / --stride {options.stride} must be at least 8 / 1")
+        flags = {k: v for k, v in changes.items() if v is not None}
+        if flags:  # the flags are --set tile.* overrides, validated by the same rules
+            options, ignore_index = tile_options(config, [*(set_ or []), *(f"tile.{k}={v}" for k, v in flags.items())])
         with progress_bar("tile") as update:
             result = tile_raster(image, out, options, mask, ignore_index, on_progress=update)
     kept = len(result.index)

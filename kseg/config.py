@@ -461,7 +461,9 @@ def tile_options(path: Path | None, overrides: list[str] | None = None) -> tuple
     try:
         return TileConfig.model_validate(tree.get("tile") or {}), 255
     except ValidationError as exc:
-        raise ConfigError(_explain(exc.errors()[0], "--set", overrides).replace("config --set", "--set")) from None
+        error = {**exc.errors()[0]}
+        error["loc"] = ("tile", *error["loc"])  # name the key as it is written: tile.size
+        raise ConfigError(_explain(error, "--set", overrides).replace("config --set", "--set")) from None
 
 
 def find_config(path: Path | None) -> Path:

@@ -71,8 +71,8 @@ def _scan_one(item: tuple) -> dict:
     }
 
 
-def _scan_chunk(items: list[tuple]) -> list[dict]:
-    return [_scan_one(item) for item in items]
+def _apply_chunk(fn: Callable, items: list) -> list:
+    return [fn(item) for item in items]
 
 
 def _file_keys(path: str) -> tuple[int, int]:
@@ -140,7 +140,7 @@ def scan_masks(cfg: Config, samples: pd.DataFrame | None = None, on_progress: Pr
         merged, todo = None, np.ones(len(keys), dtype=bool)
 
     items = [(r[ID], r["mask"], r["image"], spec, cfg.split.verify_images) for r in keys[todo].to_dict("records")]
-    results = _run_scan(items, cfg.split.workers, on_progress)
+    results = parallel_map(_scan_one, items, cfg.split.workers, on_progress)
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         more = f" ({len(errors) - 1} more bad mask(s) after this one)" if len(errors) > 1 else ""
@@ -194,7 +194,11 @@ def _load_cache(path: Path, fingerprint: str, px_cols: list[str]) -> pd.DataFram
     return table if needed <= set(table.columns) else None
 
 
-def _run_scan(items: list[tuple], workers: int | None, on_progress: Progress | None) -> list[dict]:
+def parallel_map(fn: Callable, items: list, workers: int | None, on_progress: Progress | None = None) -> list:
+    """``[fn(item) for item in items]`` in worker processes (chunked; in order), with progress.
+
+    ``fn`` must be a module-level function (it is pickled); small inputs run in this process.
+    """
     total = len(items)
     if on_progress:
         on_progress(0, total)
@@ -202,16 +206,16 @@ def _run_scan(items: list[tuple], workers: int | None, on_progress: Progress | N
     if workers == 1 or total < 64:
         results = []
         for i, item in enumerate(items):
-            results.append(_scan_one(item))
+            results.append(fn(item))
             if on_progress:
                 on_progress(i + 1, total)
         return results
     chunk = max(8, min(64, total // (workers * 8)))
     chunks = [items[i : i + chunk] for i in range(0, total, chunk)]
-    out: list[list[dict] | None] = [None] * len(chunks)
+    out: list[list | None] = [None] * len(chunks)
     done = 0
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_scan_chunk, c): i for i, c in enumerate(chunks)}
+        futures = {pool.submit(_apply_chunk, fn, c): i for i, c in enumerate(chunks)}
         for future in as_completed(futures):
             out[futures[future]] = future.result()
             done += len(chunks[futures[future]])

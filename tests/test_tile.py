@@ -189,6 +189,8 @@ def test_cli_tile_and_its_errors(scene, runner, tmp_path, monkeypatch):
     result = runner.invoke(app, [*args, "--bands", "1,9"])
     assert result.exit_code == 1 and "tile.bands [9] out of range" in result.output
     assert "Traceback" not in result.output
+    result = runner.invoke(app, [*args[:-1], "4"])  # --size 4: the flag is validated like tile.size
+    assert result.exit_code == 1 and "config key 'tile.size' in --set tile.size=4" in result.output
     result = runner.invoke(app, [*args, "--set", "data.root=x"])
     assert result.exit_code == 1 and "only tile.* keys" in result.output
 
