@@ -354,7 +354,12 @@ def submit(
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="The submission CSV to check.")],
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The submission CSV to check (default: submission.path, what 'kseg submit' wrote).", show_default=False
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -364,6 +369,7 @@ def validate(
 
     with handled(debug):
         cfg = _config(config, set_)
+        file = file or cfg.submission.path
         report = validate_file(file, cfg)
     _render_report(report, file)
     if not report.ok:
@@ -372,7 +378,12 @@ def validate(
 
 @app.command()
 def score(
-    file: Annotated[Path | None, typer.Argument(help="The submission CSV to score.", show_default=False)] = None,
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The submission CSV to score (default: submission.path, what 'kseg submit' wrote).", show_default=False
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     truth: Annotated[
@@ -392,10 +403,10 @@ def score(
 
     with handled(debug):
         cfg = _config(config, set_)
-        if (file is None) == (predictions is None):
-            raise KsegError(
-                "give either a submission FILE or --predictions DIR (with --truth DIR), not both or neither"
-            )
+        if file is not None and predictions is not None:
+            raise KsegError("give either a submission FILE or --predictions DIR (with --truth DIR), not both")
+        if predictions is None:
+            file = file or cfg.submission.path
         if predictions is not None:
             if truth is None:
                 raise KsegError("--predictions needs --truth DIR: the folder of true masks")

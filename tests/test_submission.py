@@ -229,6 +229,17 @@ def test_cli_validate_missing_file(runner, perfect):
     assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
 
 
+def test_cli_validate_and_score_default_to_the_submission_path(runner, perfect):
+    cfg = str(perfect / "kseg.yaml")
+    good = runner.invoke(app, ["validate", "-c", cfg])
+    assert good.exit_code == 0 and "valid" in good.output
+    scored = runner.invoke(app, ["score", "-c", cfg, "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["score"] == pytest.approx(1.0)
+    moved = runner.invoke(app, ["validate", "-c", cfg, "--set", "submission.path=elsewhere.csv"])
+    assert moved.exit_code == 1 and "run 'kseg submit'" in moved.output and "Traceback" not in moved.output
+
+
 # --------------------------------------------------------------------------------------------- score
 
 
@@ -372,5 +383,8 @@ def test_score_a_folder_of_label_maps(comp, runner):
     assert result.score == 1.0 and len(result.rows) == 8 * 6
     out = runner.invoke(app, ["score", "-c", str(comp / "kseg.yaml"), "--predictions", str(comp / "test_masks")])
     assert out.exit_code == 1 and "--predictions needs --truth DIR" in out.output
-    out = runner.invoke(app, ["score", "-c", str(comp / "kseg.yaml")])
-    assert out.exit_code == 1 and "give either a submission FILE or --predictions DIR" in out.output
+    out = runner.invoke(app, ["score", "-c", str(comp / "kseg.yaml")])  # no submission written yet
+    assert out.exit_code == 1 and "does not exist; check the path, or run 'kseg submit'" in out.output
+    both = ["score", "x.csv", "-c", str(comp / "kseg.yaml"), "--predictions", str(comp / "test_masks")]
+    out = runner.invoke(app, both)
+    assert out.exit_code == 1 and "not both" in out.output
