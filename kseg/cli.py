@@ -48,6 +48,10 @@ SetOpt = Annotated[
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 NoPostOpt = Annotated[bool, typer.Option("--no-postprocess", help="Ignore <workdir>/postprocess.json.")]
+SubmissionArg = Annotated[
+    Path | None,
+    typer.Argument(help="The submission CSV (default: submission.path, what 'kseg submit' wrote).", show_default=False),
+]
 
 
 @contextlib.contextmanager
@@ -266,11 +270,10 @@ def tile(
     from kseg.tile import tile_raster
 
     with handled(debug):
-        options, ignore_index = tile_options(config, set_)
-        changes = {"size": size, "stride": stride, "bands": _int_list(bands, "--bands")}
-        flags = {k: v for k, v in changes.items() if v is not None}
-        if flags:  # the flags are --set tile.* overrides, validated by the same rules
-            options, ignore_index = tile_options(config, [*(set_ or []), *(f"tile.{k}={v}" for k, v in flags.items())])
+        flags = {"size": size, "stride": stride, "bands": _int_list(bands, "--bands")}
+        # the flags are --set tile.* overrides, validated by the same rules
+        flag_sets = [f"tile.{k}={v}" for k, v in flags.items() if v is not None]
+        options, ignore_index = tile_options(config, [*(set_ or []), *flag_sets])
         with progress_bar("tile") as update:
             result = tile_raster(image, out, options, mask, ignore_index, on_progress=update)
     kept = len(result.index)
@@ -354,12 +357,7 @@ def submit(
 
 @app.command()
 def validate(
-    file: Annotated[
-        Path | None,
-        typer.Argument(
-            help="The submission CSV to check (default: submission.path, what 'kseg submit' wrote).", show_default=False
-        ),
-    ] = None,
+    file: SubmissionArg = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -378,12 +376,7 @@ def validate(
 
 @app.command()
 def score(
-    file: Annotated[
-        Path | None,
-        typer.Argument(
-            help="The submission CSV to score (default: submission.path, what 'kseg submit' wrote).", show_default=False
-        ),
-    ] = None,
+    file: SubmissionArg = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     truth: Annotated[
@@ -405,16 +398,14 @@ def score(
         cfg = _config(config, set_)
         if file is not None and predictions is not None:
             raise KsegError("give either a submission FILE or --predictions DIR (with --truth DIR), not both")
-        if predictions is None:
-            file = file or cfg.submission.path
         if predictions is not None:
             if truth is None:
                 raise KsegError("--predictions needs --truth DIR: the folder of true masks")
             result = score_label_maps(cfg, predictions, truth)
             what = predictions
         else:
-            result = score_file(file, cfg, truth)
-            what = file
+            what = file or cfg.submission.path
+            result = score_file(what, cfg, truth)
     if as_json:
         typer.echo(json.dumps({"score": result.score, "per_class": result.per_class}))
         return
