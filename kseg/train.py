@@ -204,7 +204,13 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+    """A fold's training and validation rows of ``folds.csv`` joined to the samples, and the training
+    rows' class pixel counts (``None`` without ``class_pixels.csv``).
+
+    Raises:
+        TrainError: The fold does not exist, or an image is missing from ``folds.csv``.
+    """
     folds = read_folds(cfg)
     n_folds = int(folds["fold"].max()) + 1
     if not 0 <= fold < n_folds:
@@ -387,7 +393,7 @@ def train_fold(
     device = resolve_device(cfg)
     amp = amp_dtype(cfg, device)
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp]
-    train_s, val_s, counts = _fold_tables(cfg, fold)
+    train_s, val_s, counts = fold_tables(cfg, fold)
     if len(train_s) == 0 or len(val_s) == 0:
         raise TrainError(
             f"fold {fold} leaves {len(train_s)} training and {len(val_s)} validation images; "

@@ -19,6 +19,8 @@ trained on the same folds.csv) to the ensemble.
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -27,59 +29,96 @@ import pandas as pd
 import torch
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of fold numbers, e.g. 0,1") from None
+
+
+def _group_regex(text: str) -> re.Pattern:
+    try:
+        pattern = re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({exc})") from None
+    if pattern.groups < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no capture group; wrap the part that names the group in (), e.g. '^(Tile_\\d+)'"
+        )
+    return pattern
+
+
 def main() -> None:
     from kseg.config import load_config
-    from kseg.data import ID, list_samples
-    from kseg.infer import Predictor, load_ensemble
-    from kseg.losses import build_loss
+    from kseg.data import ID
+    from kseg.errors import KsegError
     from kseg.split import read_folds
-    from kseg.train import evaluate, summarize
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, default=None, help="experiment YAML (default ./kseg.yaml)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="dotted.key=value override")
     parser.add_argument("--tta", default="none", help="TTA views: none, hflip, vflip, flip, rot90, d4")
     parser.add_argument("--runs", default="", help="comma-separated extra workdirs to ensemble, fold by fold")
-    parser.add_argument("--folds", default="", help="comma-separated folds to score (default: all of folds.csv)")
+    parser.add_argument(
+        "--folds", type=_int_list, default=[], help="comma-separated folds to score (default: all of folds.csv)"
+    )
     parser.add_argument(
         "--group",
-        default="",
+        type=_group_regex,
+        default=None,
         help=r"also score per group: a regex whose first group is taken "
         r"from each ImageID, e.g. '^(Tile_\d+)'",
     )
     args = parser.parse_args()
 
-    cfg = load_config(args.config, args.sets)
-    others = [load_config(args.config, [*args.sets, f"workdir={Path(p).resolve()}"]) for p in args.runs.split(",") if p]
-    folds = read_folds(cfg)
-    for other in others:
-        if not read_folds(other)[[ID, "fold"]].equals(folds[[ID, "fold"]]):
-            raise SystemExit(f"{other.workdir / 'folds.csv'} differs from {cfg.workdir / 'folds.csv'}")
-    samples = list_samples(cfg.data, "train").merge(folds[[ID, "fold"]], on=ID)
+    try:
+        cfg = load_config(args.config, args.sets)
+        others = [
+            load_config(args.config, [*args.sets, f"workdir={Path(p).resolve()}"]) for p in args.runs.split(",") if p
+        ]
+        folds = read_folds(cfg)
+        for other in others:
+            if not read_folds(other)[[ID, "fold"]].equals(folds[[ID, "fold"]]):
+                raise KsegError(
+                    f"{other.workdir / 'folds.csv'} differs from {cfg.workdir / 'folds.csv'}; "
+                    "--runs takes only runs trained on the same folds"
+                )
+        score_folds(cfg, others, args.folds or sorted(folds["fold"].unique().tolist()), args.tta, args.group)
+    except KsegError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def score_folds(cfg, others: list, chosen: list[int], tta: str, group: re.Pattern | None) -> None:
+    """Print each fold's, each group's and the overall mean row Dice of ``chosen`` folds."""
+    from kseg.data import ID
+    from kseg.infer import Predictor, load_ensemble
+    from kseg.losses import build_loss
+    from kseg.train import evaluate, fold_tables, summarize
+
     loss_fn = build_loss(cfg, None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     counts, ids = [], []
-    chosen = [int(f) for f in args.folds.split(",") if f] or sorted(int(f) for f in samples["fold"].unique())
     for fold in chosen:
-        models = [m.to(device) for c in [cfg, *others] for m in load_ensemble(c, [int(fold)]).models]
-        val = samples[samples["fold"] == fold].reset_index(drop=True)
-        predictor = Predictor(models, cfg, device, None, args.tta)
-        _, fold_counts = evaluate(predictor, val, cfg, loss_fn)
+        models = [m.to(device) for c in [cfg, *others] for m in load_ensemble(c, [fold]).models]
+        if cfg.train.channels_last:  # as kseg infer runs them
+            models = [m.to(memory_format=torch.channels_last) for m in models]
+        _, val, _ = fold_tables(cfg, fold)
+        _, fold_counts = evaluate(Predictor(models, cfg, device, None, tta), val, cfg, loss_fn)
         fold_score = summarize(fold_counts, cfg.data.classes)[0]
         print(f"fold {fold}: {len(val)} images, {len(models)} model(s), mean row Dice {fold_score:.4f}", flush=True)
         counts.append(fold_counts)
         ids += list(val[ID])
     counts = np.concatenate(counts)
-    if args.group:
-        groups = pd.Series(ids).str.extract(args.group)[0].fillna("(no match)").to_numpy()
+    if group is not None:
+        groups = pd.Series(ids).str.extract(group)[0].fillna("(no match)").to_numpy()
         for name in sorted(set(groups)):
             print(f"{name}: mean row Dice {summarize(counts[groups == name], cfg.data.classes)[0]:.4f}")
     score, class_dice, _ = summarize(counts, cfg.data.classes)
     table = pd.Series(class_dice).round(3).to_dict()
     print(
-        f"CV {score:.4f} over {len(ids)} out-of-fold images (tta {args.tta}, {1 + len(others)} run(s), "
-        f"sets {args.sets or 'none'}) per class {table}  [{time.perf_counter() - started:.0f} s on {device}]"
+        f"CV {score:.4f} over {len(ids)} out-of-fold images (tta {tta}, {1 + len(others)} run(s)) "
+        f"per class {table}  [{time.perf_counter() - started:.0f} s on {device}]"
     )
 
 

@@ -97,13 +97,13 @@ def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     from kseg.infer import Predictor
     from kseg.losses import build_loss
     from kseg.models import build_model
-    from kseg.train import _fold_tables, evaluate, summarize
+    from kseg.train import evaluate, fold_tables, summarize
 
     cfg = _cfg(split_comp)
     model, _ = build_model(cfg.model, 6)
     model.load_state_dict(torch.load(trained.dir / "best.pt", weights_only=False)["model"])
     model.eval()
-    _, val, _ = _fold_tables(cfg, 0)
+    _, val, _ = fold_tables(cfg, 0)
     _, counts = evaluate(Predictor([model], cfg, torch.device("cpu")), val, cfg, build_loss(cfg))
     assert summarize(counts, cfg.data.classes)[0] == pytest.approx(trained.best_score, abs=1e-12)
 
@@ -318,7 +318,7 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
     from kseg.infer import Predictor
     from kseg.losses import build_loss
     from kseg.models import build_model
-    from kseg.train import _fold_tables, evaluate, summarize
+    from kseg.train import evaluate, fold_tables, summarize
 
     straight = _copy(split_comp, tmp_path / "a")
     interrupted = _copy(split_comp, tmp_path / "b")
@@ -331,7 +331,7 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
     model, _ = build_model(cfg.model, 6)
     model.load_state_dict(state["model"])
     model.eval()
-    _, val, _ = _fold_tables(cfg, 1)
+    _, val, _ = fold_tables(cfg, 1)
     _, counts = evaluate(Predictor([model], cfg, torch.device("cpu")), val, cfg, build_loss(cfg))
     assert summarize(counts, cfg.data.classes)[0] == pytest.approx(full.best_score, abs=1e-12)
 
