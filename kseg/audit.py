@@ -26,16 +26,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from kseg.config import Config
-from kseg.data import ID, MaskSpec, hex_color, list_samples
-from kseg.errors import AuditError
+from kseg.config import AuditConfig, Config
+from kseg.data import ID, MaskSpec, list_samples
+from kseg.groups import POPCOUNT, connected_groups, hamming_pairs
 from kseg.io import atomic_dir
-from kseg.split import _scan_one, parallel_map
+from kseg.parallel import parallel_map
+from kseg.plotting import pyplot, to_uint8
+from kseg.progress import Progress
+from kseg.scan import scan_one, tally_unknown
+from kseg.workdir import DUPLICATES_NAME, WorkDir
 
-Progress = Callable[[str, int, int], None]
-AUDIT_DIR = "audit"
-DUPLICATES_NAME = "duplicates.csv"
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+StageProgress = Callable[[str], Progress | None]  # the progress callback of one stage ("hash", "masks")
 
 
 @dataclass
@@ -85,7 +86,7 @@ def _load_for_hash(path: str) -> Image.Image:
         band = np.load(path).astype(np.float32)
         band = band.mean(-1) if band.ndim == 3 else band
         lo, hi = np.percentile(band, [1, 99])
-        return Image.fromarray(np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8))
+        return Image.fromarray(to_uint8(np.clip(band, lo, hi)))
     with Image.open(path) as image:
         image.load()
         return image.convert("RGB")
@@ -105,46 +106,6 @@ def _hash_one(item: tuple[str, str, int]) -> tuple[int, int, bytes | None, str |
         return 0, 0, None, f"{path} cannot be read ({type(exc).__name__}: {exc})"
     width, height = image.size
     return height, width, np.packbits(bits.ravel()).tobytes(), None
-
-
-def hamming_pairs(hashes: np.ndarray, threshold: int, block: int = 512) -> np.ndarray:
-    """Index pairs ``(i, j)``, ``i < j``, whose packed hashes differ in at most ``threshold`` bits.
-
-    Shape:
-        hashes: ``(N, B)`` uint8 (packed bits). Returns ``(P, 2)`` int64.
-    """
-    n = len(hashes)
-    pairs = []
-    for start in range(0, n, block):
-        chunk = hashes[start : start + block]
-        distance = _POPCOUNT[chunk[:, None, :] ^ hashes[None, :, :]].sum(-1, dtype=np.int32)
-        i, j = np.nonzero(distance <= threshold)
-        i = i + start
-        keep = i < j
-        pairs.append(np.stack([i[keep], j[keep]], 1))
-    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-
-
-def connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Component label of each of ``n`` items linked by ``pairs`` (union-find); singletons get -1."""
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(i) for i in range(n)])
-    sizes = np.bincount(roots, minlength=n)
-    labels = np.full(n, -1)
-    for k, root in enumerate(sorted({r for r in roots if sizes[r] > 1})):
-        labels[roots == root] = k
-    return labels
 
 
 # ------------------------------------------------------------------------------------------- pictures
@@ -176,11 +137,7 @@ def contact_sheet(members: pd.DataFrame, path: Path, height: int = 160) -> None:
 
 
 def _class_chart(classes: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(classes) + 1.5), sharey=True)
     names = classes["class"][::-1]
     axes[0].barh(names, classes["images"][::-1], color="#4c72b0")
@@ -196,11 +153,7 @@ def _class_chart(classes: pd.DataFrame, path: Path) -> None:
 
 
 def _size_chart(images: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     ok = images[images["error"].isna()]
     for name, color in (("train", "#4c72b0"), ("test", "#dd8452")):
@@ -226,19 +179,19 @@ def _test_samples(cfg: Config) -> pd.DataFrame | None:
     return list_samples(data, "test")
 
 
-def run_audit(cfg: Config, out: Path | None = None, on_progress: Progress | None = None) -> AuditResult:
+def run_audit(cfg: Config, out: Path | None = None, on_stage: StageProgress | None = None) -> AuditResult:
     """Audit the training (and test) set of ``cfg`` and write the report.
 
     Args:
         cfg: The experiment config (``audit`` section for the hash and thresholds).
         out: Report folder (default ``<workdir>/audit``); replaced as a whole when the audit succeeds.
-        on_progress: Optional ``callback(stage, done, total)``.
+        on_stage: Optional ``on_stage(name)`` returning the progress ``callback(done, total)`` of that
+            stage (``hash``, then ``masks``).
 
     Raises:
         DataError: When the data set cannot be listed at all (missing root, bad templates).
     """
-    out = Path(out) if out is not None else cfg.workdir / AUDIT_DIR
-    options = cfg.audit
+    out = Path(out) if out is not None else WorkDir(cfg.workdir).audit_dir
     train = list_samples(cfg.data, "train")
     test = _test_samples(cfg)
     table = pd.DataFrame({ID: train[ID], "set": "train", "path": train["image"].astype(str)})
@@ -247,22 +200,34 @@ def run_audit(cfg: Config, out: Path | None = None, on_progress: Progress | None
     table = table.reset_index(drop=True)
     workers = min(cfg.split.workers or os.cpu_count() or 1, 8)
 
-    def progress(stage: str) -> Callable[[int, int], None] | None:
-        return (lambda done, total: on_progress(stage, done, total)) if on_progress else None
+    def progress(stage: str) -> Progress | None:
+        return on_stage(stage) if on_stage else None
 
-    items = [(p, options.hash, options.hash_size) for p in table["path"]]
+    items = [(p, cfg.audit.hash, cfg.audit.hash_size) for p in table["path"]]
     hashed = parallel_map(_hash_one, items, workers, progress("hash"))
     table["height"] = [h for h, _, _, _ in hashed]
     table["width"] = [w for _, w, _, _ in hashed]
     table["hash"] = [b.hex() if b is not None else None for _, _, b, _ in hashed]
     table["error"] = [e for _, _, _, e in hashed]
+    groups = _duplicate_groups(table, [b for _, _, b, _ in hashed], cfg.audit)
+    readable_train = train[table["error"].iloc[: len(train)].isna().to_numpy()]
+    masks = _mask_findings(cfg, readable_train, workers, progress("masks"))
+    with atomic_dir(out) as tmp:  # everything goes into a fresh folder, swapped in at the end
+        result = AuditResult(
+            table, groups, masks.classes, masks.unknown, masks.problems, masks.ignored_share, out / "audit.md"
+        )
+        _write_report(cfg, result, masks, tmp)
+    return result
 
-    # duplicate groups over the readable images
+
+def _duplicate_groups(table: pd.DataFrame, hashes: list[bytes | None], options: AuditConfig) -> pd.DataFrame:
+    """One row per image in a group of near-identical hashes: ``group, kind, ImageID, set, distance``;
+    groups across train and test first, then the biggest."""
     readable = np.flatnonzero(table["error"].isna().to_numpy())
     n_bytes = (options.hash_size**2 + 7) // 8
     packed = np.zeros((len(readable), n_bytes), np.uint8)
     for row, k in enumerate(readable):
-        packed[row] = np.frombuffer(hashed[k][2], np.uint8)
+        packed[row] = np.frombuffer(hashes[k], np.uint8)
     labels = connected_groups(len(readable), hamming_pairs(packed, options.threshold))
     rows = []
     for g in range(labels.max() + 1 if len(labels) else 0):
@@ -272,7 +237,7 @@ def run_audit(cfg: Config, out: Path | None = None, on_progress: Progress | None
         kind = "train+test" if len(sets) == 2 else sets.pop()
         for m in members:
             k = readable[m]
-            distance = int(_POPCOUNT[first ^ packed[m]].sum())
+            distance = int(POPCOUNT[first ^ packed[m]].sum())
             rows.append((g, kind, table[ID].iloc[k], table["set"].iloc[k], distance))
     groups = pd.DataFrame(rows, columns=["group", "kind", ID, "set", "distance"])
     if len(groups):  # leakage first, then the biggest groups
@@ -282,61 +247,65 @@ def run_audit(cfg: Config, out: Path | None = None, on_progress: Progress | None
         groups["group"] = groups["group"].map(renumber)
         groups = groups.sort_values(["group", "set", "distance", ID], ascending=[True, False, True, True])
         groups = groups.reset_index(drop=True)
+    return groups
 
-    # masks: sizes, classes, unknown colours (every problem listed, none fatal)
+
+@dataclass
+class _MaskFindings:
+    classes: pd.DataFrame
+    unknown: dict[str, tuple[int, int]]
+    problems: pd.DataFrame
+    ignored_share: float
+    unknown_pixels: int
+    total_pixels: int
+
+
+def _mask_findings(cfg: Config, train: pd.DataFrame, workers: int, progress: Progress | None) -> _MaskFindings:
+    """Sizes, classes and unknown colours of the training masks: every problem listed, none fatal."""
     spec = MaskSpec.from_config(cfg.data)
     counting = replace(spec, unknown="ignore")  # unknown colours are counted and reported, not fatal
-    readable_train = train[table["error"].iloc[: len(train)].isna().to_numpy()]
-    scan_items = [(r[ID], r["mask"], r["image"], counting, False) for r in readable_train.to_dict("records")]
-    scanned = parallel_map(_scan_one, scan_items, workers, progress("masks"))
-    problems = [(r[ID], r["error"]) for r in scanned if "error" in r]
+    items = [(r[ID], r["mask"], r["image"], counting, False) for r in train.to_dict("records")]
+    scanned = parallel_map(scan_one, items, workers, progress)
+    problems = pd.DataFrame([(r[ID], r["error"]) for r in scanned if "error" in r], columns=[ID, "problem"])
     good = [r for r in scanned if "error" not in r]
     k = len(cfg.data.classes)
     counts = np.stack([r["counts"] for r in good]).astype(np.int64) if good else np.zeros((0, k), np.int64)
     ignored = int(sum(r["ignore"] for r in good))
-    unknown: dict[str, tuple[int, int]] = {}
-    for r in good:
-        for value, count in r["unknown"].items():
-            pixels, masks = unknown.get(value, (0, 0))
-            unknown[value] = (pixels + int(count), masks + 1)
-    if spec.format == "color":
-        unknown = {hex_color(int(v)): c for v, c in unknown.items()}
+    unknown = tally_unknown([r["unknown"] for r in good], spec)
     unknown_pixels = sum(p for p, _ in unknown.values())
     labelled = max(int(counts.sum()), 1)
     present = (counts > 0).sum(0)
-    pixel_share = counts.sum(0) / labelled
     classes = pd.DataFrame(
         {
             "class": cfg.data.classes,
             "images": present,
             "image_share": present / max(len(good), 1),
-            "pixel_share": pixel_share,
+            "pixel_share": counts.sum(0) / labelled,
         }
     )
-    classes["rare"] = (classes["images"] < options.rare_images) | (classes["pixel_share"] < options.rare_share)
-    total_pixels = labelled + ignored
-    ignored_share = (ignored - unknown_pixels) / total_pixels if total_pixels else 0.0
+    classes["rare"] = (classes["images"] < cfg.audit.rare_images) | (classes["pixel_share"] < cfg.audit.rare_share)
+    total = labelled + ignored
+    ignored_share = (ignored - unknown_pixels) / total if total else 0.0
+    return _MaskFindings(classes, unknown, problems, ignored_share, unknown_pixels, total)
 
-    # write everything into a fresh folder, then swap it in
-    with atomic_dir(out) as tmp:
-        (tmp / "groups").mkdir()
-        table.to_csv(tmp / "images.csv", index=False)
-        groups.to_csv(tmp / DUPLICATES_NAME, index=False)
-        classes.to_csv(tmp / "classes.csv", index=False)
-        sheets = []
-        info = table.set_index(ID)
-        for g, members in list(groups.groupby("group"))[: options.max_sheets]:
-            detail = members.join(info[["path", "height", "width"]], on=ID)
-            name = f"groups/group_{g:03d}.png"
-            contact_sheet(detail, tmp / name)
-            sheets.append((g, name))
-        if len(classes):
-            _class_chart(classes, tmp / "classes.png")
-        _size_chart(table, tmp / "sizes.png")
-        mask_problems = pd.DataFrame(problems, columns=[ID, "problem"])
-        result = AuditResult(table, groups, classes, unknown, mask_problems, ignored_share, out / "audit.md")
-        (tmp / "audit.md").write_text(_markdown(cfg, result, sheets, unknown_pixels, total_pixels))
-    return result
+
+def _write_report(cfg: Config, result: AuditResult, masks: _MaskFindings, folder: Path) -> None:
+    (folder / "groups").mkdir()
+    result.images.to_csv(folder / "images.csv", index=False)
+    result.groups.to_csv(folder / DUPLICATES_NAME, index=False)
+    result.classes.to_csv(folder / "classes.csv", index=False)
+    sheets = []
+    info = result.images.set_index(ID)
+    for g, members in list(result.groups.groupby("group"))[: cfg.audit.max_sheets]:
+        detail = members.join(info[["path", "height", "width"]], on=ID)
+        name = f"groups/group_{g:03d}.png"
+        contact_sheet(detail, folder / name)
+        sheets.append((g, name))
+    if len(result.classes):
+        _class_chart(result.classes, folder / "classes.png")
+    _size_chart(result.images, folder / "sizes.png")
+    text = _markdown(cfg, result, sheets, masks.unknown_pixels, masks.total_pixels)
+    (folder / "audit.md").write_text(text)
 
 
 def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknown_px: int, total_px: int) -> str:
@@ -429,40 +398,6 @@ def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknow
         lines.append(f"| ... | {len(sizes) - 20} more sizes | |")
     lines += ["", "![sizes](sizes.png)", ""]
     return "\n".join(lines)
-
-
-def read_duplicate_groups(cfg: Config) -> pd.DataFrame:
-    """The training images' duplicate groups of the last ``kseg audit``: ``ImageID, group``."""
-    path = cfg.workdir / AUDIT_DIR / DUPLICATES_NAME
-    if not path.is_file():
-        raise AuditError(f"split.duplicates is on but {path} does not exist; run 'kseg audit' first")
-    groups = pd.read_csv(path, dtype={ID: str})
-    return groups.loc[groups["set"] == "train", [ID, "group"]]
-
-
-def merge_groups(ids: pd.Series, base: np.ndarray | None, duplicates: pd.DataFrame) -> np.ndarray:
-    """Split groups that keep both ``base`` groups and duplicate groups whole (their union).
-
-    Args:
-        ids: Training image ids, in table order.
-        base: Optional group label per image (``split.group_by``).
-        duplicates: ``ImageID, group`` of images in duplicate groups.
-
-    Returns:
-        One string label per image.
-    """
-    n = len(ids)
-    index = {image_id: i for i, image_id in enumerate(ids)}
-    pairs = []
-    for _, members in duplicates.groupby("group"):
-        rows = [index[i] for i in members[ID] if i in index]
-        pairs += [(rows[0], other) for other in rows[1:]]
-    if base is not None:
-        first: dict[str, int] = {}
-        for i, label in enumerate(np.asarray(base).astype(str)):
-            pairs.append((first.setdefault(label, i), i))
-    labels = connected_groups(n, np.array(pairs, dtype=np.int64).reshape(-1, 2))
-    return np.array([f"g{lab}" if lab >= 0 else f"i{i}" for i, lab in enumerate(labels)])
 
 
 def summary_json(result: AuditResult) -> str:

@@ -1,27 +1,18 @@
-"""The ``kseg`` command line: thin commands over the library's stage functions."""
+"""The ``kseg`` command line: thin commands that load the config, call one stage function, and hand
+its result to ``kseg.render``; kseg's errors become one red line and a non-zero exit."""
 
 from __future__ import annotations
 
 import contextlib
-import time
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
-from kseg import __version__
+from kseg import __version__, render
 from kseg.config import Config, load_config
 from kseg.errors import KsegError
 
@@ -33,8 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -64,22 +53,19 @@ def handled(debug: bool = False) -> Iterator[None]:
     except KsegError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        render.error_line(str(exc))
         raise typer.Exit(1) from None
     except OSError as exc:
         if debug:
             raise
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        err_console.print(
-            f"[bold red]error:[/] {escape(str(exc.strerror or exc))}{escape(where)}; "
-            "check the path, permissions and free disk space "
-            "(--debug shows the traceback)",
-            highlight=False,
-            soft_wrap=True,
+        render.error_line(
+            f"{exc.strerror or exc}{where}; check the path, permissions and free disk space "
+            "(--debug shows the traceback)"
         )
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        render.err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
 
 
@@ -87,37 +73,9 @@ def _config(config: Path | None, overrides: list[str] | None) -> Config:
     return load_config(config, overrides or [])
 
 
-@contextlib.contextmanager
-def progress_bar(description: str) -> Iterator:
-    """A rich progress bar that appears on the first update; yields a ``callback(done, total)``."""
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    progress = Progress(*columns, console=err_console, transient=False)
-    task = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal task
-        if task is None:
-            progress.start()
-            task = progress.add_task(description, total=total)
-        progress.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if task is not None:
-            progress.stop()
-
-
 def _version(value: bool) -> None:
     if value:
-        console.print(f"kseg {__version__}")
+        render.say(f"kseg {__version__}")
         raise typer.Exit()
 
 
@@ -144,17 +102,12 @@ def synth(
     """Write a small synthetic Kaggle-style aerial segmentation competition, with its kseg.yaml."""
     from kseg.synth import make_competition
 
-    with handled(debug), progress_bar("synth") as update:
+    with handled(debug), render.progress_bar("synth") as update:
         result = make_competition(out_dir, train, test, height, width, classes, seed, on_progress=update)
-    console.print(
+    render.say(
         f"wrote {result.n_train} train + {result.n_test} test images, {len(result.classes)} classes, to "
-        f"{result.root}\nnext: [bold]cd {result.root} && kseg split[/]  (config: {result.config.name})",
-        highlight=False,
+        f"{result.root}\nnext: [bold]cd {result.root} && kseg split[/]  (config: {result.config.name})"
     )
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
 
 
 @app.command()
@@ -164,42 +117,9 @@ def split(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False
 
     with handled(debug):
         cfg = _config(config, set_)
-        with progress_bar("scan masks") as update:
+        with render.progress_bar("scan masks") as update:
             result = make_folds(cfg, on_progress=update)
-    n_folds = cfg.split.n_folds
-    sizes = result.folds["fold"].value_counts().reindex(range(n_folds), fill_value=0)
-    table = Table(title=f"{n_folds} folds of {len(result.folds)} images  (image share % / pixel share %)")
-    table.add_column("class")
-    table.add_column("all", justify="right")
-    for f in range(n_folds):
-        table.add_column(f"fold {f}", justify="right")
-    table.add_row("images", str(len(result.folds)), *[str(sizes[f]) for f in range(n_folds)], end_section=True)
-    counts = result.stats.counts
-    all_img = (counts > 0).mean(0)
-    all_px = counts.sum(0) / max(counts.sum(), 1)
-    for k, name in enumerate(cfg.data.classes):
-        cells = [f"{_pct(result.image_share[f, k])} / {_pct(result.pixel_share[f, k])}" for f in range(n_folds)]
-        table.add_row(name, f"{_pct(all_img[k])} / {_pct(all_px[k])}", *cells)
-    console.print(table)
-    by = [f"'{cfg.split.group_by}'"] if cfg.split.group_by else []
-    by = " and ".join(by + (["audit duplicates"] if cfg.split.duplicates else []))
-    groups = f", {result.n_groups} groups by {by}" if result.n_groups else ""
-    plain = "plain group KFold" if result.n_groups else "plain KFold"
-    console.print(
-        f"imbalance [bold]{result.imbalance:.1f}%[/] vs {result.plain_imbalance:.1f}% for a {plain} "
-        f"(mean relative deviation of per-fold class shares; lower is better){groups}",
-        highlight=False,
-    )
-    if result.stats.unknown:
-        shown = ", ".join(
-            f"{v} ({p:,} px in {m} masks)"
-            for v, (p, m) in sorted(result.stats.unknown.items(), key=lambda kv: -kv[1][0])
-        )
-        console.print(f"[yellow]mapped to ignore index {cfg.data.ignore_index}:[/] {shown}", highlight=False)
-    cached = len(result.folds) - result.stats.n_scanned
-    console.print(
-        f"wrote {result.path}  (scanned {result.stats.n_scanned} masks, {cached} from cache)", highlight=False
-    )
+    render.split_result(result, cfg)
 
 
 @app.command()
@@ -215,42 +135,12 @@ def audit(
 
     with handled(debug):
         cfg = _config(config, set_)
-        bars: dict[str, object] = {}
-        stack = contextlib.ExitStack()
-        with stack:
-
-            def update(stage: str, done: int, total: int) -> None:
-                if stage not in bars:
-                    label = {"hash": "hash images", "masks": "read masks"}.get(stage, stage)
-                    bars[stage] = stack.enter_context(progress_bar(label))
-                bars[stage](done, total)
-
-            result = run_audit(cfg, out, on_progress=None if as_json else update)
+        with render.stage_bars() as bar_for:
+            result = run_audit(cfg, out, on_stage=None if as_json else bar_for)
     if as_json:
         print(summary_json(result))
         return
-    n_train = int((result.images["set"] == "train").sum())
-    n_test = int((result.images["set"] == "test").sum())
-    table = Table(title=f"audit of {n_train} training and {n_test} test images")
-    table.add_column("finding")
-    table.add_column("count", justify="right")
-    table.add_column("detail")
-    cross = result.groups[result.groups["kind"] == "train+test"]
-    table.add_row(
-        "duplicate groups",
-        str(result.n_groups),
-        f"{result.n_cross} across train/test ({cross['set'].eq('test').sum()} test images)" if result.n_groups else "",
-    )
-    first = result.unreadable["error"].iloc[0] if len(result.unreadable) else ""
-    table.add_row("unreadable images", str(len(result.unreadable)), escape(first))
-    first = result.mask_problems["problem"].iloc[0] if len(result.mask_problems) else ""
-    table.add_row("mask problems", str(len(result.mask_problems)), escape(first))
-    rare = result.classes.loc[result.classes["rare"], "class"].tolist()
-    table.add_row("rare classes", str(len(rare)), ", ".join(rare))
-    unknown = ", ".join(f"{v} ({p:,} px in {m} masks)" for v, (p, m) in sorted(result.unknown.items()))
-    table.add_row("values outside the palette", str(len(result.unknown)), unknown)
-    console.print(table)
-    console.print(f"wrote {result.report}", highlight=False)
+    render.audit_result(result)
 
 
 @app.command()
@@ -274,20 +164,9 @@ def tile(
         # the flags are --set tile.* overrides, validated by the same rules
         flag_sets = [f"tile.{k}={v}" for k, v in flags.items() if v is not None]
         options, ignore_index = tile_options(config, [*(set_ or []), *flag_sets])
-        with progress_bar("tile") as update:
+        with render.progress_bar("tile") as update:
             result = tile_raster(image, out, options, mask, ignore_index, on_progress=update)
-    kept = len(result.index)
-    console.print(
-        f"{kept} tiles of {options.size} px kept out of {result.n_candidates} "
-        f"({result.dropped_nodata} all nodata, {result.dropped_classes} only tile.drop_classes)\n"
-        f"per-band mean {_short(result.mean)}, std {_short(result.std)}\n"
-        f"wrote {result.out} (tiles.csv, tiles.json, data.yaml: the data section for these tiles)",
-        highlight=False,
-    )
-
-
-def _short(values: list[float]) -> str:
-    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+    render.tile_result(result, options.size)
 
 
 @app.command("config")
@@ -297,21 +176,7 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt =
 
     with handled(debug):
         cfg = _config(config, set_)
-    console.print(to_yaml(cfg), highlight=False, markup=False, end="")
-
-
-def _render_report(report, path: Path) -> None:
-    if report.ok:
-        console.print(f"[bold green]valid[/]: {path} ({report.n_rows} rows)", highlight=False)
-        return
-    table = Table(title=f"{path}: {len(report.problems)} kind(s) of problem", title_justify="left")
-    table.add_column("problem", style="bold red")
-    table.add_column("rows", justify="right")
-    table.add_column("first rows")
-    table.add_column("fix")
-    for problem in report.problems:
-        table.add_row(problem.kind, str(problem.count), escape("\n".join(problem.examples)), escape(problem.fix))
-    console.print(table)
+    render.console.print(to_yaml(cfg), highlight=False, markup=False, end="")
 
 
 @app.command()
@@ -338,21 +203,14 @@ def submit(
         cfg = _config(config, set_)
         if upload and not competition:
             raise KsegError("--upload needs --competition SLUG (the name in the competition's URL)")
-        with progress_bar("read predictions") as update:
+        with render.progress_bar("read predictions") as update:
             result = write_submission(
                 cfg, out=out, predictions=predictions, on_progress=update, postprocess=not no_postprocess
             )
-        console.print(result.note, highlight=False)
-        took = sum(result.seconds.values())
-        console.print(
-            f"wrote {result.path}: {result.n_rows} rows for {result.n_images} images, "
-            f"{result.n_bytes / 1e6:.1f} MB, {result.empty_rows} empty rows, [bold green]valid[/] "
-            f"({took:.2f} s: encode {result.seconds['encode']:.2f} s, validate {result.seconds['validate']:.2f} s)",
-            highlight=False,
-        )
+        render.submission_written(result)
         if upload:
             upload_submission(result.path, cfg, competition, message)
-            console.print(f"uploaded to [bold]{competition}[/] with message {message!r}", highlight=False)
+            render.say(f"uploaded to [bold]{competition}[/] with message {message!r}")
 
 
 @app.command()
@@ -369,7 +227,7 @@ def validate(
         cfg = _config(config, set_)
         file = file or cfg.submission.path
         report = validate_file(file, cfg)
-    _render_report(report, file)
+    render.validation_report(report, file)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -390,8 +248,6 @@ def score(
     debug: DebugOpt = False,
 ) -> None:
     """Score a submission (or a folder of label maps) with the competition metric: mean row Dice."""
-    import json
-
     from kseg.submission import score_file, score_label_maps
 
     with handled(debug):
@@ -409,72 +265,20 @@ def score(
     if as_json:
         typer.echo(json.dumps({"score": result.score, "per_class": result.per_class}))
         return
-    console.print(
-        f"{what}: score [bold]{result.score:.4f}[/] "
-        f"(mean Dice over {len(result.rows)} rows; 1 when both masks are empty)",
-        highlight=False,
-    )
-    table = Table()
-    table.add_column("class")
-    for column in ("Dice", "IoU", "empty rows", "rows"):
-        table.add_column(column, justify="right")
-    for name, row in result.per_class.items():
-        table.add_row(
-            name, f"{row['dice']:.4f}", f"{row['iou']:.4f}", f"{100 * row['empty_share']:.1f}%", str(row["rows"])
-        )
-    console.print(table)
+    render.score_result(result, what)
 
 
 def _folds_to_train(cfg: Config, fold: str) -> list[int]:
-    from kseg.split import read_folds
+    from kseg.workdir import WorkDir
 
-    n_folds = int(read_folds(cfg)["fold"].max()) + 1
     if fold == "all":
-        return list(range(n_folds))
+        return list(range(WorkDir(cfg.workdir).n_folds()))
     try:
         return [int(fold)]
     except ValueError:
         raise KsegError(
             f"--fold {fold!r} is neither a fold number nor 'all'; use e.g. --fold 0 or --fold all"
         ) from None
-
-
-def _train_one(cfg: Config, fold: int, resume: bool, quiet: bool):
-    """Train one fold with a rich progress bar (loss, images/s, ETA) and a line per epoch."""
-    from kseg.train import train_fold
-
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s"),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    progress = Progress(*columns, console=err_console, transient=True, disable=quiet)
-    tasks: dict[int, int] = {}
-
-    def on_step(epoch: int, step: int, steps: int, loss: float, speed: float) -> None:
-        if epoch not in tasks:
-            description = f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}"
-            tasks[epoch] = progress.add_task(description, total=steps, loss=0.0, speed=0.0)
-        progress.update(tasks[epoch], completed=step, loss=loss, speed=speed)
-
-    def on_epoch(stats) -> None:
-        mark = " [green]best[/]" if stats.best else ""
-        progress.console.print(
-            f"fold {fold} epoch {stats.epoch:>3}/{cfg.train.epochs}  train loss {stats.train_loss:.4f}  "
-            f"val loss {stats.val_loss:.4f}  val Dice [bold]{stats.val_dice:.4f}[/]  "
-            f"{stats.images_per_s:.1f} img/s  {stats.seconds:.0f} s{mark}",
-            highlight=False,
-        )
-
-    def on_note(text: str) -> None:
-        if not quiet:
-            progress.console.print(f"[dim]{escape(text)}[/]", highlight=False)
-
-    with progress:
-        return train_fold(cfg, fold, resume=resume, on_step=on_step, on_epoch=on_epoch, on_note=on_note)
 
 
 @app.command()
@@ -488,24 +292,17 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train a UNet (or any smp model) on the other folds; keep the best epoch by validation Dice."""
-    import os
+    from kseg.train import train_fold
 
     quiet = int(os.environ.get("RANK", 0)) != 0  # under torchrun only rank 0 talks
+    results = []
     with handled(debug):
         cfg = _config(config, set_)
-        results = [_train_one(cfg, f, resume, quiet) for f in _folds_to_train(cfg, fold)]
-    if quiet:
-        return
-    table = Table(title="training", title_justify="left")
-    for column in ("fold", "best epoch", "val Dice (best)", "epochs", "outputs"):
-        table.add_column(column, justify="right" if column != "outputs" else "left")
-    for r in results:
-        stop = " (early stop)" if r.stopped_early else ""
-        table.add_row(str(r.fold), str(r.best_epoch), f"{r.best_score:.4f}", f"{r.epochs_done}{stop}", str(r.dir))
-    console.print(table)
-    if len(results) > 1:
-        scores = [r.best_score for r in results]
-        console.print(f"CV (mean of fold bests): [bold]{sum(scores) / len(scores):.4f}[/]", highlight=False)
+        for f in _folds_to_train(cfg, fold):
+            with render.training_progress(f, cfg.train.epochs, quiet) as callbacks:
+                results.append(train_fold(cfg, f, resume=resume, **callbacks))
+    if not quiet:
+        render.training_results(results)
 
 
 def _int_list(text: str | None, what: str) -> list[int] | None:
@@ -562,8 +359,10 @@ def infer(
     debug: DebugOpt = False,
 ) -> None:
     """Predict the test set (or --images DIR) with the trained folds, optionally with TTA."""
-    from kseg.infer import competition_test_images, list_images, load_bundle, load_ensemble, run_inference
+    from kseg.ensemble import load_bundle, load_ensemble
+    from kseg.infer import OutputOptions, competition_test_images, list_images, run_inference
     from kseg.tta import views as view_set_of
+    from kseg.workdir import default_predictions
 
     with handled(debug):
         if views is not None:
@@ -594,32 +393,20 @@ def infer(
             table = list_images(images)
         else:
             table = competition_test_images(cfg)
-        target = out or cfg.predictions_dir
+        target = out or default_predictions(cfg)
         view_set = views or (cfg.infer.tta if tta else "none")
-        with progress_bar("predict") as update:
+        outputs = OutputOptions(probs=probs, color=color, overlay=overlay)
+        with render.progress_bar("predict") as update:
             result = run_inference(
-                ensemble, table, target, view_set, probs, color, overlay, not no_postprocess, on_progress=update
+                ensemble, table, target, view_set, outputs=outputs, postprocess=not no_postprocess, on_progress=update
             )
-    console.print(
-        f"predicted {result.n_images} images with {len(ensemble.models)} model(s) ({result.source}), "
-        f"TTA {result.tta} ({result.views} views), {cfg.infer.mode} mode: {result.images_per_s:.2f} images/s\n"
-        f"wrote {result.out}",
-        highlight=False,
-    )
-    if result.postprocessed:
-        console.print(
-            f"post-processing: tuned thresholds and minimum areas applied ({ensemble.source})", highlight=False
-        )
-    elif ensemble.post is not None:
-        console.print("post-processing: off (--no-postprocess)", highlight=False)
-    for item in result.skipped:
-        err_console.print(f"[yellow]skipped[/] {escape(item)}", highlight=False)
+    render.inference_result(result, len(ensemble.models), cfg.infer.mode, ensemble.post is not None)
     if tiles_dir is not None:
         from kseg.tile import stitch as stitch_tiles
 
         with handled(debug):
             written = stitch_tiles(tiles_dir, result.out, stitch)
-        console.print(f"stitched {result.n_images} tiles into {written}", highlight=False)
+        render.say(f"stitched {result.n_images} tiles into {written}")
 
 
 @app.command()
@@ -632,15 +419,14 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Pack the resolved config and the trained folds' best weights into one file for offline inference."""
-    from kseg.infer import export_bundle
+    from kseg.ensemble import export_bundle
 
     with handled(debug):
         cfg = _config(config, set_)
         path = export_bundle(cfg, out, _int_list(folds, "--folds"), half)
-    console.print(
+    render.say(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); predict anywhere with "
-        f"[bold]kseg infer --bundle {path.name} --images DIR --out DIR[/]",
-        highlight=False,
+        f"[bold]kseg infer --bundle {path.name} --images DIR --out DIR[/]"
     )
 
 
@@ -651,29 +437,9 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False)
 
     with handled(debug):
         cfg = _config(config, set_)
-        with progress_bar("read OOF") as update:
+        with render.progress_bar("read OOF") as update:
             result = tune_postprocess(cfg, on_progress=update)
-    post = result.post
-    table = Table(
-        title=f"post-processing tuned on {post.n_images} out-of-fold images "
-        f"({post.resolution[0]}x{post.resolution[1]})",
-        title_justify="left",
-    )
-    for column in ("class", "threshold", "min area", "OOF Dice before", "after"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for name, params in post.params.items():
-        threshold = f"{params.threshold:.2f}" if params.threshold else "argmax"
-        area = f"{100 * params.min_area:.3g}% of image" if params.min_area else "-"
-        gain = result.class_after[name] - result.class_before[name]
-        after = f"{result.class_after[name]:.4f}" + (f" [green](+{gain:.4f})[/]" if gain > 0 else "")
-        table.add_row(name, threshold, area, f"{result.class_before[name]:.4f}", after)
-    console.print(table)
-    console.print(
-        f"OOF mean row Dice {post.oof_score_before:.4f} -> [bold]{post.oof_score_after:.4f}[/] in-sample "
-        f"({post.oof_score_after - post.oof_score_before:+.4f}); tuned on one half and scored on the other: "
-        f"{result.holdout_before:.4f} -> {result.holdout_after:.4f} ({post.holdout_gain:+.4f})\nwrote {result.path}",
-        highlight=False,
-    )
+    render.tune_result(result)
 
 
 @app.command()
@@ -683,45 +449,9 @@ def report(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = Fals
 
     with handled(debug):
         cfg = _config(config, set_)
-        with progress_bar("read OOF") as update:
+        with render.progress_bar("read OOF") as update:
             result = cv_report(cfg, on_progress=update)
-    post = " (with post-processing)" if result.post is not None else ""
-    folds = Table(title="out-of-fold score per fold (mean row Dice at data.image_size)", title_justify="left")
-    for column in ("fold", "images", "score", f"score{post}"):
-        folds.add_column(column, justify="right")
-    for row in result.folds.itertuples(index=False):
-        folds.add_row(str(row.fold), str(row.images), f"{row.score:.4f}", f"{row.score_postprocessed:.4f}")
-    folds.add_row(
-        "all",
-        str(int(result.folds["images"].sum())),
-        f"{result.overall_before:.4f}",
-        f"[bold]{result.overall_after:.4f}[/]",
-        end_section=True,
-    )
-    console.print(folds)
-    classes = Table(title=f"per class{post}", title_justify="left")
-    for column in ("class", "Dice", "IoU", "Dice without post-processing", "empty rows"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
-    for row in result.classes.itertuples(index=False):
-        classes.add_row(
-            row[0], f"{row.dice:.4f}", f"{row.iou:.4f}", f"{row.dice_before:.4f}", f"{100 * row.empty_share:.1f}%"
-        )
-    console.print(classes)
-    console.print(f"confusion matrix: {result.confusion_png}\nworst images: {result.worst_png}", highlight=False)
-
-
-class _RichReporter:
-    """Shows each demo stage as a rich progress bar."""
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator:
-        started = time.perf_counter()
-        with progress_bar(name) as update:
-            yield update
-        console.print(f"[green]done[/] {name} ({time.perf_counter() - started:.0f} s)", highlight=False)
-
-    def note(self, text: str) -> None:
-        console.print(f"[dim]{escape(text)}[/]", highlight=False)
+    render.cv_report(result)
 
 
 @app.command()
@@ -735,17 +465,5 @@ def demo(
     from kseg.demo import run_demo
 
     with handled(debug):
-        result = run_demo(out_dir, _RichReporter(), seed=seed, force=force)
-    verdict = "[bold green]valid[/]" if result.valid else f"[bold red]INVALID[/] ({', '.join(result.problems)})"
-    lines = [
-        f"submission: {result.submission} ({verdict})",
-        f"local score against the hidden test truth: [bold]{result.score:.4f}[/] "
-        f"(an all-empty submission scores {result.empty_score:.4f})",
-        f"cross-validation (out-of-fold): {result.cv_score:.4f}, {result.cv_tuned:.4f} with tuned post-processing",
-    ]
-    for what, paths in result.pictures.items():
-        if paths:
-            shown = ", ".join(str(p) for p in paths[:3])
-            lines.append(f"{what}: {shown}")
-    lines.append(f"finished in {result.seconds / 60:.1f} min; the config is {result.root / 'kseg.yaml'}")
-    console.print("\n".join(lines), highlight=False)
+        result = run_demo(out_dir, render.RichReporter(), seed=seed, force=force)
+    render.demo_result(result)

@@ -29,8 +29,8 @@ from PIL import Image, UnidentifiedImageError
 
 from kseg.config import DataConfig
 from kseg.errors import DataError
+from kseg.workdir import ID  # noqa: E402  (re-exported: the id column of every table)
 
-ID = "ImageID"
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -6,7 +6,6 @@ same whatever the number of workers and whether the run was resumed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import albumentations as A
@@ -189,14 +188,13 @@ def rare_class_weights(counts: np.ndarray) -> np.ndarray:
     return weight / weight.sum()
 
 
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
-
-
 def train_loader(
     dataset: TrainDataset,
-    cfg: Config,
+    *,
+    batch_size: int,
+    seed: int,
     epoch: int,
+    workers: int,
     sample_weights: np.ndarray | None = None,
     rank: int = 0,
     world: int = 1,
@@ -204,25 +202,23 @@ def train_loader(
 ) -> DataLoader:
     """The loader of one epoch: its shuffling depends only on ``(seed, epoch)`` (and the rank)."""
     dataset.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     if sample_weights is not None:
-        sampler = WeightedRandomSampler(
+        drawn = WeightedRandomSampler(
             torch.as_tensor(sample_weights, dtype=torch.double), len(dataset), replacement=True, generator=generator
         )
-        indices = list(sampler)[rank::world]
-        sampler = indices
+        sampler = list(drawn)[rank::world]
     else:
         order = torch.randperm(len(dataset), generator=generator).tolist()
         per_rank = len(order) // world if world > 1 else len(order)
         sampler = order[rank * per_rank : (rank + 1) * per_rank] if world > 1 else order
-    workers = default_workers() if cfg.train.num_workers is None else cfg.train.num_workers
     return DataLoader(
         dataset,
-        batch_size=cfg.train.batch_size,
+        batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
-        drop_last=len(sampler) > cfg.train.batch_size,
+        drop_last=len(sampler) > batch_size,
         persistent_workers=False,
     )
 

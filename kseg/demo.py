@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Protocol
 
 from kseg.config import load_config
+from kseg.ensemble import load_ensemble
 from kseg.errors import KsegError
+from kseg.infer import OutputOptions, competition_test_images, run_inference
+from kseg.postprocess import tune
+from kseg.report import cv_report
+from kseg.split import make_folds
+from kseg.submission import score_file, validate_file, write_submission
+from kseg.synth import make_competition
+from kseg.train import train_fold
+from kseg.workdir import WorkDir, default_predictions
 
 # Large enough for a small UNet to learn the scenes in a few CPU minutes, small enough to stay there.
 DEMO_COMPETITION = {"n_train": 48, "n_test": 16, "height": 64, "width": 96, "n_classes": 6}
@@ -77,14 +86,6 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
         seed: Seed of the synthetic competition.
         force: Replace a previous demo in ``out_dir``.
     """
-    from kseg.infer import competition_test_images, load_ensemble, run_inference
-    from kseg.postprocess import tune
-    from kseg.report import cv_report
-    from kseg.split import make_folds
-    from kseg.submission import score_file, validate_file, write_submission
-    from kseg.synth import make_competition
-    from kseg.train import train_fold
-
     rep = reporter or _Silent()
     out_dir = Path(out_dir)
     _prepare(out_dir, force)
@@ -106,14 +107,14 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
         tuned = tune(cfg, on_progress=progress)
     with rep.stage("cross-validation report") as progress:
         report = cv_report(cfg, on_progress=progress)
+    predictions = default_predictions(cfg)
     with rep.stage(f"predict the test set (TTA {cfg.infer.tta}, {cfg.split.n_folds} folds)") as progress:
         run_inference(
             load_ensemble(cfg),
             competition_test_images(cfg),
-            cfg.predictions_dir,
+            predictions,
             cfg.infer.tta,
-            color=True,
-            overlay=True,
+            outputs=OutputOptions(color=True, overlay=True),
             on_progress=progress,
         )
     with rep.stage("write, validate and score the submission") as progress:
@@ -123,8 +124,8 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
         empty = score_file(cfg.sample_path, cfg).score
     rep.note(written.note)
     pictures = {
-        "training curves": sorted(cfg.workdir.glob("fold*/curves.png")),
-        "prediction overlays": sorted(cfg.predictions_dir.glob("*_overlay.png"))[:3],
+        "training curves": [WorkDir(cfg.workdir).curves(f) for f in range(cfg.split.n_folds)],
+        "prediction overlays": sorted(predictions.glob("*_overlay.png"))[:3],
         "confusion matrix": [report.confusion_png],
         "worst out-of-fold images": [report.worst_png],
     }

@@ -39,3 +39,11 @@ class AuditError(KsegError):
 
 class TileError(KsegError):
     """A raster cannot be tiled, or tile predictions cannot be stitched, as asked."""
+
+
+class InferError(KsegError):
+    """Inference cannot run as asked."""
+
+
+class TuneError(KsegError):
+    """Post-processing cannot be tuned or applied as asked."""

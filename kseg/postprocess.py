@@ -25,23 +25,34 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from kseg.config import Config
 from kseg.data import ID
-from kseg.errors import KsegError
-from kseg.io import atomic_write_text
+from kseg.errors import TuneError
 from kseg.metrics import row_dice
+from kseg.progress import Progress
+from kseg.workdir import POSTPROCESS_NAME, WorkDir
 
-POSTPROCESS_NAME = "postprocess.json"
+__all__ = [
+    "AREA_FRACTIONS",
+    "NO_CLASS",
+    "THRESHOLDS",
+    "ClassParams",
+    "OOFSet",
+    "PostProcess",
+    "TuneError",
+    "TuneResult",
+    "apply",
+    "apply_to_labels",
+    "class_table",
+    "load",
+    "load_oof",
+    "tune",
+]
 THRESHOLDS = np.round(np.concatenate([[0.0], np.arange(0.30, 0.951, 0.05)]), 2)
 AREA_FRACTIONS = np.concatenate([[0.0], np.geomspace(1e-5, 0.05, 24)])
 NO_CLASS = 255
-
-
-class TuneError(KsegError):
-    """Post-processing cannot be tuned or applied as asked."""
 
 
 @dataclass
@@ -128,10 +139,12 @@ def apply_to_labels(labels: np.ndarray, post: PostProcess | None) -> np.ndarray:
 
 def load(cfg: Config) -> PostProcess | None:
     """``<workdir>/postprocess.json`` if it exists (checked against the config's classes)."""
-    path = cfg.workdir / POSTPROCESS_NAME
-    if not path.is_file():
+    work = WorkDir(cfg.workdir)
+    text = work.read_postprocess()
+    if text is None:
         return None
-    post = PostProcess.from_json(path.read_text(encoding="utf-8"), str(path))
+    path = work.postprocess_json
+    post = PostProcess.from_json(text, str(path))
     if post.classes != list(cfg.data.classes):
         raise TuneError(
             f"{path} was tuned for classes {post.classes}, not {list(cfg.data.classes)}; run 'kseg tune' again"
@@ -165,13 +178,10 @@ class OOFSet:
     resolution: tuple[int, int]
 
 
-def oof_folds(cfg: Config) -> list[int]:
-    return sorted(int(p.parent.name[4:]) for p in cfg.workdir.glob("fold*/oof.npy") if p.parent.name[4:].isdigit())
-
-
-def load_oof(cfg: Config, on_progress=None) -> OOFSet:
+def load_oof(cfg: Config, on_progress: Progress | None = None) -> OOFSet:
     """Read every fold's OOF files once into compact per-image statistics."""
-    folds = oof_folds(cfg)
+    work = WorkDir(cfg.workdir)
+    folds = work.oof_folds()
     if not folds:
         raise TuneError(f"no out-of-fold predictions in {cfg.workdir} (fold*/oof.npy); run 'kseg train' first")
     k = len(cfg.data.classes)
@@ -180,15 +190,12 @@ def load_oof(cfg: Config, on_progress=None) -> OOFSet:
     total = 0
     tables = {}
     for f in folds:
-        d = cfg.workdir / f"fold{f}"
         try:
-            tables[f] = (
-                np.load(d / "oof.npy", mmap_mode="r"),
-                np.load(d / "oof_masks.npy", mmap_mode="r"),
-                pd.read_csv(d / "oof.csv", dtype={ID: str}),
-            )
+            tables[f] = work.read_oof(f)
         except (OSError, ValueError) as exc:
-            raise TuneError(f"the OOF files of fold {f} in {d} cannot be read ({exc}); train the fold again") from None
+            raise TuneError(
+                f"the OOF files of fold {f} in {work.fold_dir(f)} cannot be read ({exc}); train the fold again"
+            ) from None
         total += len(tables[f][2])
     done = 0
     resolution = None
@@ -216,7 +223,7 @@ def load_oof(cfg: Config, on_progress=None) -> OOFSet:
     return OOFSet(ids, np.array(fold_of), np.stack(hists), np.stack(areas), np.array(pixels), confusion, resolution)
 
 
-def _class_table(oof: OOFSet, k: int) -> tuple[np.ndarray, np.ndarray]:
+def class_table(oof: OOFSet, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Predicted area and intersection of class k, per image and threshold level.
 
     Shape:
@@ -252,7 +259,7 @@ def _search(oof: OOFSet, rows: np.ndarray) -> tuple[dict[int, tuple[int, int]], 
     k_count = oof.hist.shape[1]
     choice, before, after = {}, np.zeros(k_count), np.zeros(k_count)
     for k in range(k_count):
-        area, inter = _class_table(oof, k)
+        area, inter = class_table(oof, k)
         grid = _dice_grid(area[rows], inter[rows], oof.truth_area[rows, k], oof.n_pixels[rows]).mean(0)
         best = np.unravel_index(np.argmax(grid), grid.shape)
         if grid[best] <= grid[0, 0]:  # ties keep the identity
@@ -265,7 +272,7 @@ def _search(oof: OOFSet, rows: np.ndarray) -> tuple[dict[int, tuple[int, int]], 
 def _score(oof: OOFSet, rows: np.ndarray, choice: dict[int, tuple[int, int]]) -> float:
     scores = []
     for k, (t, a) in choice.items():
-        area, inter = _class_table(oof, k)
+        area, inter = class_table(oof, k)
         scores.append(
             _dice_grid(area[rows][:, [t]], inter[rows][:, [t]], oof.truth_area[rows, k], oof.n_pixels[rows])[:, 0, a]
         )
@@ -285,7 +292,7 @@ class TuneResult:
     oof: OOFSet
 
 
-def tune(cfg: Config, seed: int = 0, on_progress=None) -> TuneResult:
+def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> TuneResult:
     """Search per-class thresholds and minimum areas that maximise the OOF mean row Dice.
 
     The in-sample gain is reported next to a held-out one: the OOF images are split in two halves; the
@@ -313,8 +320,7 @@ def tune(cfg: Config, seed: int = 0, on_progress=None) -> TuneResult:
     post = PostProcess(
         classes, params, float(before.mean()), float(after.mean()), ha - hb, len(oof.ids), list(oof.resolution)
     )
-    path = cfg.workdir / POSTPROCESS_NAME
-    atomic_write_text(path, post.to_json())
+    path = WorkDir(cfg.workdir).write_postprocess(post.to_json())
     return TuneResult(
         post,
         dict(zip(classes, before.tolist(), strict=True)),

@@ -15,9 +15,12 @@ import pandas as pd
 from kseg.config import Config
 from kseg.data import ID, MaskSpec, list_samples, palette_rgb
 from kseg.dataset import load_image
-from kseg.io import atomic_open, atomic_write_text
+from kseg.io import atomic_write_text
 from kseg.metrics import row_dice, row_iou
-from kseg.postprocess import THRESHOLDS, OOFSet, PostProcess, _class_table, apply, load, load_oof
+from kseg.plotting import NO_CLASS_COLOUR, colorize, pyplot, save_figure, to_uint8
+from kseg.postprocess import THRESHOLDS, OOFSet, PostProcess, apply, class_table, load, load_oof
+from kseg.progress import Progress
+from kseg.workdir import WorkDir
 
 
 @dataclass
@@ -43,7 +46,7 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
     n, k = oof.truth_area.shape
     inter, pred = np.zeros((n, k)), np.zeros((n, k))
     for j, name in enumerate(classes):
-        area, hits = _class_table(oof, j)
+        area, hits = class_table(oof, j)
         level, min_area = 0, 0.0
         if post is not None and name in post.params:
             level = int(np.argmin(np.abs(THRESHOLDS - post.params[name].threshold)))
@@ -54,7 +57,7 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
     return inter, pred, oof.truth_area.astype(np.float64)
 
 
-def cv_report(cfg: Config, worst: int = 6, on_progress=None) -> Report:
+def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) -> Report:
     """Per-fold and overall OOF scores, per-class Dice / IoU, confusion matrix and worst images."""
     oof = load_oof(cfg, on_progress)
     post = load(cfg)
@@ -86,7 +89,7 @@ def cv_report(cfg: Config, worst: int = 6, on_progress=None) -> Report:
     per_image = after.mean(1)
     order = np.argsort(per_image, kind="stable")[:worst]
     worst_table = pd.DataFrame({ID: [oof.ids[i] for i in order], "fold": oof.folds[order], "dice": per_image[order]})
-    out = cfg.workdir / "report"
+    out = WorkDir(cfg.workdir).report_dir
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "folds.csv", folds.to_csv(index=False))
     atomic_write_text(out / "classes.csv", per_class.to_csv(index=False))
@@ -97,24 +100,8 @@ def cv_report(cfg: Config, worst: int = 6, on_progress=None) -> Report:
     )
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
-
-
 def _plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     share = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     size = 1.2 + 0.55 * len(classes)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
@@ -135,22 +122,15 @@ def _plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Pa
                     color="white" if share[i, j] > 0.5 else "black",
                 )
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
-
-
-def _colour(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(palette)] = palette
-    table[255] = (40, 40, 40)  # ignored / no class
-    return table[labels]
+    return save_figure(fig, path, tight=True)
 
 
 def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path: Path) -> Path:
+    import cv2
     from matplotlib.patches import Patch
 
-    plt = _plt()
-    import cv2
-
+    plt = pyplot()
+    work = WorkDir(cfg.workdir)
     samples = list_samples(cfg.data, "train").set_index(ID)
     palette = palette_rgb(cfg.data)
     height, width = cfg.data.image_size
@@ -159,33 +139,30 @@ def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path
     spec = MaskSpec.from_config(cfg.data)
     for r, item in enumerate(worst.itertuples(index=False)):
         image_id, fold, dice = item
-        d = cfg.workdir / f"fold{fold}"
-        table = pd.read_csv(d / "oof.csv", dtype={ID: str})
+        oof_probs, oof_masks, table = work.read_oof(fold)
         i = int(np.flatnonzero(table[ID].to_numpy() == image_id)[0])
-        probs = np.load(d / "oof.npy", mmap_mode="r")[i]
-        truth = np.load(d / "oof_masks.npy", mmap_mode="r")[i]
+        probs, truth = oof_probs[i], oof_masks[i]
         image = load_image(samples.loc[image_id, "image"], cfg.model.in_channels)[..., :3]
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        if image.dtype != np.uint8:
-            image = ((image - image.min()) / max(float(np.ptp(image)), 1e-9) * 255).astype(np.uint8)
+        image = to_uint8(image)
         pred = apply(np.asarray(probs), post)
         truth = np.where(truth < spec.n_classes, truth, 255).astype(np.uint8)
         for c, (picture, title) in enumerate(
             [
                 (image, f"{image_id} (fold {fold})"),
-                (_colour(truth, palette), "truth"),
-                (_colour(pred, palette), f"prediction: Dice {dice:.3f}"),
+                (colorize(truth, palette, NO_CLASS_COLOUR), "truth"),
+                (colorize(pred, palette, NO_CLASS_COLOUR), f"prediction: Dice {dice:.3f}"),
             ]
         ):
             axes[r, c].imshow(picture)
             axes[r, c].set_title(title, fontsize=8)
             axes[r, c].axis("off")
     handles = [Patch(color=np.asarray(palette[k]) / 255, label=name) for k, name in enumerate(cfg.data.classes)]
-    handles.append(Patch(color=np.array([40, 40, 40]) / 255, label="ignored / no class"))
+    handles.append(Patch(color=np.array(NO_CLASS_COLOUR) / 255, label="ignored / no class"))
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle("worst out-of-fold images (mean row Dice)", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    return _save(fig, path)
+    return save_figure(fig, path, tight=True)
 
 
 __all__ = ["Report", "cv_report"]

@@ -102,7 +102,7 @@ def _small_key(key: np.ndarray, top: int) -> np.ndarray:
     return key.astype(np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.uint64)
 
 
-def _runs(maps: np.ndarray, order: Order) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def runs(maps: np.ndarray, order: Order) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All runs of equal labels in each map, in submission pixel order.
 
     Column order is handled without transposing the maps (a cache-hostile byte copy): changes between
@@ -222,7 +222,7 @@ def runs_to_text(starts: np.ndarray, lengths: np.ndarray, row_counts: np.ndarray
 def _encode_stack(maps: np.ndarray, n_classes: int, order: Order) -> list[bytes]:
     """RLE bytes of every class of every map in a ``(n, H, W)`` stack, image-major."""
     n = maps.shape[0]
-    image, start, length, label = _runs(maps, order)
+    image, start, length, label = runs(maps, order)
     keep = label < n_classes
     if not keep.all():
         image, start, length, label = image[keep], start[keep], length[keep], label[keep]

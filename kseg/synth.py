@@ -229,6 +229,7 @@ train:
   batch_size: 8
   lr: 0.003
   scheduler: onecycle
+runtime:
   num_workers: 0                     # tiny images: worker processes would cost more than they save
 split:
   n_folds: 3

@@ -1,89 +1,71 @@
-"""One fold's training loop: AMP on GPU, resume, early stopping, best checkpoint by the competition
+"""One fold's training run: AMP on GPU, exact resume, early stopping, best checkpoint by the competition
 metric, out-of-fold (OOF) probabilities.
 
 Everything random in an epoch (shuffling, augmentations, dropout) is seeded from ``(train.seed, epoch)``,
 so a run resumed from ``last.pt`` continues exactly as if it had never stopped. Under ``torchrun`` the
 same code trains with DistributedDataParallel (NCCL on GPU, gloo on CPU); rank 0 validates and writes.
 
-Outputs under ``<workdir>/fold<N>/``: ``best.pt``, ``last.pt``, ``metrics.csv``, ``curves.png``,
-``config.yaml``, and the OOF files ``oof.npy`` (uint8 probabilities, ``(N, K, H, W)`` at
-``data.image_size``), ``oof_masks.npy`` (true labels at the same size) and ``oof.csv`` (ids, original
-sizes).
+A run is a ``FoldRun`` with small steps: ``restore`` (from ``last.pt``), ``train_epoch``, ``validate``,
+``save``; ``train_fold`` loops over them. Outputs under ``<workdir>/fold<N>/`` are named by
+``kseg.workdir``: ``best.pt``, ``last.pt``, ``metrics.csv``, ``curves.png``, ``config.yaml``, and the OOF
+files ``oof.npy`` (uint8 probabilities, ``(N, K, H, W)`` at ``data.image_size``), ``oof_masks.npy`` and
+``oof.csv``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from kseg import __version__
+from kseg import __version__, distributed
+from kseg.checkpoint import checkpoint_mismatch, load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config, save_resolved
-from kseg.data import ID, MaskSpec, list_samples, read_mask
+from kseg.data import ID, MaskSpec, list_samples
 from kseg.dataset import (
     TrainDataset,
     copy_paste,
     cutmix,
-    load_image,
     paste_classes,
     rare_class_weights,
     train_loader,
     train_transforms,
 )
 from kseg.errors import TrainError
-from kseg.infer import Predictor, autocast
-from kseg.io import atomic_open, atomic_write_text
+from kseg.evaluation import EpochStats, evaluate, oof_truth, summarize
 from kseg.losses import build_loss
-from kseg.metrics import label_counts, pixel_metrics, row_dice, row_iou
+from kseg.metrics import pixel_metrics
 from kseg.models import build_model
-from kseg.split import STATS_NAME, read_folds
+from kseg.optim import build_optimizer, build_scheduler
+from kseg.plotting import pyplot, save_figure
+from kseg.predictor import PredictOptions, Predictor
+from kseg.runtime import (
+    PRECISION_NAMES,
+    amp_dtype,
+    autocast,
+    loader_workers,
+    pin_memory,
+    resolve_device,
+    seed_everything,
+)
+from kseg.scan import class_pixel_counts
 from kseg.tracking import open_trackers
+from kseg.workdir import WorkDir
 
 StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, steps, loss, images/s
+NoteCallback = Callable[[str], None]
 
-
-@dataclass
-class EpochStats:
-    """One epoch's figures (one row of ``metrics.csv``)."""
-
-    epoch: int
-    lr: float
-    train_loss: float
-    val_loss: float
-    val_dice: float
-    class_dice: dict[str, float]
-    class_iou: dict[str, float]
-    images_per_s: float
-    seconds: float
-    best: bool = False
-    pixel_accuracy: float = float("nan")
-    class_precision: dict[str, float] = field(default_factory=dict)
-    class_recall: dict[str, float] = field(default_factory=dict)
-
-    def row(self) -> dict[str, float]:
-        out = {
-            "epoch": self.epoch,
-            "lr": self.lr,
-            "train_loss": self.train_loss,
-            "val_loss": self.val_loss,
-            "val_dice": self.val_dice,
-            "val_pixel_accuracy": self.pixel_accuracy,
-        }
-        out.update({f"dice_{k}": v for k, v in self.class_dice.items()})
-        out.update({f"iou_{k}": v for k, v in self.class_iou.items()})
-        out.update({f"precision_{k}": v for k, v in self.class_precision.items()})
-        out.update({f"recall_{k}": v for k, v in self.class_recall.items()})
-        return out
+__all__ = ["EpochStats", "FoldResult", "FoldRun", "fold_tables", "train_fold"]
 
 
 @dataclass
@@ -103,107 +85,6 @@ class FoldResult:
     notes: list[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------------------------------- setup
-
-
-def resolve_device(cfg: Config) -> torch.device:
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("train.device is 'cuda' but no CUDA GPU is visible; set train.device: auto or cpu")
-    if cfg.train.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    return torch.device("cuda", local)
-
-
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 / fp16 on CUDA, none (plain fp32) on CPU or when off."""
-    if device.type != "cuda" or cfg.train.amp == "off":
-        return None
-    if cfg.train.amp == "fp16":
-        return torch.float16
-    if cfg.train.amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights only: not on biases and normalisation parameters (1-D tensors)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.train.weight_decay)
-    if cfg.train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.train.lr)
-
-
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """The learning-rate schedule; stepped after every optimiser step except ``plateau`` (per epoch)."""
-    total = max(1, steps_per_epoch * cfg.train.epochs)
-    warmup = int(round(cfg.train.warmup_epochs * steps_per_epoch))
-    kind = cfg.train.scheduler
-    if kind == "cosine":
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    if kind == "onecycle":
-        if total < 4:  # too few steps for the three phases of a cycle: constant rate
-            return None
-        pct = min(0.5, max(2 / total, warmup / total)) if warmup else 0.3
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.lr, total_steps=total, pct_start=pct)
-    if kind == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
-    return None
-
-
-def distributed() -> tuple[int, int]:
-    """``(rank, world size)``, joining the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _broadcast(value, rank: int, world: int):
-    if world == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
     """A fold's training and validation rows of ``folds.csv`` joined to the samples, and the training
     rows' class pixel counts (``None`` without ``class_pixels.csv``).
@@ -211,7 +92,8 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.
     Raises:
         TrainError: The fold does not exist, or an image is missing from ``folds.csv``.
     """
-    folds = read_folds(cfg)
+    work = WorkDir(cfg.workdir)
+    folds = work.read_folds()
     n_folds = int(folds["fold"].max()) + 1
     if not 0 <= fold < n_folds:
         raise TrainError(f"fold {fold} does not exist: folds.csv has folds 0-{n_folds - 1}; pick one of them or 'all'")
@@ -219,136 +101,29 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.
     merged = samples.merge(folds[[ID, "fold"]], on=ID, how="left")
     if merged["fold"].isna().any():
         missing = merged.loc[merged["fold"].isna(), ID].iloc[0]
-        raise TrainError(
-            f"image {missing!r} is not in {cfg.workdir / 'folds.csv'}: the data changed; run 'kseg split' again"
-        )
-    counts = None
-    stats_path = cfg.workdir / STATS_NAME
-    if stats_path.is_file():
-        stats = pd.read_csv(stats_path, skiprows=1, dtype={ID: str})
-        cols = [f"px_{c}" for c in cfg.data.classes]
-        if set(cols) <= set(stats.columns):
-            counts = merged[[ID]].merge(stats[[ID, *cols]], on=ID, how="left")[cols].fillna(0).to_numpy(np.int64)
-    train = merged[merged["fold"] != fold].reset_index(drop=True)
-    val = merged[merged["fold"] == fold].reset_index(drop=True)
-    if counts is not None:
-        counts = counts[(merged["fold"] != fold).to_numpy()]
-    return train, val, counts
+        raise TrainError(f"image {missing!r} is not in {work.folds_csv}: the data changed; run 'kseg split' again")
+    counts = class_pixel_counts(work, merged[ID], list(cfg.data.classes))
+    held_out = (merged["fold"] == fold).to_numpy()
+    train = merged[~held_out].reset_index(drop=True)
+    val = merged[held_out].reset_index(drop=True)
+    return train, val, counts[~held_out] if counts is not None else None
 
 
-# ------------------------------------------------------------------------------------- validation
+@dataclass
+class RunProgress:
+    """Where a run stands: what ``last.pt`` saves and ``restore`` brings back."""
+
+    epoch: int = 0  # epochs done
+    steps_done: int = 0  # optimiser steps done
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
-def evaluate(
-    predictor: Predictor,
-    val: pd.DataFrame,
-    cfg: Config,
-    loss_fn: nn.Module,
-    oof: np.ndarray | None = None,
-) -> tuple[float, np.ndarray]:
-    """Predict the validation images at their original size and count, per image and class, the
-    intersection, predicted and true pixels (ignore pixels left out), exactly as ``kseg score`` does.
-
-    Args:
-        oof: Optional ``(N, K, H, W)`` uint8 array (memmap) to receive the probabilities at
-            ``data.image_size``.
-
-    Returns:
-        ``(mean validation loss, counts (N, 3, K))``.
-    """
-    spec = MaskSpec.from_config(cfg.data)
-    k = len(cfg.data.classes)
-    counts = np.zeros((len(val), 3, k), dtype=np.int64)
-    losses = []
-    step = predictor.batch
-    for first in range(0, len(val), step):
-        rows = val.iloc[first : first + step]
-        images = [load_image(p, cfg.model.in_channels) for p in rows["image"]]
-        masks = [read_mask(Path(p), spec) for p in rows["mask"]]
-        for i, (probs, mask) in enumerate(zip(predictor.predict(images), masks, strict=True)):
-            target = torch.from_numpy(mask.astype(np.int64))[None]
-            with torch.no_grad():  # log-probabilities are logits whose softmax is the prediction itself
-                losses.append(float(loss_fn(torch.log(probs.clamp_min(1e-7))[None], target)))
-            counts[first + i] = label_counts(probs.argmax(0).numpy(), mask, k, cfg.data.ignore_index)
-            if oof is not None:
-                small = nn.functional.interpolate(probs[None], size=tuple(cfg.data.image_size), mode="area")[0]
-                oof[first + i] = (small * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    return float(np.mean(losses)) if losses else float("nan"), counts
-
-
-def summarize(counts: np.ndarray, classes: list[str]) -> tuple[float, dict[str, float], dict[str, float]]:
-    """Mean row Dice (the competition metric) and per-class Dice / IoU from ``(N, 3, K)`` counts."""
-    inter, pred, true = counts[:, 0], counts[:, 1], counts[:, 2]
-    dice = row_dice(inter, pred, true)
-    iou = row_iou(inter, pred, true)
-    return (
-        float(dice.mean()) if dice.size else float("nan"),
-        {c: float(dice[:, j].mean()) for j, c in enumerate(classes)},
-        {c: float(iou[:, j].mean()) for j, c in enumerate(classes)},
-    )
-
-
-def _write_oof_masks(val: pd.DataFrame, cfg: Config, fold_dir: Path) -> None:
-    spec = MaskSpec.from_config(cfg.data)
-    height, width = cfg.data.image_size
-    masks = np.zeros((len(val), height, width), dtype=np.uint8)
-    sizes = []
-    for i, path in enumerate(val["mask"]):
-        mask = read_mask(Path(path), spec)
-        sizes.append(mask.shape)
-        masks[i] = (
-            nn.functional.interpolate(torch.from_numpy(mask)[None, None].float(), size=(height, width), mode="nearest")[
-                0, 0
-            ]
-            .to(torch.uint8)
-            .numpy()
-        )
-    with atomic_open(fold_dir / "oof_masks.npy", "wb") as handle:
-        np.save(handle, masks)
-    table = pd.DataFrame({ID: val[ID], "height": [s[0] for s in sizes], "width": [s[1] for s in sizes]})
-    atomic_write_text(fold_dir / "oof.csv", table.to_csv(index=False))
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_open(path, "wb") as handle:
-        torch.save(state, handle)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A kseg checkpoint (our own file: it also holds RNG states, so not weights-only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise TrainError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it and train again"
-        ) from None
-
-
-def checkpoint_mismatch(checkpoint: dict, cfg: Config) -> str | None:
-    """How a checkpoint's model or classes differ from the config's (``None`` when they agree)."""
-    saved = checkpoint.get("config", {}).get("model", {})
-    for key in ("arch", "encoder_name", "in_channels"):
-        if saved.get(key) != getattr(cfg.model, key):
-            return f"was trained with model.{key}={saved.get(key)!r} but the config says {getattr(cfg.model, key)!r}"
-    if checkpoint.get("classes") != list(cfg.data.classes):
-        return f"was trained on classes {checkpoint.get('classes')}, not {list(cfg.data.classes)}"
-    return None
-
-
-def _plot(history: pd.DataFrame, path: Path, fold: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_curves(history: pd.DataFrame, path: Path, fold: int) -> None:
+    """Loss and validation Dice per epoch, as ``curves.png``."""
+    plt = pyplot()
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax_loss.plot(history["epoch"], history["train_loss"], label="train", marker=".")
     ax_loss.plot(history["epoch"], history["val_loss"], label="validation", marker=".")
@@ -360,12 +135,333 @@ def _plot(history: pd.DataFrame, path: Path, fold: int) -> None:
     ax_dice.set(xlabel="epoch", ylabel="Dice", title=f"fold {fold}: validation", ylim=(0, 1.02))
     ax_dice.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-# ------------------------------------------------------------------------------------------- loop
+class FoldRun:
+    """One fold's training: built from the config, then driven epoch by epoch by ``train_fold``.
+
+    Args:
+        cfg: The experiment config.
+        fold: Fold number of ``folds.csv`` to hold out.
+        resume: Continue from ``fold<N>/last.pt``.
+        on_step: Progress ``callback(epoch, step, steps, loss, images_per_s)`` (rank 0 only).
+        on_note: Called with one-line notes (device, precision, weights, resume point).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        fold: int,
+        *,
+        resume: bool = False,
+        on_step: StepCallback | None = None,
+        on_note: NoteCallback | None = None,
+    ):
+        self.cfg, self.fold = cfg, fold
+        self.on_step, self.note = on_step, on_note or (lambda _msg: None)
+        self.work = WorkDir(cfg.workdir)
+        self.rank, self.world = distributed.init()
+        self.main = self.rank == 0
+        self.device = resolve_device(cfg.runtime)
+        self.amp = amp_dtype(cfg.runtime.amp, self.device)
+        self.train_rows, self.val_rows, counts = fold_tables(cfg, fold)
+        if len(self.train_rows) == 0 or len(self.val_rows) == 0:
+            raise TrainError(
+                f"fold {fold} leaves {len(self.train_rows)} training and {len(self.val_rows)} validation images; "
+                "run 'kseg split' with fewer folds"
+            )
+        self.counts = counts
+        self.class_pixels = counts.sum(0) if counts is not None else None
+        self.classes = list(cfg.data.classes)
+        self.spec = MaskSpec.from_config(cfg.data)
+        checkpoint = self._resume_checkpoint() if resume else None
+        self._build_model(checkpoint)
+        self._build_training()
+        self.progress = RunProgress()
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.train_model = self._wrapped_model()
+        self.predictor = Predictor([self.eval_model], PredictOptions.from_config(cfg), self.device, self.amp)
+
+    # ------------------------------------------------------------------------------------ setup
+
+    @property
+    def precision(self) -> str:
+        return PRECISION_NAMES[self.amp]
+
+    def _resume_checkpoint(self) -> dict[str, Any]:
+        last = self.work.last(self.fold)
+        if not last.is_file():
+            raise TrainError(
+                f"no checkpoint to resume: {last} does not exist; run 'kseg train --fold {self.fold}' without --resume"
+            )
+        checkpoint = load_checkpoint(last)
+        mismatch = checkpoint_mismatch(checkpoint, self.cfg)
+        if mismatch:
+            raise TrainError(f"{last} {mismatch}; resume with the same model and classes, or train without --resume")
+        if (checkpoint.get("ema_decay") is not None) != (self.cfg.train.ema is not None):
+            raise TrainError(
+                f"{last} was trained with train.ema {checkpoint.get('ema_decay')} and the config says "
+                f"{self.cfg.train.ema}; resume with the same train.ema, or train without --resume"
+            )
+        return checkpoint
+
+    def _build_model(self, checkpoint: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
+        model, self.weights_from = build_model(cfg.model, len(self.classes))
+        if checkpoint is not None:
+            # with EMA, "model" holds the averaged weights (what inference loads), "raw_model" the trained ones
+            model.load_state_dict(checkpoint.get("raw_model", checkpoint["model"]))
+            self.weights_from = f"resumed from {self.work.last(self.fold)} (epoch {checkpoint['epoch']})"
+        model.to(self.device)
+        if cfg.runtime.channels_last:  # faster on GPUs and, measured here, on CPUs too (scripts/bench_train.py)
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ema = None
+        if cfg.train.ema is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # BatchNorm statistics are averaged too (use_buffers), so the averaged model needs no recalibration
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+            if checkpoint is not None:
+                self.ema.module.load_state_dict(checkpoint["model"])
+                self.ema.n_averaged.fill_(checkpoint["ema_updates"])
+        self.eval_model = self.ema.module if self.ema is not None else model
+
+    def _build_training(self) -> None:
+        cfg = self.cfg
+        self.loss_fn = build_loss(cfg, self.class_pixels).to(self.device)
+        self.val_loss_fn = build_loss(cfg, self.class_pixels)  # on the CPU, where validation probabilities land
+        self.optimizer = build_optimizer(cfg.train, self.model)
+        self.dataset = TrainDataset(self.train_rows, cfg, train_transforms(cfg))
+        self.sample_weights = None
+        if cfg.train.sampling == "rare":
+            if self.counts is None:
+                raise TrainError("train.sampling: rare needs the class pixel counts of 'kseg split'; run it first")
+            self.sample_weights = rare_class_weights(self.counts)
+        steps_per_epoch = math.ceil(len(self.loader(0)) / cfg.train.accumulate)
+        self.scheduler = build_scheduler(cfg.train, self.optimizer, steps_per_epoch)
+        self.per_step = self.scheduler is not None and cfg.train.scheduler != "plateau"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        aug = cfg.train.augment
+        self.mixing = aug.cutmix > 0 or aug.copy_paste > 0
+        self.pasted = paste_classes(cfg, self.class_pixels) if aug.copy_paste > 0 else []
+
+    def loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """The training batches of one epoch (this rank's share)."""
+        cfg = self.cfg
+        return train_loader(
+            self.dataset,
+            batch_size=cfg.train.batch_size,
+            seed=cfg.train.seed,
+            epoch=epoch,
+            workers=loader_workers(cfg.runtime),
+            sample_weights=self.sample_weights,
+            rank=self.rank,
+            world=self.world,
+            pin_memory=pin_memory(cfg.runtime, self.device),
+        )
+
+    def _wrapped_model(self) -> nn.Module:
+        model: nn.Module = self.model
+        if self.cfg.runtime.compile and self.device.type == "cuda":
+            try:
+                model = torch.compile(model)  # type: ignore[assignment]
+            except Exception as exc:  # compile is an optimisation: never a reason to stop
+                self.note(f"torch.compile unavailable ({type(exc).__name__}); training uncompiled")
+        return distributed.wrap(model, self.device, self.world)
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Optimiser, scaler, scheduler, RNG and progress from a ``last.pt``."""
+        cfg = self.cfg
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.progress = RunProgress(
+            epoch=checkpoint["epoch"],
+            steps_done=checkpoint["steps_done"],
+            best_score=checkpoint["best_score"],
+            best_epoch=checkpoint["best_epoch"],
+            bad_epochs=checkpoint["bad_epochs"],
+            history=checkpoint["history"],
+        )
+        if self.scheduler is not None:
+            if checkpoint["total_epochs"] == cfg.train.epochs or not self.per_step:
+                self.scheduler.load_state_dict(checkpoint["scheduler"])
+            else:  # train.epochs changed: the schedule is stretched to the new length from where it was
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for _ in range(checkpoint["steps_done"]):
+                        self.scheduler.step()
+                self.note(
+                    f"train.epochs changed {checkpoint['total_epochs']} -> {cfg.train.epochs}: schedule stretched"
+                )
+        rng = checkpoint.get("rng", {})
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    def prepare_outputs(self) -> None:
+        """The fold folder, its resolved config and the OOF truth (rank 0)."""
+        cfg = self.cfg
+        if not self.main:
+            return
+        self.work.fold_dir(self.fold).mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, self.work.fold_config(self.fold))
+        if cfg.train.save_oof and not self.work.oof_masks(self.fold).is_file():
+            masks, table = oof_truth(self.val_rows, self.spec, tuple(cfg.data.image_size))
+            self.work.write_oof_truth(self.fold, masks, table)
+
+    # ------------------------------------------------------------------------------------ steps
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        """One pass over the training batches. Returns ``(mean loss over every rank, images per second)``."""
+        cfg = self.cfg
+        seed_everything(cfg.train.seed * 1000 + epoch)
+        loader = self.loader(epoch)
+        self.train_model.train()
+        running, seen, t0 = 0.0, 0, time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        n_batches = len(loader)
+        for step, (images, masks) in enumerate(loader):
+            loss = self._forward_backward(images, masks)
+            if (step + 1) % cfg.train.accumulate == 0 or step + 1 == n_batches:
+                self._optimizer_step()
+            running += float(loss.detach()) * len(images)
+            seen += len(images)
+            if self.on_step and self.main:
+                speed = seen * self.world / max(time.perf_counter() - t0, 1e-9)
+                self.on_step(epoch, step + 1, n_batches, running / seen, speed)
+        images_per_s = seen * self.world / max(time.perf_counter() - t0, 1e-9)
+        return distributed.mean_over_ranks(running, seen, self.world), images_per_s
+
+    def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        aug = self.cfg.train.augment
+        if self.mixing:  # batch-level augmentations, on the CPU tensors, from the epoch-seeded generator
+            images, masks = cutmix(images, masks, aug.cutmix)
+            images, masks = copy_paste(images, masks, aug.copy_paste, self.pasted)
+        images = images.to(self.device, non_blocking=True)
+        masks = masks.to(self.device, non_blocking=True)
+        if self.cfg.runtime.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            logits = self.train_model(images)
+        loss = self.loss_fn(logits, masks)
+        self.scaler.scale(loss / self.cfg.train.accumulate).backward()
+        return loss
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.train.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.steps_done += 1
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        if self.per_step:
+            self.scheduler.step()
+
+    def validate(self, epoch: int, train_loss: float, images_per_s: float, started: float) -> EpochStats:
+        """Score the held-out fold (rank 0); keeps its OOF probabilities when the epoch is the best so far."""
+        cfg = self.cfg
+        self.eval_model.eval()
+        oof = None
+        if cfg.train.save_oof:
+            oof = self.work.open_oof(self.fold, (len(self.val_rows), len(self.classes), *cfg.data.image_size))
+        channels = cfg.model.in_channels
+        val_loss, counts = evaluate(
+            self.predictor, self.val_rows, self.spec, self.val_loss_fn, channels=channels, oof=oof
+        )
+        score, class_dice, class_iou = summarize(counts, self.classes)
+        accuracy, precision, recall = pixel_metrics(counts)
+        improved = score > self.progress.best_score
+        if oof is not None:
+            oof.flush()
+            del oof
+            self.work.commit_oof(self.fold, keep=improved)
+        if improved:
+            self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = score, epoch + 1, 0
+        else:
+            self.progress.bad_epochs += 1
+        return EpochStats(
+            epoch + 1,
+            self.optimizer.param_groups[0]["lr"],
+            train_loss,
+            val_loss,
+            score,
+            class_dice,
+            class_iou,
+            images_per_s,
+            time.perf_counter() - started,
+            improved,
+            accuracy,
+            dict(zip(self.classes, precision.tolist(), strict=True)),
+            dict(zip(self.classes, recall.tolist(), strict=True)),
+        )
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        """Everything ``last.pt`` needs for an exact resume (and ``best.pt`` for inference)."""
+        p = self.progress
+        state = {
+            "model": self.eval_model.state_dict() if self.ema is not None else unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch + 1,
+            "total_epochs": self.cfg.train.epochs,
+            "steps_done": p.steps_done,
+            "best_score": p.best_score,
+            "best_epoch": p.best_epoch,
+            "bad_epochs": p.bad_epochs,
+            "history": p.history,
+            "config": self.cfg.model_dump(mode="json"),
+            "classes": self.classes,
+            "fold": self.fold,
+            "kseg_version": __version__,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+        if self.ema is not None:
+            state["raw_model"] = unwrap(self.model).state_dict()
+            state["ema_decay"] = self.cfg.train.ema
+            state["ema_updates"] = int(self.ema.n_averaged)
+        return state
+
+    def save(self, epoch: int, best: bool) -> None:
+        """``best.pt`` (when the epoch is the best), ``last.pt``, ``metrics.csv`` and ``curves.png``."""
+        state = self.state(epoch)
+        if best:
+            save_checkpoint(self.work.best(self.fold), state)
+        save_checkpoint(self.work.last(self.fold), state)
+        table = pd.DataFrame(self.progress.history)
+        self.work.write_metrics(self.fold, table)
+        plot_curves(table, self.work.curves(self.fold), self.fold)
+
+    def share_progress(self) -> None:
+        """Rank 0's history and best-so-far on every rank."""
+        p = self.progress
+        p.history = distributed.broadcast(p.history, self.rank, self.world)
+        p.best_score, p.best_epoch, p.bad_epochs = distributed.broadcast(
+            (p.best_score, p.best_epoch, p.bad_epochs), self.rank, self.world
+        )
+
+    def result(self, stopped_early: bool) -> FoldResult:
+        p = self.progress
+        return FoldResult(
+            fold=self.fold,
+            dir=self.work.fold_dir(self.fold),
+            best_epoch=p.best_epoch,
+            best_score=p.best_score,
+            epochs_done=len(p.history),
+            stopped_early=stopped_early,
+            metrics=pd.DataFrame(p.history),
+            weights_from=self.weights_from,
+            device=str(self.device),
+            precision=self.precision,
+        )
 
 
 def train_fold(
@@ -374,7 +470,7 @@ def train_fold(
     resume: bool = False,
     on_step: StepCallback | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
-    on_note: Callable[[str], None] | None = None,
+    on_note: NoteCallback | None = None,
 ) -> FoldResult:
     """Train one fold.
 
@@ -388,273 +484,45 @@ def train_fold(
         on_note: Called with one-line notes (device, precision, weights, resume point).
     """
     note = on_note or (lambda _msg: None)
-    rank, world = distributed()
-    main = rank == 0
-    device = resolve_device(cfg)
-    amp = amp_dtype(cfg, device)
-    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp]
-    train_s, val_s, counts = fold_tables(cfg, fold)
-    if len(train_s) == 0 or len(val_s) == 0:
-        raise TrainError(
-            f"fold {fold} leaves {len(train_s)} training and {len(val_s)} validation images; "
-            "run 'kseg split' with fewer folds"
-        )
-    classes = list(cfg.data.classes)
-    fold_dir = cfg.workdir / f"fold{fold}"
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    checkpoint = None
-    if resume:
-        if not last_path.is_file():
-            raise TrainError(
-                f"no checkpoint to resume: {last_path} does not exist; run 'kseg train --fold {fold}' without --resume"
-            )
-        checkpoint = load_checkpoint(last_path)
-        mismatch = checkpoint_mismatch(checkpoint, cfg)
-        if mismatch:
-            raise TrainError(
-                f"{last_path} {mismatch}; resume with the same model and classes, or train without --resume"
-            )
-
-    seed_everything(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
-    model, weights_from = build_model(cfg.model, len(classes))
-    if checkpoint is not None:
-        if (checkpoint.get("ema_decay") is not None) != (cfg.train.ema is not None):
-            raise TrainError(
-                f"{last_path} was trained with train.ema {checkpoint.get('ema_decay')} and the config says "
-                f"{cfg.train.ema}; resume with the same train.ema, or train without --resume"
-            )
-        # with EMA, "model" holds the averaged weights (what inference loads), "raw_model" the trained ones
-        model.load_state_dict(checkpoint.get("raw_model", checkpoint["model"]))
-        weights_from = f"resumed from {last_path} (epoch {checkpoint['epoch']})"
-    model.to(device)
-    if cfg.train.channels_last:  # faster on GPUs and, measured here, on CPUs too (scripts/bench_train.py)
-        model = model.to(memory_format=torch.channels_last)
-    ema = None
-    if cfg.train.ema is not None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        # BatchNorm statistics are averaged too (use_buffers), so the averaged model needs no recalibration
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
-        if checkpoint is not None:
-            ema.module.load_state_dict(checkpoint["model"])
-            ema.n_averaged.fill_(checkpoint["ema_updates"])
-    eval_model = ema.module if ema is not None else model
-    class_pixels = counts.sum(0) if counts is not None else None
-    loss_fn = build_loss(cfg, class_pixels).to(device)
-    val_loss_fn = build_loss(cfg, class_pixels)  # on the CPU, where validation probabilities land
-    optimizer = build_optimizer(cfg, model)
-    dataset = TrainDataset(train_s, cfg, train_transforms(cfg))
-    weights = None
-    if cfg.train.sampling == "rare":
-        if counts is None:
-            raise TrainError("train.sampling: rare needs the class pixel counts of 'kseg split'; run it first")
-        weights = rare_class_weights(counts)
-    steps_per_epoch = math.ceil(len(train_loader(dataset, cfg, 0, weights, rank, world)) / cfg.train.accumulate)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
-    per_step = scheduler is not None and cfg.train.scheduler != "plateau"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    start_epoch, best_score, best_epoch, bad_epochs, history = 0, -math.inf, -1, 0, []
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = checkpoint["epoch"]
-        best_score, best_epoch = checkpoint["best_score"], checkpoint["best_epoch"]
-        bad_epochs, history = checkpoint["bad_epochs"], checkpoint["history"]
-        if scheduler is not None:
-            if checkpoint["total_epochs"] == cfg.train.epochs or not per_step:
-                scheduler.load_state_dict(checkpoint["scheduler"])
-            else:  # train.epochs changed: the schedule is stretched to the new length from where it was
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    for _ in range(checkpoint["steps_done"]):
-                        scheduler.step()
-                note(f"train.epochs changed {checkpoint['total_epochs']} -> {cfg.train.epochs}: schedule stretched")
-        rng = checkpoint.get("rng", {})
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
-    train_model: nn.Module = model
-    if cfg.train.compile and device.type == "cuda":
-        try:
-            train_model = torch.compile(model)
-        except Exception as exc:  # compile is an optimisation: never a reason to stop
-            note(f"torch.compile unavailable ({type(exc).__name__}); training uncompiled")
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    pin = cfg.train.pin_memory if cfg.train.pin_memory is not None else device.type == "cuda"
+    run = FoldRun(cfg, fold, resume=resume, on_step=on_step, on_note=note)
+    processes = f", {run.world} processes" if run.world > 1 else ""
     note(
-        f"fold {fold}: {len(train_s)} train / {len(val_s)} validation images on {device} ({precision}"
-        f"{', ' + str(world) + ' processes' if world > 1 else ''}); weights: {weights_from}"
+        f"fold {fold}: {len(run.train_rows)} train / {len(run.val_rows)} validation images on {run.device} "
+        f"({run.precision}{processes}); weights: {run.weights_from}"
     )
-    if main:
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        save_resolved(cfg, fold_dir / "config.yaml")
-        if cfg.train.save_oof and not (fold_dir / "oof_masks.npy").is_file():
-            _write_oof_masks(val_s, cfg, fold_dir)
-    if start_epoch >= cfg.train.epochs:
+    run.prepare_outputs()
+    start = run.progress.epoch
+    if start >= cfg.train.epochs:
         note(
-            f"fold {fold} has already trained {start_epoch} epochs (train.epochs is {cfg.train.epochs}); "
+            f"fold {fold} has already trained {start} epochs (train.epochs is {cfg.train.epochs}); "
             "raise train.epochs to train on"
         )
-    predictor = Predictor([eval_model], cfg, device, amp)
+    if run.pasted:
+        note("copy-paste classes: " + ", ".join(cfg.data.classes[c] for c in run.pasted))
+    trackers = open_trackers(cfg, fold, run.work.fold_dir(fold)) if run.main else []
     stopped_early = False
-    steps_done = checkpoint["steps_done"] if checkpoint is not None else 0
-    aug = cfg.train.augment
-    mixing = aug.cutmix > 0 or aug.copy_paste > 0
-    pasted = paste_classes(cfg, class_pixels) if aug.copy_paste > 0 else []
-    if pasted:
-        note("copy-paste classes: " + ", ".join(cfg.data.classes[c] for c in pasted))
-    trackers = open_trackers(cfg, fold, fold_dir) if main else []
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            t_epoch = time.perf_counter()
-            seed_everything(cfg.train.seed * 1000 + epoch)
-            loader = train_loader(dataset, cfg, epoch, weights, rank, world, pin)
-            train_model.train()
-            running, seen, t0 = 0.0, 0, time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            n_batches = len(loader)
-            for step, (images, masks) in enumerate(loader):
-                if mixing:  # batch-level augmentations, on the CPU tensors, from the epoch-seeded generator
-                    images, masks = cutmix(images, masks, aug.cutmix)
-                    images, masks = copy_paste(images, masks, aug.copy_paste, pasted)
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True)
-                if cfg.train.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with autocast(device, amp):
-                    logits = train_model(images)
-                loss = loss_fn(logits, masks)
-                scaler.scale(loss / cfg.train.accumulate).backward()
-                if (step + 1) % cfg.train.accumulate == 0 or step + 1 == n_batches:
-                    if cfg.train.clip_grad:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    steps_done += 1
-                    if ema is not None:
-                        ema.update_parameters(model)
-                    if per_step:
-                        scheduler.step()
-                running += float(loss.detach()) * len(images)
-                seen += len(images)
-                if on_step and main:
-                    on_step(
-                        epoch, step + 1, n_batches, running / seen, seen * world / max(time.perf_counter() - t0, 1e-9)
-                    )
-            images_per_s = seen * world / max(time.perf_counter() - t0, 1e-9)
-            train_loss = running / max(seen, 1)
-            if world > 1:
-                import torch.distributed as dist
-
-                total = torch.tensor([running, seen], dtype=torch.float64)
-                dist.all_reduce(total)
-                train_loss = float(total[0] / max(total[1], 1))
-            lr = optimizer.param_groups[0]["lr"]
-            stats = None
-            if main:
-                eval_model.eval()
-                oof_tmp = fold_dir / "oof.npy.partial"
-                oof = None
-                if cfg.train.save_oof:
-                    shape = (len(val_s), len(classes), *cfg.data.image_size)
-                    oof = np.lib.format.open_memmap(oof_tmp, mode="w+", dtype=np.uint8, shape=shape)
-                val_loss, val_counts = evaluate(predictor, val_s, cfg, val_loss_fn, oof)
-                score, class_dice, class_iou = summarize(val_counts, classes)
-                accuracy, class_precision, class_recall = pixel_metrics(val_counts)
-                improved = score > best_score
-                if oof is not None:
-                    oof.flush()
-                    del oof
-                    if improved:
-                        os.replace(oof_tmp, fold_dir / "oof.npy")
-                    else:
-                        oof_tmp.unlink(missing_ok=True)
-                if improved:
-                    best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-                else:
-                    bad_epochs += 1
-                stats = EpochStats(
-                    epoch + 1,
-                    lr,
-                    train_loss,
-                    val_loss,
-                    score,
-                    class_dice,
-                    class_iou,
-                    images_per_s,
-                    time.perf_counter() - t_epoch,
-                    improved,
-                    accuracy,
-                    dict(zip(classes, class_precision.tolist(), strict=True)),
-                    dict(zip(classes, class_recall.tolist(), strict=True)),
-                )
-                history.append(stats.row())
-            history = _broadcast(history, rank, world)
-            best_score, best_epoch, bad_epochs = _broadcast((best_score, best_epoch, bad_epochs), rank, world)
-            if scheduler is not None and not per_step:
-                scheduler.step(history[-1]["val_dice"])
-            if main:
-                state = {
-                    "model": eval_model.state_dict() if ema is not None else _unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "total_epochs": cfg.train.epochs,
-                    "steps_done": steps_done,
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                    "history": history,
-                    "config": cfg.model_dump(mode="json"),
-                    "classes": classes,
-                    "fold": fold,
-                    "kseg_version": __version__,
-                    "rng": {
-                        "torch": torch.get_rng_state(),
-                        "numpy": np.random.get_state(),
-                        "python": random.getstate(),
-                    },
-                }
-                if ema is not None:
-                    state["raw_model"] = _unwrap(model).state_dict()
-                    state["ema_decay"] = cfg.train.ema
-                    state["ema_updates"] = int(ema.n_averaged)
-                if stats is not None and stats.best:
-                    save_checkpoint(best_path, state)
-                save_checkpoint(last_path, state)
-                table = pd.DataFrame(history)
-                atomic_write_text(fold_dir / "metrics.csv", table.to_csv(index=False))
-                _plot(table, fold_dir / "curves.png", fold)
-                if stats is not None:
-                    for tracker in trackers:
-                        tracker.log(stats.row(), stats.epoch)
-                if on_epoch and stats is not None:
+        for epoch in range(start, cfg.train.epochs):
+            started = time.perf_counter()
+            train_loss, images_per_s = run.train_epoch(epoch)
+            stats = run.validate(epoch, train_loss, images_per_s, started) if run.main else None
+            if stats is not None:
+                run.progress.history.append(stats.row())
+            run.share_progress()
+            if run.scheduler is not None and not run.per_step:
+                run.scheduler.step(run.progress.history[-1]["val_dice"])
+            if stats is not None:
+                run.save(epoch, stats.best)
+                for tracker in trackers:
+                    tracker.log(stats.row(), stats.epoch)
+                if on_epoch:
                     on_epoch(stats)
-            _barrier(world)
-            if cfg.train.patience and bad_epochs >= cfg.train.patience:
+            distributed.barrier(run.world)
+            if cfg.train.patience and run.progress.bad_epochs >= cfg.train.patience:
                 stopped_early = True
-                note(f"early stop: no better validation Dice for {bad_epochs} epochs (train.patience)")
+                note(f"early stop: no better validation Dice for {run.progress.bad_epochs} epochs (train.patience)")
                 break
     finally:
         for tracker in trackers:
             tracker.close()
-    metrics = pd.DataFrame(history)
-    return FoldResult(
-        fold=fold,
-        dir=fold_dir,
-        best_epoch=best_epoch,
-        best_score=best_score,
-        epochs_done=len(history),
-        stopped_early=stopped_early,
-        metrics=metrics,
-        weights_from=weights_from,
-        device=str(device),
-        precision=precision,
-    )
+    return run.result(stopped_early)

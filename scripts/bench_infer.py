@@ -45,7 +45,7 @@ def _cfg(root: Path, encoder: str, batch: int | None):
 def throughput(n_images: int, device: torch.device) -> None:
     import segmentation_models_pytorch as smp
 
-    from kseg.infer import Predictor
+    from kseg.predictor import Predictor
 
     try:
         import ttach
@@ -57,11 +57,11 @@ def throughput(n_images: int, device: torch.device) -> None:
     cfg = _cfg(Path(tempfile.gettempdir()), "resnet50", batch=None)  # kseg's default chunking
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(n_images)]
-    batch = torch.stack([Predictor([model], cfg, device)._prepare(im) for im in images])
+    batch = torch.stack([Predictor.from_config([model], cfg, device)._prepare(im) for im in images])
     transforms = {"none": None, "flip": "flip_transform", "d4": "d4_transform"}
     print(f"UNet-ResNet50 {H}x{W}, {K} classes, {n_images} images per batch on {device_name(device)}")
     for name, alias in transforms.items():
-        predictor = Predictor([model], cfg, device, tta=name)
+        predictor = Predictor.from_config([model], cfg, device, tta=name)
         predictor.predict_batch(batch[:1])  # warm-up
         t0 = time.perf_counter()
         ours = predictor.predict_batch(batch)
@@ -97,7 +97,8 @@ def rss_child(n: int, encoder: str, folder: Path) -> None:
     """Run in a fresh process: stream n images through inference, print peak RSS (MiB) as JSON."""
     import pandas as pd
 
-    from kseg.infer import Ensemble, run_inference
+    from kseg.ensemble import Ensemble
+    from kseg.infer import run_inference
     from kseg.models import build_model
 
     cfg = _cfg(folder, encoder, batch=None)

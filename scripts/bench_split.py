@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from kseg.config import build_config
-from kseg.split import assign_folds, make_folds, scan_masks
+from kseg.scan import scan_masks
+from kseg.split import assign_folds, make_folds
 from kseg.synth import class_names, synth_scene
 
 H, W, K = 384, 512, 12

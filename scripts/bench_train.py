@@ -25,8 +25,9 @@ from kseg.config import build_config
 from kseg.dataset import TrainDataset, train_loader, train_transforms
 from kseg.losses import build_loss
 from kseg.models import build_model
+from kseg.optim import build_optimizer
+from kseg.runtime import loader_workers
 from kseg.synth import make_competition
-from kseg.train import build_optimizer
 
 H, W, K = 384, 512, 12
 
@@ -38,7 +39,7 @@ def step_rate(device: torch.device, amp: bool, batch: int, steps: int, cfg, chan
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg.train, model)
     dtype = (
         (torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16) if amp else None
     )
@@ -73,7 +74,8 @@ def loader_rate(cfg, root: Path, batch: int, batches: int) -> float:
 
     samples = list_samples(cfg.data, "train")
     dataset = TrainDataset(samples, cfg, train_transforms(cfg))
-    loader = train_loader(dataset, cfg, epoch=0)
+    workers = loader_workers(cfg.runtime)
+    loader = train_loader(dataset, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=0, workers=workers)
     it = iter(loader)
     next(it)  # start the workers
     t0 = time.perf_counter()

@@ -52,7 +52,7 @@ def main() -> None:
     from kseg.config import load_config
     from kseg.data import ID
     from kseg.errors import KsegError
-    from kseg.split import read_folds
+    from kseg.workdir import WorkDir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, default=None, help="experiment YAML (default ./kseg.yaml)")
@@ -76,11 +76,11 @@ def main() -> None:
         others = [
             load_config(args.config, [*args.sets, f"workdir={Path(p).resolve()}"]) for p in args.runs.split(",") if p
         ]
-        folds = read_folds(cfg)
+        folds = WorkDir(cfg.workdir).read_folds()
         for other in others:
-            if not read_folds(other)[[ID, "fold"]].equals(folds[[ID, "fold"]]):
+            if not WorkDir(other.workdir).read_folds()[[ID, "fold"]].equals(folds[[ID, "fold"]]):
                 raise KsegError(
-                    f"{other.workdir / 'folds.csv'} differs from {cfg.workdir / 'folds.csv'}; "
+                    f"{WorkDir(other.workdir).folds_csv} differs from {WorkDir(cfg.workdir).folds_csv}; "
                     "--runs takes only runs trained on the same folds"
                 )
         score_folds(cfg, others, args.folds or sorted(folds["fold"].unique().tolist()), args.tta, args.group)
@@ -90,21 +90,27 @@ def main() -> None:
 
 def score_folds(cfg, others: list, chosen: list[int], tta: str, group: re.Pattern | None) -> None:
     """Print each fold's, each group's and the overall mean row Dice of ``chosen`` folds."""
-    from kseg.data import ID
-    from kseg.infer import Predictor, load_ensemble
+    from kseg.data import ID, MaskSpec
+    from kseg.ensemble import load_ensemble
+    from kseg.evaluation import evaluate, summarize
     from kseg.losses import build_loss
-    from kseg.train import evaluate, fold_tables, summarize
+    from kseg.predictor import Predictor
+    from kseg.runtime import resolve_device
+    from kseg.train import fold_tables
 
     loss_fn = build_loss(cfg, None)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.runtime)
+    spec = MaskSpec.from_config(cfg.data)
     started = time.perf_counter()
     counts, ids = [], []
     for fold in chosen:
         models = [m.to(device) for c in [cfg, *others] for m in load_ensemble(c, [fold]).models]
-        if cfg.train.channels_last:  # as kseg infer runs them
+        if cfg.runtime.channels_last:  # as kseg infer runs them
             models = [m.to(memory_format=torch.channels_last) for m in models]
         _, val, _ = fold_tables(cfg, fold)
-        _, fold_counts = evaluate(Predictor(models, cfg, device, None, tta), val, cfg, loss_fn)
+        _, fold_counts = evaluate(
+            Predictor.from_config(models, cfg, device, None, tta), val, spec, loss_fn, channels=cfg.model.in_channels
+        )
         fold_score = summarize(fold_counts, cfg.data.classes)[0]
         print(f"fold {fold}: {len(val)} images, {len(models)} model(s), mean row Dice {fold_score:.4f}", flush=True)
         counts.append(fold_counts)

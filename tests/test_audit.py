@@ -11,10 +11,11 @@ import pytest
 from conftest import dubai_config
 from PIL import Image
 
-from kseg.audit import connected_groups, hamming_pairs, merge_groups, run_audit
+from kseg.audit import run_audit
 from kseg.cli import app
 from kseg.config import load_config
 from kseg.errors import AuditError
+from kseg.groups import connected_groups, hamming_pairs, merge_groups
 from kseg.split import make_folds
 from kseg.synth import make_competition
 

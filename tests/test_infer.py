@@ -11,17 +11,11 @@ from torch import nn
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.infer import (
-    InferError,
-    Predictor,
-    export_bundle,
-    list_images,
-    load_bundle,
-    load_ensemble,
-    run_inference,
-    tile_origins,
-    window_weights,
-)
+from kseg.ensemble import export_bundle, load_bundle, load_ensemble
+from kseg.errors import InferError
+from kseg.infer import OutputOptions, list_images, run_inference
+from kseg.predictor import Predictor, window_weights
+from kseg.predictor import window_origins as tile_origins
 from kseg.split import make_folds
 from kseg.train import train_fold
 
@@ -72,7 +66,7 @@ def test_tiling_matches_whole_image_and_covers_every_pixel(comp, shape, tta):
     model = Pointwise().eval()
     image = _image(*shape)
     tiled = next(
-        Predictor(
+        Predictor.from_config(
             [model],
             cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"mode": "tile"})}),
             torch.device("cpu"),
@@ -106,9 +100,9 @@ def test_conv_model_tiling_agrees_in_the_interior(comp):
     model = smp.Unet("resnet18", encoder_weights=None, classes=4).eval()
     cfg = _cfg(comp, "data.image_size=[64,64]", "infer.tile_overlap=0.5", "infer.mode=tile")
     image = _image(128, 192, seed=3)
-    tiled = next(Predictor([model], cfg, torch.device("cpu")).predict([image]))
+    tiled = next(Predictor.from_config([model], cfg, torch.device("cpu")).predict([image]))
     whole = next(
-        Predictor(
+        Predictor.from_config(
             [model],
             cfg.model_copy(
                 update={
@@ -125,14 +119,18 @@ def test_conv_model_tiling_agrees_in_the_interior(comp):
 
 def test_resize_mode_returns_original_size(comp):
     cfg = _cfg(comp)
-    probs = list(Predictor([Pointwise().eval()], cfg, torch.device("cpu")).predict([_image(50, 70), _image(130, 90)]))
+    probs = list(
+        Predictor.from_config([Pointwise().eval()], cfg, torch.device("cpu")).predict([_image(50, 70), _image(130, 90)])
+    )
     assert [tuple(p.shape) for p in probs] == [(4, 50, 70), (4, 130, 90)]
     assert torch.allclose(probs[0].sum(0), torch.ones(50, 70), atol=1e-5)
 
 
 def test_multiscale_tta(comp):
     cfg = _cfg(comp, "infer.tta_scales=[0.5,1.0,1.5]")
-    probs = next(Predictor([Pointwise().eval()], cfg, torch.device("cpu"), tta="hflip").predict([_image(64, 96)]))
+    probs = next(
+        Predictor.from_config([Pointwise().eval()], cfg, torch.device("cpu"), tta="hflip").predict([_image(64, 96)])
+    )
     assert probs.shape == (4, 64, 96) and torch.allclose(probs.sum(0), torch.ones(64, 96), atol=1e-5)
 
 
@@ -171,9 +169,7 @@ def test_folder_inference_with_colour_overlay_and_probabilities(trained_comp, tm
         list_images(folder),
         tmp_path / "out",
         "none",
-        save_probs=True,
-        color=True,
-        overlay=True,
+        outputs=OutputOptions(probs=True, color=True, overlay=True),
     )
     assert np.asarray(Image.open(tmp_path / "out" / "a.png")).shape == (70, 110)
     colour = np.asarray(Image.open(tmp_path / "out" / "a_color.png"))
@@ -314,8 +310,10 @@ def test_per_image_normalisation_ignores_lighting(comp, mode):
     model = Pointwise().eval()
     image = np.random.default_rng(4).random((80, 120, 3)).astype(np.float32)
     darker = image * np.array([0.6, 0.7, 0.8], np.float32) + np.array([0.05, 0.1, 0.0], np.float32)
-    predictor = Predictor([model], cfg, torch.device("cpu"))
+    predictor = Predictor.from_config([model], cfg, torch.device("cpu"))
     a, b = next(predictor.predict([image])), next(predictor.predict([darker]))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
-    fixed = Predictor([model], _cfg(comp, f"infer.mode={mode}", "data.image_size=[64,64]"), torch.device("cpu"))
+    fixed = Predictor.from_config(
+        [model], _cfg(comp, f"infer.mode={mode}", "data.image_size=[64,64]"), torch.device("cpu")
+    )
     assert (next(fixed.predict([image])) - next(fixed.predict([darker]))).abs().max() > 1e-2

@@ -5,16 +5,16 @@ import pytest
 from kseg.cli import app
 from kseg.config import load_config
 from kseg.errors import SplitError
+from kseg.scan import scan_masks
 from kseg.split import (
     assign_folds,
     imbalance,
     make_folds,
     plain_folds,
-    read_folds,
-    scan_masks,
     stratification_labels,
 )
 from kseg.synth import synth_scene
+from kseg.workdir import WorkDir
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_every_id_in_exactly_one_fold(comp):
     assert sorted(folds["ImageID"]) == sorted(ids)
     assert folds["ImageID"].is_unique
     assert set(folds["fold"]) == {0, 1, 2}
-    assert result.folds.equals(read_folds(cfg))
+    assert result.folds.equals(WorkDir(cfg.workdir).read_folds())
     assert (cfg.workdir / "config.yaml").is_file()  # resolved config kept with the outputs
 
 

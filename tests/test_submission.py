@@ -345,7 +345,7 @@ def test_upload_refuses_an_invalid_file(perfect):
 def test_cli_submit_and_upload(runner, comp, monkeypatch):
     shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
     api = FakeApi()
-    monkeypatch.setattr("kseg.submission.kaggle_api", lambda: api)
+    monkeypatch.setattr("kseg.submission.kaggle.kaggle_api", lambda: api)
     result = runner.invoke(app, ["submit", "-c", str(comp / "kseg.yaml"), "--upload", "--competition", "c", "-m", "hi"])
     assert result.exit_code == 0, result.output
     assert "valid" in result.output and "uploaded to c" in result.output

@@ -12,7 +12,7 @@ from kseg.cli import app
 from kseg.config import TileConfig, build_config
 from kseg.data import list_samples
 from kseg.errors import TileError
-from kseg.split import scan_masks
+from kseg.scan import scan_masks
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402

@@ -94,17 +94,21 @@ def test_outputs_exist_and_load(trained, split_comp):
 @pytest.mark.slow
 def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     """The best weights, predicted through the same path, give the metrics file's best Dice."""
-    from kseg.infer import Predictor
+    from kseg.data import MaskSpec
+    from kseg.evaluation import evaluate, summarize
     from kseg.losses import build_loss
     from kseg.models import build_model
-    from kseg.train import evaluate, fold_tables, summarize
+    from kseg.predictor import Predictor
+    from kseg.train import fold_tables
 
     cfg = _cfg(split_comp)
     model, _ = build_model(cfg.model, 6)
     model.load_state_dict(torch.load(trained.dir / "best.pt", weights_only=False)["model"])
     model.eval()
     _, val, _ = fold_tables(cfg, 0)
-    _, counts = evaluate(Predictor([model], cfg, torch.device("cpu")), val, cfg, build_loss(cfg))
+    _, counts = evaluate(
+        Predictor.from_config([model], cfg, torch.device("cpu")), val, MaskSpec.from_config(cfg.data), build_loss(cfg)
+    )
     assert summarize(counts, cfg.data.classes)[0] == pytest.approx(trained.best_score, abs=1e-12)
 
 
@@ -315,10 +319,12 @@ def test_two_process_gloo_training(split_comp, tmp_path):
 @pytest.mark.slow
 def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_path):
     """train.ema: the averaged weights are what validation scores and inference loads; resume is exact."""
-    from kseg.infer import Predictor
+    from kseg.data import MaskSpec
+    from kseg.evaluation import evaluate, summarize
     from kseg.losses import build_loss
     from kseg.models import build_model
-    from kseg.train import evaluate, fold_tables, summarize
+    from kseg.predictor import Predictor
+    from kseg.train import fold_tables
 
     straight = _copy(split_comp, tmp_path / "a")
     interrupted = _copy(split_comp, tmp_path / "b")
@@ -332,7 +338,9 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
     model.load_state_dict(state["model"])
     model.eval()
     _, val, _ = fold_tables(cfg, 1)
-    _, counts = evaluate(Predictor([model], cfg, torch.device("cpu")), val, cfg, build_loss(cfg))
+    _, counts = evaluate(
+        Predictor.from_config([model], cfg, torch.device("cpu")), val, MaskSpec.from_config(cfg.data), build_loss(cfg)
+    )
     assert summarize(counts, cfg.data.classes)[0] == pytest.approx(full.best_score, abs=1e-12)
 
     def stop_after_two(stats):

@@ -1,0 +1,214 @@
+"""The competition metric computed locally: mean over rows of Dice, 1 when both masks are empty."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kseg import rle
+from kseg.config import Config
+from kseg.data import ID, MaskSpec, list_samples, read_mask
+from kseg.errors import DataError, SubmissionError
+from kseg.metrics import label_counts, row_dice, row_iou
+from kseg.submission.format import SubmissionFormat, load_format
+from kseg.submission.validate import validate_file
+from kseg.submission.write import read_prediction
+
+
+@dataclass
+class ScoreResult:
+    """The local competition score of a submission.
+
+    Attributes:
+        score: Mean over rows of Dice (1 for a row whose prediction and truth are both empty).
+        per_class: ``{class: {"dice", "iou", "empty_share", "rows"}}``; ``empty_share`` is the share of the
+            class's rows whose true mask is empty.
+        rows: Per row: ``ImageID``, class, intersection, predicted and true pixels, Dice.
+    """
+
+    score: float
+    per_class: dict[str, dict[str, float]]
+    rows: pd.DataFrame
+
+
+def _truth_paths(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> list[Path]:
+    if truth_dir is not None:
+        truth_dir = Path(truth_dir)
+        if not truth_dir.is_dir():
+            raise SubmissionError(f"truth folder {truth_dir} does not exist; pass --truth DIR with <ImageID>.png masks")
+        paths = [truth_dir / f"{i}.png" for i in fmt.image_ids]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise SubmissionError(
+                f"no true mask {missing[0]} ({len(missing)} of {len(paths)} missing); the truth folder needs "
+                "<ImageID>.png for every test image"
+            )
+        return paths
+    if not cfg.data.test_mask_template:
+        raise SubmissionError(
+            "no true masks to score against: pass --truth DIR (masks named <ImageID>.png) or set "
+            "data.test_mask_template"
+        )
+    try:
+        test = list_samples(cfg.data, "test")
+    except DataError as exc:
+        raise SubmissionError(f"{exc}") from None
+    return [Path(p) for p in test["mask"]]
+
+
+def score_file(path: Path, cfg: Config, truth_dir: Path | None = None) -> ScoreResult:
+    """Score a submission file locally, as Kaggle does, against true masks.
+
+    Pixels whose true label is ``data.ignore_index`` are left out (Kaggle's own truth has none).
+
+    Raises:
+        SubmissionError: If the file is invalid (Kaggle would reject it) or truth is missing.
+    """
+    fmt = load_format(cfg)
+    report = validate_file(path, cfg, fmt, keep_runs=True)
+    if not report.ok:
+        raise SubmissionError(
+            f"{path} is not a valid submission ({report.first()}); run 'kseg validate {path}' to see every problem"
+        )
+    truth_paths = _truth_paths(cfg, fmt, truth_dir)
+    spec = MaskSpec.from_config(cfg.data)
+    with ThreadPoolExecutor(8) as pool:
+        truths = list(pool.map(lambda p: read_mask(p, spec), truth_paths))
+    for image_id, truth, shape in zip(fmt.image_ids, truths, fmt.shapes, strict=True):
+        if truth.shape != tuple(shape):
+            raise SubmissionError(
+                f"true mask of {image_id!r} is {truth.shape[0]}x{truth.shape[1]} but the submission's masks are "
+                f"{shape[0]}x{shape[1]}; check submission.size"
+            )
+    parsed = report.parsed
+    n_rows = len(fmt.ids)
+    inter, pred, true = _row_counts(parsed, fmt, truths)
+    dice = row_dice(inter, pred, true)
+    iou = row_iou(inter, pred, true)
+    per_class = {}
+    for c, name in enumerate(fmt.classes):
+        sel = fmt.row_class == c
+        if sel.any():
+            per_class[name] = {
+                "dice": float(dice[sel].mean()),
+                "iou": float(iou[sel].mean()),
+                "empty_share": float((true[sel] == 0).mean()),
+                "rows": int(sel.sum()),
+            }
+    rows = pd.DataFrame(
+        {
+            ID: [fmt.image_ids[i] for i in fmt.row_image],
+            "class": fmt.row_class,
+            "intersection": inter,
+            "pred_pixels": pred,
+            "true_pixels": true,
+            "dice": dice,
+        },
+        index=pd.Index(fmt.ids, name="row_id"),
+    )
+    return ScoreResult(float(dice.mean()) if n_rows else 1.0, per_class, rows)
+
+
+def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult:
+    """Score a folder of predicted label maps (``kseg infer`` output) against a folder of true masks,
+    with the competition metric: one row per image and class, Dice = 1 when both are empty.
+
+    Predictions are ``<stem>.png`` class-index maps (colour/overlay files are skipped); true masks are
+    files of the same stem in the data set's mask format (index or colour, ``data.palette``).
+    """
+    predictions, truth = Path(predictions), Path(truth)
+    for folder, flag in ((predictions, "--predictions"), (truth, "--truth")):
+        if not folder.is_dir():
+            raise SubmissionError(f"{flag} {folder} is not a folder; give the folder that holds the masks")
+    preds = {p.stem: p for p in sorted(predictions.glob("*.png")) if not p.stem.endswith(("_color", "_overlay"))}
+    if not preds:
+        raise SubmissionError(f"no predicted label maps (*.png) in {predictions}; run 'kseg infer --out {predictions}'")
+    truths = {p.stem: p for p in sorted(truth.iterdir()) if p.suffix.lower() in (".png", ".tif", ".tiff", ".bmp")}
+    missing = [stem for stem in preds if stem not in truths]
+    if missing:
+        raise SubmissionError(
+            f"no true mask for prediction {missing[0]!r} in {truth} ({len(missing)} of {len(preds)} missing); "
+            "masks must share the predictions' file names"
+        )
+    spec = MaskSpec.from_config(cfg.data)
+    k = len(cfg.data.classes)
+    rows = []
+    for stem, path in preds.items():
+        true = read_mask(truths[stem], spec)
+        pred = read_prediction(path, true.shape)
+        inter, pred_px, true_px = label_counts(pred, true, k, cfg.data.ignore_index)
+        for c in range(k):
+            rows.append((stem, c, int(inter[c]), int(pred_px[c]), int(true_px[c])))
+    table = pd.DataFrame(rows, columns=[ID, "class", "intersection", "pred_pixels", "true_pixels"])
+    table["dice"] = row_dice(table["intersection"], table["pred_pixels"], table["true_pixels"])
+    iou = row_iou(table["intersection"], table["pred_pixels"], table["true_pixels"])
+    per_class = {}
+    for c, name in enumerate(cfg.data.classes):
+        sel = (table["class"] == c).to_numpy()
+        per_class[name] = {
+            "dice": float(table["dice"][sel].mean()),
+            "iou": float(iou[sel].mean()),
+            "empty_share": float((table["true_pixels"][sel] == 0).mean()),
+            "rows": int(sel.sum()),
+        }
+    return ScoreResult(float(table["dice"].mean()), per_class, table)
+
+
+def _row_counts(parsed: pd.DataFrame, fmt: SubmissionFormat, truths: list[np.ndarray]) -> np.ndarray:
+    """Intersection, predicted and true pixels of every sample row, from runs alone.
+
+    Predicted masks are never drawn: the true label map of each image is itself run-length encoded,
+    and the overlap of a predicted run with the true pixels of its class is a difference of cumulative
+    counts, looked up with one ``searchsorted`` over all runs of all images.
+
+    Shape:
+        Returns ``(3, R)`` int64 for the ``R`` rows of the sample.
+    """
+    k = len(fmt.classes)
+    sizes = fmt.shapes.prod(1)
+    planes = k + 1  # one coordinate plane per class, plus one for ignored pixels
+    base = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes * planes, out=base[1:])
+    t_pos, t_end = [], []
+    true_area = np.zeros((len(truths), k), dtype=np.int64)
+    for i, truth in enumerate(truths):
+        _, start, length, label = rle.runs(truth[None], fmt.order)
+        label = label.astype(np.int64)
+        plane = np.minimum(label, k)  # the ignore index (>= k by config) goes to the ignore plane
+        offset = base[i] + plane * sizes[i]
+        t_pos.append(offset + start)
+        t_end.append(offset + start + length)
+        true_area[i] = np.bincount(label[label < k], weights=length[label < k], minlength=k)[:k]
+    t_start = np.concatenate(t_pos) if t_pos else np.zeros(0, np.int64)
+    t_stop = np.concatenate(t_end) if t_end else np.zeros(0, np.int64)
+    by_pos = np.argsort(t_start, kind="stable")
+    t_start, t_stop = t_start[by_pos], t_stop[by_pos]
+    cum = np.zeros(len(t_start) + 1, dtype=np.int64)
+    np.cumsum(t_stop - t_start, out=cum[1:])
+
+    def covered_before(points: np.ndarray) -> np.ndarray:
+        """Number of true pixels (of any plane) at coordinates below each point."""
+        j = np.searchsorted(t_stop, points, side="right")
+        partial = np.zeros(len(points), dtype=np.int64)
+        inside = j < len(t_start)
+        partial[inside] = np.clip(points[inside] - t_start[j[inside]], 0, None)
+        return cum[j] + partial
+
+    srow = parsed["sample_row"].to_numpy()
+    start = parsed["start"].to_numpy() - 1
+    length = parsed["length"].to_numpy()
+    image = fmt.row_image[srow]
+    cls = fmt.row_class[srow]
+    lo = base[image] + cls * sizes[image] + start
+    hits = covered_before(lo + length) - covered_before(lo)
+    lo_ignored = base[image] + k * sizes[image] + start
+    on_ignored = covered_before(lo_ignored + length) - covered_before(lo_ignored)
+    n = len(fmt.ids)
+    inter = np.bincount(srow, weights=hits, minlength=n).astype(np.int64)
+    pred = np.bincount(srow, weights=length - on_ignored, minlength=n).astype(np.int64)
+    true = true_area[fmt.row_image, fmt.row_class]
+    return np.stack([inter, pred, true])

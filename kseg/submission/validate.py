@@ -1,0 +1,307 @@
+"""Every problem of a submission file at once, vectorised: header, ids, and each mask's runs."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kseg import rle
+from kseg.config import Config
+from kseg.errors import SubmissionError
+from kseg.submission.format import SubmissionFormat, load_format
+
+
+@dataclass
+class Problem:
+    """One kind of problem in a submission file.
+
+    Attributes:
+        kind: Short name.
+        fix: What to do about it.
+        count: Rows (or ids) affected.
+        examples: The first few, with line numbers and details.
+    """
+
+    kind: str
+    fix: str
+    count: int
+    examples: list[str]
+
+
+@dataclass
+class ValidationReport:
+    """Everything wrong with a submission file; ``ok`` when nothing is."""
+
+    n_rows: int
+    problems: list[Problem] = field(default_factory=list)
+    parsed: pd.DataFrame | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def first(self) -> str:
+        if not self.problems:
+            return "valid"
+        p = self.problems[0]
+        return f"{p.kind}: {p.examples[0] if p.examples else ''}"
+
+
+EXAMPLES = 3
+
+
+def _line(i: int) -> int:
+    return i + 2  # header is line 1
+
+
+class _Findings:
+    """Rows flagged per kind of problem, with details for the first few (by line)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self.details: dict[str, list[tuple[int, str]]] = {}
+
+    def add(self, kind: str, rows: np.ndarray, detail: Callable[[int], str]) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return
+        self.rows.setdefault(kind, []).append(rows)
+        order = np.argsort(rows, kind="stable")[:EXAMPLES]
+        self.details.setdefault(kind, []).extend((int(rows[i]), detail(int(i))) for i in order)
+
+    def merge(self, other: _Findings) -> None:
+        for kind, rows in other.rows.items():
+            self.rows.setdefault(kind, []).extend(rows)
+            self.details.setdefault(kind, []).extend(other.details[kind])
+
+    def problems(self, fixes: dict[str, str]) -> list[Problem]:
+        out = []
+        for kind, fix in fixes.items():
+            if kind in self.rows:
+                count = len(np.unique(np.concatenate(self.rows[kind])))
+                examples = list(dict.fromkeys(text for _, text in sorted(self.details[kind])))[:EXAMPLES]
+                out.append(Problem(kind, fix, count, examples))
+        return out
+
+
+def _check_runs(
+    texts: list[str],
+    rows: np.ndarray,
+    ids: list[str],
+    image_of_row: np.ndarray,
+    fmt: SubmissionFormat,
+    check_overlap: bool,
+) -> tuple[_Findings, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Check the masks of some rows (all rows of the images they cover), vectorised.
+
+    Returns the findings and the runs ``(row, start, length)`` of the rows that passed.
+    """
+    found = _Findings()
+    numbers, local, bad = rle.parse_rows([texts[r] for r in rows], fmt.empty)
+    found.add(
+        "not integers",
+        rows[bad],
+        lambda i: f"line {_line(rows[bad][i])} ({ids[rows[bad][i]]}): {texts[rows[bad][i]][:40]!r}",
+    )
+    counts = np.bincount(local, minlength=len(rows))
+    odd = np.flatnonzero(counts % 2 == 1)
+    found.add(
+        "odd count", rows[odd], lambda i: f"line {_line(rows[odd][i])} ({ids[rows[odd][i]]}): {counts[odd][i]} numbers"
+    )
+    keep = counts[local] % 2 == 0
+    numbers, local = numbers[keep], local[keep]
+    starts, lengths, prow = numbers[0::2], numbers[1::2], rows[local[0::2]]
+
+    def flag(kind: str, hit: np.ndarray, detail: Callable[[int], str]) -> None:
+        where = np.flatnonzero(hit)
+        found.add(
+            kind, prow[where], lambda i: f"line {_line(prow[where[i]])} ({ids[prow[where[i]]]}): {detail(where[i])}"
+        )
+
+    flag("not positive", (starts == 0) | (lengths == 0), lambda j: f"start {starts[j]} length {lengths[j]}")
+    same = prow[1:] == prow[:-1]
+    not_ascending = np.zeros(len(starts), dtype=bool)
+    not_ascending[1:] = same & (starts[1:] <= starts[:-1])
+    flag("starts not ascending", not_ascending, lambda j: f"start {starts[j]} after start {starts[j - 1]}")
+    overlapping = np.zeros(len(starts), dtype=bool)
+    overlapping[1:] = same & ~not_ascending[1:] & (starts[1:] < starts[:-1] + lengths[:-1])
+    flag(
+        "overlapping runs",
+        overlapping,
+        lambda j: f"run {starts[j]}+{lengths[j]} starts inside run {starts[j - 1]}+{lengths[j - 1]}",
+    )
+    image = image_of_row[prow]
+    known = image >= 0
+    shape = fmt.shapes[np.maximum(image, 0)]
+    size = np.where(known, shape[:, 0] * shape[:, 1], np.iinfo(np.int64).max)
+    outside = (starts < 0) | (lengths < 0) | (starts + lengths - 1 > size)
+
+    def outside_detail(j: int) -> str:
+        h, w = shape[j]
+        if starts[j] < 0 or lengths[j] < 0:
+            return f"a number with more than 18 digits, far past the last pixel {h * w} ({h}x{w})"
+        return f"run {starts[j]}+{lengths[j]} ends at {starts[j] + lengths[j] - 1} > {h * w} pixels ({h}x{w})"
+
+    flag("outside the mask", outside, outside_detail)
+
+    if check_overlap and not found.rows:
+        ends = starts + lengths
+        key = np.where(known, image, -1) * (int(size[known].max()) + 1 if known.any() else 1) + starts
+        by_pos = np.argsort(key, kind="stable")
+        same_image = known[by_pos][1:] & (image[by_pos][1:] == image[by_pos][:-1])
+        clash = np.flatnonzero(same_image & (starts[by_pos][1:] < ends[by_pos][:-1]))
+        a, b = by_pos[clash], by_pos[clash + 1]
+        first_row, second_row = np.minimum(prow[a], prow[b]), np.maximum(prow[a], prow[b])
+        pairs = len(clash)
+        found.add(
+            "classes overlap",
+            np.concatenate([first_row, second_row]),  # both rows of each clash count as affected
+            lambda i: (
+                f"lines {_line(first_row[i % pairs])} and {_line(second_row[i % pairs])} "
+                f"({ids[first_row[i % pairs]]}, {ids[second_row[i % pairs]]}) both claim pixel {starts[b[i % pairs]]}"
+            ),
+        )
+    return found, (prow, starts, lengths)
+
+
+RUN_FIXES = {
+    "not integers": "masks are 'start length' pairs of positive integers separated by spaces",
+    "odd count": "every run needs a start and a length",
+    "not positive": "starts count from 1 and lengths are at least 1",
+    "starts not ascending": "sort each row's runs by start",
+    "overlapping runs": "merge runs that overlap",
+    "outside the mask": "runs must end at or before pixel H*W of the image's size",
+    "classes overlap": "give each pixel one class (argmax), or set submission.check_overlap: false for "
+    "multi-label competitions",
+}
+
+
+def validate_bytes(
+    data: bytes, fmt: SubmissionFormat, check_overlap: bool = True, keep_runs: bool = False
+) -> ValidationReport:
+    """Check a submission's bytes against the competition's format.
+
+    Checks: the header equals the sample's; ids equal the sample's, without duplicates; every mask is
+    ``start length`` pairs of positive integers, starts ascending, runs not overlapping and inside the
+    image's ``H x W``; optionally, no pixel is claimed by two classes of one image. Masks are checked
+    a few images at a time, in parallel, so arrays stay small.
+
+    Args:
+        data: The file's bytes.
+        fmt: The competition's format.
+        check_overlap: Also check that no pixel has two classes.
+        keep_runs: Keep the parsed runs in ``report.parsed`` (for scoring).
+    """
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        return ValidationReport(0, [Problem("not a CSV", "write a plain comma-separated file", 1, [reason])])
+    problems: list[Problem] = []
+    header = list(table.columns)
+    if header != fmt.header:
+        problems.append(
+            Problem(
+                "header",
+                f"write the header exactly as in {fmt.source}",
+                1,
+                [f"line 1 is {','.join(header)!r} but should be {','.join(fmt.header)!r}"],
+            )
+        )
+        if len(header) < 2:
+            return ValidationReport(len(table), problems)
+    id_col, mask_col = header[0], header[1]
+    ids = table[id_col].tolist()
+    n = len(ids)
+    index = fmt.row_index()
+    dup = np.flatnonzero(table[id_col].duplicated().to_numpy())
+    if len(dup):
+        problems.append(
+            Problem(
+                "duplicate ids",
+                "keep one row per id",
+                len(dup),
+                [f"line {_line(r)}: {ids[r]!r} appears again" for r in dup[:EXAMPLES]],
+            )
+        )
+    sample_row = np.array([index.get(x, -1) for x in ids], dtype=np.int64)
+    unknown = np.flatnonzero(sample_row < 0)
+    if len(unknown):
+        problems.append(
+            Problem(
+                "unknown ids",
+                f"use only the ids of {fmt.source}",
+                len(unknown),
+                [f"line {_line(r)}: {ids[r]!r}" for r in unknown[:EXAMPLES]],
+            )
+        )
+    present = set(ids)
+    missing = [x for x in fmt.ids if x not in present]
+    if missing:
+        problems.append(
+            Problem(
+                "missing ids",
+                f"write one row for every id of {fmt.source}",
+                len(missing),
+                [repr(x) for x in missing[:EXAMPLES]],
+            )
+        )
+
+    texts = table[mask_col].tolist()
+    image_of_row = np.where(sample_row >= 0, fmt.row_image[np.maximum(sample_row, 0)], -1)
+    by_image = np.argsort(image_of_row, kind="stable")  # an image's rows together, for the overlap check
+    images_sorted = image_of_row[by_image]
+    per_chunk = 8
+    cuts = np.searchsorted(images_sorted, np.arange(0, len(fmt.image_ids) + per_chunk, per_chunk))
+    cuts = np.unique(np.concatenate([[0], cuts[(cuts > 0) & (cuts < n)], [n]]))
+    chunks = [by_image[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+    def work(rows: np.ndarray):
+        return _check_runs(texts, rows, ids, image_of_row, fmt, check_overlap)
+
+    with ThreadPoolExecutor() as pool:
+        results = list(pool.map(work, chunks))
+    found = _Findings()
+    for part, _ in results:
+        found.merge(part)
+    fixes = dict(RUN_FIXES)
+    fixes["outside the mask"] += f" ({fmt.order} order)"
+    run_problems = found.problems(fixes)
+    for problem in run_problems:
+        if problem.kind == "not integers" and any(
+            texts[r].strip() in ("-1", "[]", "nan", "None") for r in np.concatenate(found.rows[problem.kind])[:50]
+        ):
+            problem.fix += (
+                f"; if the competition marks empty masks with such a token, set submission.empty_token "
+                f"(now {fmt.empty!r})"
+            )
+    problems += run_problems
+    parsed = None
+    if keep_runs:
+        prow = np.concatenate([runs[0] for _, runs in results]) if results else np.zeros(0, np.int64)
+        parsed = pd.DataFrame(
+            {
+                "row": prow,
+                "start": np.concatenate([runs[1] for _, runs in results]) if results else prow,
+                "length": np.concatenate([runs[2] for _, runs in results]) if results else prow,
+                "sample_row": sample_row[prow],
+            }
+        )
+    return ValidationReport(n, problems, parsed)
+
+
+def validate_file(
+    path: Path, cfg: Config, fmt: SubmissionFormat | None = None, keep_runs: bool = False
+) -> ValidationReport:
+    """Validate a submission file against ``cfg``'s competition (see ``validate_bytes``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"submission file {path} does not exist; check the path, or run 'kseg submit'")
+    fmt = fmt or load_format(cfg)
+    return validate_bytes(path.read_bytes(), fmt, cfg.submission.check_overlap, keep_runs)

@@ -1,0 +1,188 @@
+"""``kseg submit``: predicted label maps -> an encoded, validated submission file, written atomically."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kseg import rle
+from kseg.config import Config
+from kseg.errors import SubmissionError
+from kseg.io import atomic_write_bytes
+from kseg.postprocess import PostProcess, apply, apply_to_labels
+from kseg.postprocess import load as load_postprocess
+from kseg.progress import Progress
+from kseg.submission.format import format_csv, load_format
+from kseg.submission.validate import ValidationReport, validate_bytes
+from kseg.workdir import WorkDir, default_predictions, prediction_file, read_inference_info
+
+
+def read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A predicted label map (``.png`` or ``.npy``), resized (nearest) to ``shape`` if needed.
+
+    Shape:
+        Returns ``(H, W)`` uint8.
+    """
+    try:
+        if path.suffix == ".npy":
+            labels = np.load(path)
+        else:
+            with Image.open(path) as image:
+                labels = np.asarray(image)
+    except (OSError, ValueError) as exc:
+        raise SubmissionError(f"prediction {path} cannot be read ({exc}); run 'kseg infer' again") from None
+    if labels.ndim != 2:
+        raise SubmissionError(f"prediction {path} has shape {labels.shape}; a label map is (H, W) of class indices")
+    if labels.shape != tuple(shape):
+        labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize(shape[::-1], Image.NEAREST))
+    return labels.astype(np.uint8, copy=False)
+
+
+def find_predictions(directory: Path, image_ids: list[str]) -> list[Path]:
+    """The prediction file of each test image in ``directory`` (``<id>.png`` or ``<id>.npy``)."""
+    if not directory.is_dir():
+        raise SubmissionError(f"predictions folder {directory} does not exist; run 'kseg infer' first")
+    paths, missing = [], []
+    for image_id in image_ids:
+        for suffix in (".png", ".npy"):
+            candidate = directory / f"{image_id}{suffix}"
+            if candidate.is_file():
+                paths.append(candidate)
+                break
+        else:
+            missing.append(image_id)
+    if missing:
+        raise SubmissionError(
+            f"no prediction for test image {missing[0]!r} in {directory} ({len(missing)} of {len(image_ids)} "
+            "missing); run 'kseg infer' for the whole test set"
+        )
+    return paths
+
+
+@dataclass
+class WriteResult:
+    """What ``write_submission`` wrote."""
+
+    path: Path
+    n_rows: int
+    n_images: int
+    n_bytes: int
+    empty_rows: int
+    report: ValidationReport
+    seconds: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def _postprocess_plan(
+    cfg: Config, directory: Path, image_ids: list[str], enabled: bool
+) -> tuple[PostProcess | None, bool, str]:
+    """How ``write_submission`` post-processes: returns ``(PostProcess or None, use probabilities, note)``."""
+    info = read_inference_info(directory)
+    if info is not None and info.get("postprocess") is not None:
+        note = "post-processing: applied by kseg infer"
+        if not enabled:
+            note += " (run 'kseg infer --no-postprocess' to leave it out)"
+        return None, False, note
+    if not enabled:
+        return None, False, "post-processing: off (--no-postprocess)"
+    post = load_postprocess(cfg)
+    if post is None or post.identity:
+        return None, False, "post-processing: none (no postprocess.json, or nothing to change)"
+    tuned = WorkDir(cfg.workdir).postprocess_json
+    if all(prediction_file(directory, i, "probs").is_file() for i in image_ids):
+        return post, True, f"post-processing: {tuned} applied to the saved probabilities"
+    return (
+        post,
+        False,
+        (
+            f"post-processing: minimum areas of {tuned} applied to the label maps "
+            "(its thresholds need probabilities: let kseg infer apply it, or run kseg infer --probs)"
+        ),
+    )
+
+
+def _read_postprocessed(path: Path, shape: tuple[int, int], post: PostProcess | None, use_probs: bool) -> np.ndarray:
+    if post is None:
+        return read_prediction(path, shape)
+    if use_probs:
+        probs_path = path.with_name(f"{path.stem}.probs.npy")
+        labels = apply(np.load(probs_path), post)
+        if labels.shape != tuple(shape):
+            labels = np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.NEAREST))
+        return labels
+    return apply_to_labels(read_prediction(path, shape), post)
+
+
+def write_submission(
+    cfg: Config,
+    out: Path | None = None,
+    predictions: Path | None = None,
+    on_progress: Progress | None = None,
+    postprocess: bool = True,
+) -> WriteResult:
+    """Encode the predicted label maps into a validated submission file, written atomically.
+
+    Args:
+        cfg: The experiment config.
+        out: Target file (default ``submission.path``).
+        predictions: Folder of ``<image id>.png``/``.npy`` label maps (default ``<workdir>/predictions``).
+        on_progress: Optional ``callback(done, total)`` over images read.
+        postprocess: Apply ``postprocess.json`` if ``kseg infer`` has not already (``note`` says which).
+
+    Raises:
+        SubmissionError: If predictions are missing or the encoded file would not validate (nothing is
+            written then).
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    fmt = load_format(cfg)
+    directory = predictions or default_predictions(cfg)
+    paths = find_predictions(directory, fmt.image_ids)
+    post, use_probs, note = _postprocess_plan(cfg, directory, fmt.image_ids, postprocess)
+    timings["format"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    maps: list[np.ndarray] = [None] * len(paths)  # type: ignore[list-item]
+    done = 0
+    with ThreadPoolExecutor(8) as pool:  # PNG decoding releases the GIL
+        futures = [
+            pool.submit(_read_postprocessed, p, tuple(s), post, use_probs)
+            for p, s in zip(paths, fmt.shapes, strict=True)
+        ]
+        for i, future in enumerate(futures):
+            maps[i] = future.result()
+            done += 1
+            if on_progress:
+                on_progress(done, len(paths))
+    timings["read"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    encoded = rle.encode_batch(maps, cfg.n_classes, order=fmt.order)
+    masks = [encoded[i][k] for i, k in zip(fmt.row_image.tolist(), fmt.row_class.tolist(), strict=True)]
+    data = format_csv(fmt.header, fmt.ids, masks, fmt.empty)
+    timings["encode"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report = validate_bytes(data, fmt, check_overlap=cfg.submission.check_overlap)
+    timings["validate"] = time.perf_counter() - t0
+    if not report.ok:  # a bug guard: kseg never writes a file it would reject
+        raise SubmissionError(f"the encoded submission failed validation ({report.first()}); nothing was written")
+    target = out or cfg.submission.path
+    t0 = time.perf_counter()
+    atomic_write_bytes(target, data)
+    timings["write"] = time.perf_counter() - t0
+    return WriteResult(
+        path=target,
+        n_rows=len(fmt.ids),
+        n_images=len(fmt.image_ids),
+        n_bytes=len(data),
+        empty_rows=sum(1 for m in masks if not m),
+        report=report,
+        seconds=timings,
+        note=note,
+    )

@@ -1,0 +1,281 @@
+"""The work folder's schema: the one owner of every path under ``workdir`` and of each file's read/write pair.
+
+::
+
+    <workdir>/
+      config.yaml          resolved config of the last split              kseg split
+      folds.csv            ImageID,fold                                   kseg split
+      class_pixels.csv     '# spec' line, then per-image class pixels     kseg split (scan cache)
+      fold<N>/
+        config.yaml        resolved config of the fold's run              kseg train
+        best.pt, last.pt   best epoch / resumable state                   kseg train
+        metrics.csv        one row per epoch                              kseg train
+        curves.png         loss and Dice curves                           kseg train
+        oof.npy            uint8 probabilities (N, K, H, W) of best.pt    kseg train
+        oof_masks.npy      true labels (N, H, W) at data.image_size       kseg train
+        oof.csv            ImageID,height,width of the OOF rows           kseg train
+        tensorboard/       tracker logs (train.log)                       kseg train
+      postprocess.json     tuned thresholds and minimum areas             kseg tune
+      report/              folds.csv, classes.csv, confusion.png, ...     kseg report
+      audit/               audit.md, duplicates.csv, ...                  kseg audit
+      predictions/         <ImageID>.png, predictions.csv, inference.json kseg infer (submission.predictions)
+
+A predictions folder may live anywhere (``kseg infer --out``); its files are named here too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kseg.errors import KsegError
+from kseg.io import atomic_open, atomic_write_text
+from kseg.schema import Config
+
+ID = "ImageID"
+FOLDS_NAME = "folds.csv"
+STATS_NAME = "class_pixels.csv"
+CONFIG_NAME = "config.yaml"
+POSTPROCESS_NAME = "postprocess.json"
+AUDIT_DIR = "audit"
+DUPLICATES_NAME = "duplicates.csv"
+REPORT_DIR = "report"
+PREDICTIONS_DIR = "predictions"
+INFERENCE_NAME = "inference.json"
+PREDICTIONS_TABLE = "predictions.csv"
+
+
+class WorkDir:
+    """Paths and files of one work folder (``Config.workdir``)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"WorkDir({str(self.root)!r})"
+
+    # ------------------------------------------------------------------------------------ paths
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.root / FOLDS_NAME
+
+    @property
+    def class_pixels_csv(self) -> Path:
+        return self.root / STATS_NAME
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def postprocess_json(self) -> Path:
+        return self.root / POSTPROCESS_NAME
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / REPORT_DIR
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.root / AUDIT_DIR
+
+    @property
+    def duplicates_csv(self) -> Path:
+        return self.audit_dir / DUPLICATES_NAME
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / PREDICTIONS_DIR
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.root / f"fold{fold}"
+
+    def best(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "best.pt"
+
+    def last(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "last.pt"
+
+    def metrics(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "metrics.csv"
+
+    def curves(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "curves.png"
+
+    def fold_config(self, fold: int) -> Path:
+        return self.fold_dir(fold) / CONFIG_NAME
+
+    def tensorboard(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "tensorboard"
+
+    def oof(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "oof.npy"
+
+    def oof_partial(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "oof.npy.partial"
+
+    def oof_masks(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "oof_masks.npy"
+
+    def oof_csv(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "oof.csv"
+
+    def folds_with(self, name: str) -> list[int]:
+        """Fold numbers whose ``fold<N>/`` holds a file ``name``, ascending."""
+        found = []
+        for path in self.root.glob(f"fold*/{name}"):
+            suffix = path.parent.name[4:]
+            if suffix.isdigit():
+                found.append(int(suffix))
+        return sorted(found)
+
+    def trained_folds(self) -> list[int]:
+        """Folds with a ``best.pt``."""
+        return self.folds_with("best.pt")
+
+    def oof_folds(self) -> list[int]:
+        """Folds with out-of-fold probabilities (``oof.npy``)."""
+        return self.folds_with("oof.npy")
+
+    def files(self, fold: int, pattern: str) -> list[Path]:
+        """Files of ``fold<N>/`` matching a glob pattern, sorted."""
+        return sorted(self.fold_dir(fold).glob(pattern))
+
+    # ---------------------------------------------------------------------------- folds.csv
+
+    def write_folds(self, table: pd.DataFrame) -> Path:
+        atomic_write_text(self.folds_csv, table[[ID, "fold"]].to_csv(index=False))
+        return self.folds_csv
+
+    def read_folds(self) -> pd.DataFrame:
+        """``folds.csv`` as written by ``kseg split``: ``ImageID, fold``."""
+        path = self.folds_csv
+        if not path.is_file():
+            raise KsegError(f"{path} does not exist; run 'kseg split' first")
+        table = pd.read_csv(path, dtype={ID: str})
+        if list(table.columns[:2]) != [ID, "fold"]:
+            raise KsegError(f"{path} does not start with columns ImageID,fold; run 'kseg split' again")
+        return table
+
+    def n_folds(self) -> int:
+        return int(self.read_folds()["fold"].max()) + 1
+
+    # ------------------------------------------------------------------------ class_pixels.csv
+
+    def write_class_pixels(self, table: pd.DataFrame, fingerprint: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = f"# kseg class pixel counts, spec {fingerprint}\n" + table.to_csv(index=False)
+        atomic_write_text(self.class_pixels_csv, text)
+
+    def read_class_pixels(self, fingerprint: str | None = None) -> pd.DataFrame | None:
+        """The scan table, or ``None`` when absent, damaged or (with ``fingerprint``) made for another spec."""
+        path = self.class_pixels_csv
+        if not path.is_file():
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                head = handle.readline()
+            if fingerprint is not None and fingerprint not in head:
+                return None
+            return pd.read_csv(
+                path, skiprows=1, dtype={ID: str, "mask": str, "image": str, "unknown": str}, keep_default_na=False
+            )
+        except (OSError, ValueError, pd.errors.ParserError):
+            return None  # a damaged cache is only a cache: scan again
+
+    # ----------------------------------------------------------------------------- fold files
+
+    def write_metrics(self, fold: int, table: pd.DataFrame) -> None:
+        atomic_write_text(self.metrics(fold), table.to_csv(index=False))
+
+    def read_metrics(self, fold: int) -> pd.DataFrame:
+        return pd.read_csv(self.metrics(fold))
+
+    def write_oof_truth(self, fold: int, masks: np.ndarray, table: pd.DataFrame) -> None:
+        """The validation images' true labels at ``data.image_size`` and their ids and original sizes."""
+        with atomic_open(self.oof_masks(fold), "wb") as handle:
+            np.save(handle, masks)
+        atomic_write_text(self.oof_csv(fold), table[[ID, "height", "width"]].to_csv(index=False))
+
+    def open_oof(self, fold: int, shape: tuple[int, ...]) -> np.ndarray:
+        """A fresh memory-mapped ``oof.npy.partial`` to fill; ``commit_oof`` makes it ``oof.npy``."""
+        return np.lib.format.open_memmap(self.oof_partial(fold), mode="w+", dtype=np.uint8, shape=shape)
+
+    def commit_oof(self, fold: int, keep: bool) -> None:
+        """Rename the filled ``oof.npy.partial`` onto ``oof.npy`` (``keep``), or drop it."""
+        if keep:
+            os.replace(self.oof_partial(fold), self.oof(fold))
+        else:
+            self.oof_partial(fold).unlink(missing_ok=True)
+
+    def read_oof(self, fold: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """``(probabilities (N, K, H, W), true labels (N, H, W), ids table)``, arrays memory-mapped.
+
+        Raises:
+            OSError, ValueError: A file is missing or damaged.
+        """
+        return (
+            np.load(self.oof(fold), mmap_mode="r"),
+            np.load(self.oof_masks(fold), mmap_mode="r"),
+            pd.read_csv(self.oof_csv(fold), dtype={ID: str}),
+        )
+
+    # ------------------------------------------------------------------------ postprocess.json
+
+    def write_postprocess(self, text: str) -> Path:
+        atomic_write_text(self.postprocess_json, text)
+        return self.postprocess_json
+
+    def read_postprocess(self) -> str | None:
+        path = self.postprocess_json
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    # ---------------------------------------------------------------------------- audit files
+
+    def read_duplicates(self) -> pd.DataFrame | None:
+        path = self.duplicates_csv
+        return pd.read_csv(path, dtype={ID: str}) if path.is_file() else None
+
+
+# -------------------------------------------------------------------------------- predictions
+
+
+def default_predictions(cfg: Config) -> Path:
+    """Where ``kseg infer`` writes and ``kseg submit`` reads: ``submission.predictions``, or
+    ``<workdir>/predictions``."""
+    return cfg.submission.predictions or WorkDir(cfg.workdir).predictions_dir
+
+
+def prediction_file(directory: Path, image_id: str, kind: str = "labels") -> Path:
+    """One output of ``kseg infer`` for one image: ``labels`` (``<id>.png``), ``probs``, ``color``, ``overlay``."""
+    names = {
+        "labels": f"{image_id}.png",
+        "probs": f"{image_id}.probs.npy",
+        "color": f"{image_id}_color.png",
+        "overlay": f"{image_id}_overlay.png",
+    }
+    return Path(directory) / names[kind]
+
+
+def write_inference_info(directory: Path, info: dict[str, Any], table: pd.DataFrame) -> None:
+    """The predictions folder's ``predictions.csv`` (ids and sizes) and ``inference.json`` (how it was made)."""
+    atomic_write_text(Path(directory) / PREDICTIONS_TABLE, table.to_csv(index=False))
+    atomic_write_text(Path(directory) / INFERENCE_NAME, json.dumps(info, indent=2))
+
+
+def read_inference_info(directory: Path) -> dict[str, Any] | None:
+    """``inference.json`` of a predictions folder, or ``None`` when absent or unreadable."""
+    path = Path(directory) / INFERENCE_NAME
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
