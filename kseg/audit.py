@@ -117,7 +117,7 @@ def _thumbnail(path: str, height: int) -> Image.Image:
     except Exception:
         return Image.new("RGB", (height, height), (128, 0, 0))
     scale = height / image.height
-    return image.convert("RGB").resize((max(1, round(image.width * scale)), height), Image.BILINEAR)
+    return image.convert("RGB").resize((max(1, round(image.width * scale)), height), Image.Resampling.BILINEAR)
 
 
 def contact_sheet(members: pd.DataFrame, path: Path, height: int = 160) -> None:
@@ -227,7 +227,7 @@ def _duplicate_groups(table: pd.DataFrame, hashes: list[bytes | None], options: 
     n_bytes = (options.hash_size**2 + 7) // 8
     packed = np.zeros((len(readable), n_bytes), np.uint8)
     for row, k in enumerate(readable):
-        packed[row] = np.frombuffer(hashes[k], np.uint8)
+        packed[row] = np.frombuffer(hashes[k] or b"", np.uint8)
     labels = connected_groups(len(readable), hamming_pairs(packed, options.threshold))
     rows = []
     for g in range(labels.max() + 1 if len(labels) else 0):

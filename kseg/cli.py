@@ -401,7 +401,7 @@ def infer(
                 ensemble, table, target, view_set, outputs=outputs, postprocess=not no_postprocess, on_progress=update
             )
     render.inference_result(result, len(ensemble.models), cfg.infer.mode, ensemble.post is not None)
-    if tiles_dir is not None:
+    if tiles_dir is not None and stitch is not None:
         from kseg.tile import stitch as stitch_tiles
 
         with handled(debug):

@@ -104,7 +104,7 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _explain(error: dict, source: str, overrides: list[str]) -> str:
+def _explain(error: Any, source: str, overrides: list[str]) -> str:
     loc = tuple(str(p) for p in error["loc"])
     dotted = ".".join(loc)
     origin = source
@@ -178,8 +178,8 @@ def tile_options(path: Path | None, overrides: list[str] | None = None) -> tuple
     try:
         return TileConfig.model_validate(tree.get("tile") or {}), 255
     except ValidationError as exc:
-        error = {**exc.errors()[0]}
-        error["loc"] = ("tile", *error["loc"])  # name the key as it is written: tile.size
+        error: dict[str, Any] = {**exc.errors()[0]}
+        error["loc"] = ("tile", *tuple(error["loc"]))  # name the key as it is written: tile.size
         raise ConfigError(_explain(error, "--set", overrides).replace("config --set", "--set")) from None
 
 

@@ -264,6 +264,8 @@ def _check_exist(paths: pd.Series, what: str, fix: str) -> None:
 def _csv_table(data: DataConfig, which: str) -> pd.DataFrame:
     root = data.root
     csv_name = data.train_csv if which == "train" else data.test_csv
+    if csv_name is None:
+        raise DataError("this config has no test set; set data.test_csv, or pass --images DIR")
     table = _read_id_csv(root, csv_name, data.id_column)
     image_t = data.image_template if which == "train" else (data.test_image_template or data.image_template)
     mask_t = data.mask_template if which == "train" else data.test_mask_template
@@ -329,6 +331,7 @@ def _glob_table(data: DataConfig, which: str) -> pd.DataFrame:
         images.insert(0, ID, _make_ids(images, names, data.id_template))
         _check_unique(images[ID], f"data.test_image_pattern {data.test_image_pattern!r}")
         return images
+    assert data.image_pattern and data.mask_pattern  # DataConfig requires both for layout: glob
     images = _discover(root, data.image_pattern, "image")
     masks = _discover(root, data.mask_pattern, "mask")
     names = [c for c in images.columns if c != "image"]

@@ -65,8 +65,8 @@ def normalize(image: np.ndarray, mean: list[float], std: list[float]) -> torch.T
     array = image.astype(np.float32)
     if image.dtype == np.uint8:
         array /= 255.0
-    array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    scaled = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 
 def train_transforms(cfg: Config) -> A.Compose:
@@ -148,8 +148,9 @@ class TrainDataset(Dataset):
         return len(self.images) * self.repeat
 
     def _read(self, source: int) -> tuple[np.ndarray, np.ndarray]:
-        if getattr(self, "cache", None) is not None:
-            return self.cache[source]
+        cache = getattr(self, "cache", None)
+        if cache is not None:
+            return cache[source]
         image = load_image(self.images[source], self.channels)
         mask = read_mask(Path(self.masks[source]), self.spec)
         if image.shape[:2] != mask.shape:
@@ -205,7 +206,7 @@ def train_loader(
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     if sample_weights is not None:
         drawn = WeightedRandomSampler(
-            torch.as_tensor(sample_weights, dtype=torch.double), len(dataset), replacement=True, generator=generator
+            sample_weights.astype(np.float64).tolist(), len(dataset), replacement=True, generator=generator
         )
         sampler = list(drawn)[rank::world]
     else:

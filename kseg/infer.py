@@ -174,7 +174,9 @@ def run_inference(
     out.mkdir(parents=True, exist_ok=True)
     step = infer_batch(cfg.infer.batch_size, predictor.device) if cfg.infer.mode == "resize" else 1
     loader = _loader(cfg, images, step)
-    done, skipped, written = 0, [], []
+    done = 0
+    skipped: list[str] = []
+    written: list[tuple[str, int, int]] = []
     pending: list[Future] = []
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as writer:

@@ -24,6 +24,7 @@ class CrossEntropy(nn.Module):
 
     def __init__(self, ignore_index: int, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
+        self.weight: torch.Tensor | None
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing

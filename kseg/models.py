@@ -174,7 +174,8 @@ def load_local_weights(model_cfg: ModelConfig, n_classes: int, path: Path) -> tu
         model.load_state_dict(keep, strict=False)
         note = " (segmentation head re-initialised: other class count)" if head_only else ""
         return model, f"whole model from {path}{note}"
-    encoder_state = model.encoder.state_dict()
+    encoder: Any = model.encoder  # smp's encoder module (untyped)
+    encoder_state = encoder.state_dict()
     enc = _best_prefix(state, encoder_state)
     missing = [k for k in encoder_state if k not in enc and not k.endswith("num_batches_tracked")]
     bad = [k for k in encoder_state if k in enc and enc[k].shape != encoder_state[k].shape]
@@ -190,9 +191,9 @@ def load_local_weights(model_cfg: ModelConfig, n_classes: int, path: Path) -> tu
             f"{len(missing)} are missing and {len(bad)} have other shapes, and the file has {len(extra)} the encoder "
             f"lacks (e.g. {example}); use weights made for {model_cfg.encoder_name} or change model.encoder_name"
         )
-    model.encoder.load_state_dict({k: v for k, v in enc.items() if k in encoder_state}, strict=False)
+    encoder.load_state_dict({k: v for k, v in enc.items() if k in encoder_state}, strict=False)
     if model_cfg.in_channels != 3:
-        model.encoder.set_in_channels(model_cfg.in_channels, pretrained=True)
+        encoder.set_in_channels(model_cfg.in_channels, pretrained=True)
     return model, f"encoder weights from {path}"
 
 
@@ -203,7 +204,7 @@ def build_model(model_cfg: ModelConfig, n_classes: int) -> tuple[nn.Module, str]
         ``(model, a line saying where its weights came from)``.
     """
     weights = model_cfg.encoder_weights
-    if is_weights_file(weights):
+    if weights is not None and is_weights_file(weights):
         return load_local_weights(model_cfg, n_classes, Path(weights))
     model = _create(model_cfg, n_classes, weights, model_cfg.in_channels)
     source = f"{weights} encoder weights" if weights else "random initialisation (encoder_weights: null)"

@@ -220,7 +220,8 @@ def load_oof(cfg: Config, on_progress: Progress | None = None) -> OOFSet:
             done += 1
             if on_progress:
                 on_progress(done, total)
-    return OOFSet(ids, np.array(fold_of), np.stack(hists), np.stack(areas), np.array(pixels), confusion, resolution)
+    size = (int(resolution[0]), int(resolution[1])) if resolution is not None else (0, 0)
+    return OOFSet(ids, np.array(fold_of), np.stack(hists), np.stack(areas), np.array(pixels), confusion, size)
 
 
 def class_table(oof: OOFSet, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -261,10 +262,9 @@ def _search(oof: OOFSet, rows: np.ndarray) -> tuple[dict[int, tuple[int, int]], 
     for k in range(k_count):
         area, inter = class_table(oof, k)
         grid = _dice_grid(area[rows], inter[rows], oof.truth_area[rows, k], oof.n_pixels[rows]).mean(0)
-        best = np.unravel_index(np.argmax(grid), grid.shape)
-        if grid[best] <= grid[0, 0]:  # ties keep the identity
-            best = (0, 0)
-        choice[k] = (int(best[0]), int(best[1]))
+        t, a = np.unravel_index(np.argmax(grid), grid.shape)
+        best = (int(t), int(a)) if grid[t, a] > grid[0, 0] else (0, 0)  # ties keep the identity
+        choice[k] = best
         before[k], after[k] = grid[0, 0], grid[best]
     return choice, before, after
 

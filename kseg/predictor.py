@@ -92,7 +92,7 @@ class PredictOptions:
     @classmethod
     def from_config(cls, cfg: Config) -> PredictOptions:
         return cls(
-            image_size=tuple(cfg.data.image_size),
+            image_size=(cfg.data.image_size[0], cfg.data.image_size[1]),
             mean=tuple(cfg.data.mean),
             std=tuple(cfg.data.std),
             per_image=cfg.data.normalize == "per_image",
@@ -247,4 +247,5 @@ class Predictor:
             for (y, x), p in zip(part, probs, strict=True):
                 total[:, y : y + tile_h, x : x + tile_w] += p * weights
                 norm[y : y + tile_h, x : x + tile_w] += weights
+        assert total is not None  # there is always at least one window
         return (total / norm)[:, :height, :width].contiguous()

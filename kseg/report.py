@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,6 +126,10 @@ def _plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Pa
     return save_figure(fig, path, tight=True)
 
 
+def _rgb(colour: Any) -> tuple[float, float, float]:
+    return float(colour[0]) / 255, float(colour[1]) / 255, float(colour[2]) / 255
+
+
 def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path: Path) -> Path:
     import cv2
     from matplotlib.patches import Patch
@@ -157,8 +162,8 @@ def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path
             axes[r, c].imshow(picture)
             axes[r, c].set_title(title, fontsize=8)
             axes[r, c].axis("off")
-    handles = [Patch(color=np.asarray(palette[k]) / 255, label=name) for k, name in enumerate(cfg.data.classes)]
-    handles.append(Patch(color=np.array(NO_CLASS_COLOUR) / 255, label="ignored / no class"))
+    handles = [Patch(color=_rgb(palette[k]), label=name) for k, name in enumerate(cfg.data.classes)]
+    handles.append(Patch(color=_rgb(NO_CLASS_COLOUR), label="ignored / no class"))
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle("worst out-of-fold images (mean row Dice)", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))

@@ -61,7 +61,7 @@ _DIGITS4_SEP = (_digit_table(4) << np.uint64(24)) | (np.uint64(32) << np.uint64(
 _KEEP8 = np.zeros((8, 8), dtype=bool)
 for _nd in range(1, 8):
     _KEEP8[_nd, 7 - _nd :] = True
-_KEEP8 = _KEEP8.view(np.uint64).ravel()
+_KEEP8_WORDS = _KEEP8.view(np.uint64).ravel()
 
 
 def _transpose(a: np.ndarray) -> np.ndarray:
@@ -72,8 +72,8 @@ def _transpose(a: np.ndarray) -> np.ndarray:
     """
     try:
         import cv2
-    except ImportError:
-        cv2 = None
+    except ImportError:  # pragma: no cover - albumentations brings OpenCV
+        cv2 = None  # type: ignore[assignment]
     if cv2 is not None and a.dtype == np.uint8 and a.size:
         return cv2.transpose(np.ascontiguousarray(a))
     out = np.empty(a.shape[::-1], dtype=a.dtype)
@@ -178,7 +178,7 @@ def _format_numbers(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = _DIGITS3[high]
         rows |= _DIGITS4_SEP[low]
         n_digits = _digit_counts(numbers, 7)
-        keep = _KEEP8[n_digits].view(bool)
+        keep = _KEEP8_WORDS[n_digits].view(bool)
         return np.compress(keep, rows.view(np.uint8)), _offsets(n_digits)  # compress beats mask indexing
     digits_max = len(str(top))
     pairs = (digits_max + 1) // 2

@@ -47,7 +47,8 @@ def class_colors(n_classes: int) -> list[tuple[int, int, int]]:
     colours = [KINDS[k][1] for k in range(min(n_classes, len(KINDS)))]
     for k in range(len(KINDS), n_classes):
         hue = (k * 0.618034) % 1.0
-        colours.append(tuple(int(255 * (0.5 + 0.45 * math.cos(2 * math.pi * (hue + s / 3)))) for s in range(3)))
+        r, g, b = (int(255 * (0.5 + 0.45 * math.cos(2 * math.pi * (hue + s / 3)))) for s in range(3))
+        colours.append((r, g, b))
     return colours
 
 
@@ -58,7 +59,7 @@ def _rotated_rect(cx: float, cy: float, w: float, h: float, angle: float) -> lis
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     small = Image.fromarray((rng.random((cells, cells)) * 255).astype(np.uint8))
-    return np.asarray(small.resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0
+    return np.asarray(small.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
 
 
 def synth_scene(rng: np.random.Generator, height: int, width: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -311,7 +311,7 @@ class FoldRun:
         self.work.fold_dir(self.fold).mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, self.work.fold_config(self.fold))
         if cfg.train.save_oof and not self.work.oof_masks(self.fold).is_file():
-            masks, table = oof_truth(self.val_rows, self.spec, tuple(cfg.data.image_size))
+            masks, table = oof_truth(self.val_rows, self.spec, (cfg.data.image_size[0], cfg.data.image_size[1]))
             self.work.write_oof_truth(self.fold, masks, table)
 
     # ------------------------------------------------------------------------------------ steps
@@ -369,7 +369,7 @@ class FoldRun:
         """Score the held-out fold (rank 0); keeps its OOF probabilities when the epoch is the best so far."""
         cfg = self.cfg
         self.eval_model.eval()
-        oof = None
+        oof: Any = None  # a numpy memmap
         if cfg.train.save_oof:
             oof = self.work.open_oof(self.fold, (len(self.val_rows), len(self.classes), *cfg.data.image_size))
         channels = cfg.model.in_channels

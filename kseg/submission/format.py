@@ -18,6 +18,7 @@ import pandas as pd
 from kseg.config import Config
 from kseg.data import ID, image_size, list_samples
 from kseg.errors import SubmissionError
+from kseg.rle import Order
 
 
 @dataclass
@@ -44,7 +45,7 @@ class SubmissionFormat:
     row_image: np.ndarray
     row_class: np.ndarray
     shapes: np.ndarray
-    order: str
+    order: Order
     empty: str
     classes: list[str]
     source: str = "the sample submission"

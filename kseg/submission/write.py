@@ -39,7 +39,7 @@ def read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if labels.ndim != 2:
         raise SubmissionError(f"prediction {path} has shape {labels.shape}; a label map is (H, W) of class indices")
     if labels.shape != tuple(shape):
-        labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize(shape[::-1], Image.NEAREST))
+        labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize(shape[::-1], Image.Resampling.NEAREST))
     return labels.astype(np.uint8, copy=False)
 
 
@@ -113,7 +113,7 @@ def _read_postprocessed(path: Path, shape: tuple[int, int], post: PostProcess | 
         probs_path = path.with_name(f"{path.stem}.probs.npy")
         labels = apply(np.load(probs_path), post)
         if labels.shape != tuple(shape):
-            labels = np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.NEAREST))
+            labels = np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.Resampling.NEAREST))
         return labels
     return apply_to_labels(read_prediction(path, shape), post)
 
