@@ -77,94 +77,112 @@ def synth_scene(rng: np.random.Generator, height: int, width: int, n_classes: in
     Shape:
         image ``(H, W, 3)`` uint8, label ``(H, W)`` uint8.
     """
-    k_max = n_classes
     size = min(height, width)
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
 
     def present(k: int, p: float) -> bool:
-        return k < k_max and rng.random() < p
+        return k < n_classes and rng.random() < p
 
-    if present(1, 0.8):  # crop fields
-        for _ in range(rng.integers(1, 5)):
-            draw.polygon(
-                _rotated_rect(
-                    rng.uniform(0, width),
-                    rng.uniform(0, height),
-                    rng.uniform(0.1, 0.3) * width,
-                    rng.uniform(0.1, 0.3) * height,
-                    rng.uniform(-0.4, 0.4),
-                ),
-                fill=1,
-            )
-    label = np.array(canvas)
+    label = _fields(rng, height, width) if present(1, 0.8) else np.zeros((height, width), np.uint8)
     if present(4, 0.4):  # water: a smooth blob or a river
-        if rng.random() < 0.5:
-            blob = _smooth_noise(rng, height, width, int(rng.integers(3, 6)))
-            label[blob > np.quantile(blob, rng.uniform(0.65, 0.9))] = 4
-        else:
-            canvas = Image.fromarray(label)
-            draw = ImageDraw.Draw(canvas)
-            x0 = rng.uniform(0, width)
-            pts = [(x0 + rng.normal(0, 0.15) * width * t, t * height / 4) for t in range(5)]
-            draw.line(pts, fill=4, width=max(2, int(rng.uniform(0.06, 0.16) * size)), joint="curve")
-            label = np.array(canvas)
-    canvas = Image.fromarray(label)
-    draw = ImageDraw.Draw(canvas)
+        label = _water(rng, label, size)
     if present(2, 0.75):  # roads across the scene
-        for _ in range(rng.integers(1, 4)):
-            road_width = max(2, int(rng.uniform(0.03, 0.07) * size))
-            if rng.random() < 0.5:
-                y0, y1 = rng.uniform(0, height, 2)
-                pts = [
-                    (-road_width, y0),
-                    (width / 2, (y0 + y1) / 2 + rng.normal(0, 0.05) * height),
-                    (width + road_width, y1),
-                ]
-            else:
-                x0, x1 = rng.uniform(0, width, 2)
-                pts = [
-                    (x0, -road_width),
-                    ((x0 + x1) / 2 + rng.normal(0, 0.05) * width, height / 2),
-                    (x1, height + road_width),
-                ]
-            draw.line(pts, fill=2, width=road_width, joint="curve")
-    label = np.array(canvas)
+        label = _roads(rng, label, size)
     free = np.isin(label, (0, 1))
-
-    def stamp(k: int, count: int, shape: str, lo: float, hi: float, where: np.ndarray) -> None:
-        ys, xs = np.nonzero(where)
-        if len(ys) == 0:
-            return
-        layer = Image.new("L", (width, height), 0)
-        layer_draw = ImageDraw.Draw(layer)
-        for _ in range(count):
-            i = rng.integers(len(ys))
-            cx, cy = float(xs[i]), float(ys[i])
-            a, b = rng.uniform(lo, hi) * size, rng.uniform(lo, hi) * size
-            if shape == "rect":
-                layer_draw.polygon(_rotated_rect(cx, cy, a, b, rng.uniform(0, math.pi)), fill=1)
-            else:
-                layer_draw.ellipse((cx - a, cy - b, cx + a, cy + b), fill=1)
-        hit = (np.asarray(layer) > 0) & where
-        label[hit] = k
-
     if present(3, 0.7):
-        stamp(3, int(rng.integers(2, 10)), "rect", 0.03, 0.09, free)
+        _stamp(rng, label, 3, int(rng.integers(2, 10)), "rect", (0.03, 0.09), free)
     if present(6, 0.5):
-        stamp(6, int(rng.integers(3, 15)), "ellipse", 0.012, 0.035, np.isin(label, (0, 1)))
+        _stamp(rng, label, 6, int(rng.integers(3, 15)), "ellipse", (0.012, 0.035), np.isin(label, (0, 1)))
     if present(7, 0.15):
-        stamp(7, int(rng.integers(1, 3)), "rect", 0.015, 0.03, label == 0)
+        _stamp(rng, label, 7, int(rng.integers(1, 3)), "rect", (0.015, 0.03), label == 0)
     if present(5, 0.6) and (label == 2).any():
-        stamp(5, int(rng.integers(2, 9)), "rect", 0.006, 0.014, label == 2)
+        _stamp(rng, label, 5, int(rng.integers(2, 9)), "rect", (0.006, 0.014), label == 2)
     if present(8, 0.5) and (label == 4).any():
-        stamp(8, int(rng.integers(1, 4)), "ellipse", 0.008, 0.02, label == 4)
-    for k in range(9, k_max):
+        _stamp(rng, label, 8, int(rng.integers(1, 4)), "ellipse", (0.008, 0.02), label == 4)
+    for k in range(9, n_classes):
         if rng.random() < (0.3 if k < len(KINDS) else 0.2):
-            stamp(k, int(rng.integers(1, 4)), "rect" if k % 2 else "ellipse", 0.02, 0.06, np.isin(label, (0, 1)))
-
+            shape = "rect" if k % 2 else "ellipse"
+            _stamp(rng, label, k, int(rng.integers(1, 4)), shape, (0.02, 0.06), np.isin(label, (0, 1)))
     image = _render(rng, label, n_classes)
     return image, label
+
+
+def _fields(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Crop fields (class 1): a few rotated rectangles on an empty label map."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(rng.integers(1, 5)):
+        corners = _rotated_rect(
+            rng.uniform(0, width),
+            rng.uniform(0, height),
+            rng.uniform(0.1, 0.3) * width,
+            rng.uniform(0.1, 0.3) * height,
+            rng.uniform(-0.4, 0.4),
+        )
+        draw.polygon(corners, fill=1)
+    return np.array(canvas)
+
+
+def _water(rng: np.random.Generator, label: np.ndarray, size: int) -> np.ndarray:
+    """Water (class 4): a smooth blob or a river."""
+    height, width = label.shape
+    if rng.random() < 0.5:
+        blob = _smooth_noise(rng, height, width, int(rng.integers(3, 6)))
+        label[blob > np.quantile(blob, rng.uniform(0.65, 0.9))] = 4
+        return label
+    canvas = Image.fromarray(label)
+    x0 = rng.uniform(0, width)
+    pts = [(x0 + rng.normal(0, 0.15) * width * t, t * height / 4) for t in range(5)]
+    ImageDraw.Draw(canvas).line(pts, fill=4, width=max(2, int(rng.uniform(0.06, 0.16) * size)), joint="curve")
+    return np.array(canvas)
+
+
+def _roads(rng: np.random.Generator, label: np.ndarray, size: int) -> np.ndarray:
+    """Roads (class 2) across the scene, horizontal or vertical, gently curved."""
+    height, width = label.shape
+    canvas = Image.fromarray(label)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(rng.integers(1, 4)):
+        road_width = max(2, int(rng.uniform(0.03, 0.07) * size))
+        if rng.random() < 0.5:
+            y0, y1 = rng.uniform(0, height, 2)
+            middle = (width / 2, (y0 + y1) / 2 + rng.normal(0, 0.05) * height)
+            pts = [(-road_width, y0), middle, (width + road_width, y1)]
+        else:
+            x0, x1 = rng.uniform(0, width, 2)
+            middle = ((x0 + x1) / 2 + rng.normal(0, 0.05) * width, height / 2)
+            pts = [(x0, -road_width), middle, (x1, height + road_width)]
+        draw.line(pts, fill=2, width=road_width, joint="curve")
+    return np.array(canvas)
+
+
+def _stamp(
+    rng: np.random.Generator,
+    label: np.ndarray,
+    k: int,
+    count: int,
+    shape: str,
+    extent: tuple[float, float],
+    where: np.ndarray,
+) -> None:
+    """Paint ``count`` rectangles or ellipses of class ``k`` (sides drawn from ``extent``, in shares of the
+    image's shorter side) centred on ``where``, only inside ``where``, in place."""
+    ys, xs = np.nonzero(where)
+    if len(ys) == 0:
+        return
+    height, width = label.shape
+    size = min(height, width)
+    layer = Image.new("L", (width, height), 0)
+    layer_draw = ImageDraw.Draw(layer)
+    lo, hi = extent
+    for _ in range(count):
+        i = rng.integers(len(ys))
+        cx, cy = float(xs[i]), float(ys[i])
+        a, b = rng.uniform(lo, hi) * size, rng.uniform(lo, hi) * size
+        if shape == "rect":
+            layer_draw.polygon(_rotated_rect(cx, cy, a, b, rng.uniform(0, math.pi)), fill=1)
+        else:
+            layer_draw.ellipse((cx - a, cy - b, cx + a, cy + b), fill=1)
+    label[(np.asarray(layer) > 0) & where] = k
 
 
 def _render(rng: np.random.Generator, label: np.ndarray, n_classes: int) -> np.ndarray:

@@ -156,7 +156,7 @@ def tile_raster(
 
 def _tile(rasterio, src, mask_src, image, out, options, mask, ignore_index, on_progress) -> TileResult:
     from rasterio.enums import Resampling
-    from rasterio.windows import Window, from_bounds
+    from rasterio.windows import Window
 
     resampling = {"nearest": Resampling.nearest, "mode": Resampling.mode}[options.mask_resampling]
     stride = options.stride or options.size
@@ -167,7 +167,6 @@ def _tile(rasterio, src, mask_src, image, out, options, mask, ignore_index, on_p
         nodata = options.nodata if options.nodata is not None else src.nodata
         dtype = np.dtype(src.dtypes[bands[0] - 1])
         as_png = len(bands) == 3 and dtype == np.uint8
-        mask_nodata = mask_src.nodata if mask_src is not None else None
         rows, cols = tile_origins(src.height, size, stride), tile_origins(src.width, size, stride)
         (out / "images").mkdir(parents=True)
         if mask_src is not None:
@@ -189,35 +188,14 @@ def _tile(rasterio, src, mask_src, image, out, options, mask, ignore_index, on_p
                     continue
                 labels = None
                 if mask_src is not None:
-                    bounds = rasterio.windows.bounds(window, src.transform)
-                    mwin = from_bounds(*bounds, transform=mask_src.transform)
-                    labels = mask_src.read(
-                        1,
-                        window=mwin,
-                        out_shape=(size, size),
-                        resampling=resampling,
-                        boundless=True,
-                        fill_value=mask_nodata if mask_nodata is not None else ignore_index,
-                    )
-                    labels = labels.astype(np.int64)
-                    outside = labels == mask_nodata if mask_nodata is not None else np.zeros_like(valid)
-                    labels = np.where(outside | ~valid | (labels < 0) | (labels > 255), ignore_index, labels)
-                    labels = labels.astype(np.uint8)
+                    labels = _read_labels(src, mask_src, window, valid, resampling, ignore_index)
                     labelled = labels != ignore_index
                     if drop and labelled.any() and set(np.unique(labels[labelled]).tolist()) <= drop:
                         dropped_classes += 1
                         _tick(on_progress, done, n)
                         continue
                 name = f"{image.stem}_y{row:05d}_x{col:05d}"
-                hwc = np.ascontiguousarray(pixels.transpose(1, 2, 0))
-                if as_png:
-                    Image.fromarray(hwc).save(out / "images" / f"{name}.png")
-                else:
-                    np.save(out / "images" / f"{name}.npy", hwc)
-                share = 1.0
-                if labels is not None:
-                    Image.fromarray(labels).save(out / "masks" / f"{name}.png")
-                    share = float((labels != ignore_index).mean())
+                share = _write_tile(out, name, pixels, labels, as_png, ignore_index)
                 flat = pixels.reshape(len(bands), -1)[:, valid.ravel()].astype(np.float64)
                 total += flat.shape[1]
                 sums += flat.sum(1)
@@ -239,24 +217,58 @@ def _tile(rasterio, src, mask_src, image, out, options, mask, ignore_index, on_p
             f"every tile of {image} was dropped ({dropped_nodata} all nodata, {dropped_classes} only "
             f"tile.drop_classes {sorted(drop)}); relax tile.drop_nodata / tile.drop_classes"
         )
-    mean = (sums / np.maximum(total, 1)).tolist()
-    std = np.sqrt(np.maximum(squares / np.maximum(total, 1) - np.square(mean), 0)).tolist()
-    if as_png:  # 8-bit images are normalised on the 0-1 scale
-        mean, std = [m / 255 for m in mean], [s / 255 for s in std]
+    mean, std = _band_stats(total, sums, squares, as_png)
     index = pd.DataFrame(records, columns=["ImageID", "source", "row", "col", "height", "width", "labelled"])
     atomic_write_text(out / INDEX_NAME, index.to_csv(index=False))
-    meta = {
-        **meta_src,
-        "size": size,
-        "stride": stride,
-        "bands": bands,
-        "dtype": str(dtype),
-        "suffix": ".png" if as_png else ".npy",
-        "mean": mean,
-        "std": [max(s, 1e-6) for s in std],
-    }
+    extra = {"size": size, "stride": stride, "bands": bands, "dtype": str(dtype), "mean": mean, "std": std}
+    meta = {**meta_src, **extra, "suffix": ".png" if as_png else ".npy"}
     atomic_write_text(out / META_NAME, json.dumps(meta, indent=1))
     return TileResult(index, out, n, dropped_nodata, dropped_classes, mean, meta["std"])
+
+
+def _band_stats(total: np.ndarray, sums: np.ndarray, squares: np.ndarray, as_png: bool) -> tuple[list, list]:
+    """Per-band mean and std of the kept tiles' valid pixels (8-bit images on the 0-1 scale)."""
+    mean = (sums / np.maximum(total, 1)).tolist()
+    std = np.sqrt(np.maximum(squares / np.maximum(total, 1) - np.square(mean), 0)).tolist()
+    if as_png:
+        mean, std = [m / 255 for m in mean], [s / 255 for s in std]
+    return mean, [max(s, 1e-6) for s in std]
+
+
+def _read_labels(src, mask_src, window, valid: np.ndarray, resampling, ignore_index: int) -> np.ndarray:
+    """The mask raster over the image window's ground footprint, resampled onto the tile's pixel grid;
+    pixels outside the mask, nodata or invalid in the image become ``ignore_index``."""
+    from rasterio.windows import bounds, from_bounds
+
+    size = int(window.height)
+    mask_nodata = mask_src.nodata
+    mwin = from_bounds(*bounds(window, src.transform), transform=mask_src.transform)
+    labels = mask_src.read(
+        1,
+        window=mwin,
+        out_shape=(size, size),
+        resampling=resampling,
+        boundless=True,
+        fill_value=mask_nodata if mask_nodata is not None else ignore_index,
+    ).astype(np.int64)
+    outside = labels == mask_nodata if mask_nodata is not None else np.zeros_like(valid)
+    labels = np.where(outside | ~valid | (labels < 0) | (labels > 255), ignore_index, labels)
+    return labels.astype(np.uint8)
+
+
+def _write_tile(
+    out: Path, name: str, pixels: np.ndarray, labels: np.ndarray | None, as_png: bool, ignore_index: int
+) -> float:
+    """Write one tile's image (and mask); returns its labelled share."""
+    hwc = np.ascontiguousarray(pixels.transpose(1, 2, 0))
+    if as_png:
+        Image.fromarray(hwc).save(out / "images" / f"{name}.png")
+    else:
+        np.save(out / "images" / f"{name}.npy", hwc)
+    if labels is None:
+        return 1.0
+    Image.fromarray(labels).save(out / "masks" / f"{name}.png")
+    return float((labels != ignore_index).mean())
 
 
 def _tick(callback, done: int, total: int) -> None:
