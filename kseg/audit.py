@@ -352,6 +352,13 @@ def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknow
             lines += [f"![group {g}]({name})", ""]
         if r.n_groups > len(sheets):
             lines += [f"({r.n_groups - len(sheets)} more groups not pictured; raise `audit.max_sheets`.)", ""]
+    lines += _problem_lines(cfg, r)
+    lines += _class_lines(cfg, r) + _size_lines(r)
+    return "\n".join(lines)
+
+
+def _problem_lines(cfg: Config, r: AuditResult) -> list[str]:
+    lines: list[str] = []
     lines += ["## Unreadable images", ""]
     if len(r.unreadable):
         lines += [f"- `{row.ImageID}` ({row.set}): {row.error}" for row in r.unreadable.itertuples()] + [""]
@@ -373,7 +380,11 @@ def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknow
         for value, (pixels, masks) in sorted(r.unknown.items(), key=lambda kv: -kv[1][0]):
             lines.append(f"| `{value}` | {pixels:,} | {masks} |")
         lines.append("")
-    lines += [
+    return lines
+
+
+def _class_lines(cfg: Config, r: AuditResult) -> list[str]:
+    lines = [
         "## Classes",
         "",
         f"A class is flagged rare below {cfg.audit.rare_images} images or {100 * cfg.audit.rare_share:g}% of "
@@ -387,7 +398,11 @@ def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknow
             f"| {row._1} | {row.images} | {100 * row.image_share:.1f}% | {100 * row.pixel_share:.3f}% | "
             f"{'**rare**' if row.rare else ''} |"
         )
-    lines += ["", "![classes](classes.png)", "", "## Image sizes", ""]
+    return [*lines, "", "![classes](classes.png)", ""]
+
+
+def _size_lines(r: AuditResult) -> list[str]:
+    lines = ["## Image sizes", ""]
     ok = r.images[r.images["error"].isna()]
     sizes = ok.groupby(["set", "height", "width"]).size().rename("images").reset_index()
     sizes = sizes.sort_values(["set", "images"], ascending=[False, False])
@@ -397,7 +412,7 @@ def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknow
     if len(sizes) > 20:
         lines.append(f"| ... | {len(sizes) - 20} more sizes | |")
     lines += ["", "![sizes](sizes.png)", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def summary_json(result: AuditResult) -> str:

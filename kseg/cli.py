@@ -160,7 +160,7 @@ def tile(
     from kseg.tile import tile_raster
 
     with handled(debug):
-        flags = {"size": size, "stride": stride, "bands": _int_list(bands, "--bands")}
+        flags = {"size": size, "stride": stride, "bands": _numbers(bands, "--bands")}
         # the flags are --set tile.* overrides, validated by the same rules
         flag_sets = [f"tile.{k}={v}" for k, v in flags.items() if v is not None]
         options, ignore_index = tile_options(config, [*(set_ or []), *flag_sets])
@@ -268,19 +268,6 @@ def score(
     render.score_result(result, what)
 
 
-def _folds_to_train(cfg: Config, fold: str) -> list[int]:
-    from kseg.workdir import WorkDir
-
-    if fold == "all":
-        return list(range(WorkDir(cfg.workdir).n_folds()))
-    try:
-        return [int(fold)]
-    except ValueError:
-        raise KsegError(
-            f"--fold {fold!r} is neither a fold number nor 'all'; use e.g. --fold 0 or --fold all"
-        ) from None
-
-
 @app.command()
 def train(
     config: ConfigOpt = None,
@@ -292,35 +279,29 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train a UNet (or any smp model) on the other folds; keep the best epoch by validation Dice."""
-    from kseg.train import train_fold
+    from kseg.train import folds_to_train, train_fold
 
     quiet = int(os.environ.get("RANK", 0)) != 0  # under torchrun only rank 0 talks
     results = []
     with handled(debug):
         cfg = _config(config, set_)
-        for f in _folds_to_train(cfg, fold):
+        for f in folds_to_train(cfg, fold):
             with render.training_progress(f, cfg.train.epochs, quiet) as callbacks:
                 results.append(train_fold(cfg, f, resume=resume, **callbacks))
     if not quiet:
         render.training_results(results)
 
 
-def _int_list(text: str | None, what: str) -> list[int] | None:
+def _numbers(text: str | None, what: str, kind: type = int) -> list | None:
+    """A comma-separated option (``--folds 0,1``: whole numbers; ``kind=float``: any numbers)."""
     if text is None:
         return None
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise KsegError(f"{what} {text!r} is not a comma-separated list of whole numbers, e.g. 0,1,2") from None
-
-
-def _float_list(text: str | None, what: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise KsegError(f"{what} {text!r} is not a comma-separated list of numbers, e.g. 1,1,2") from None
+        example = "0,1,2" if kind is int else "1,1,2"
+        noun = "whole numbers" if kind is int else "numbers"
+        raise KsegError(f"{what} {text!r} is not a comma-separated list of {noun}, e.g. {example}") from None
 
 
 FoldsOpt = Annotated[
@@ -361,6 +342,7 @@ def infer(
     """Predict the test set (or --images DIR) with the trained folds, optionally with TTA."""
     from kseg.ensemble import load_bundle, load_ensemble
     from kseg.infer import OutputOptions, competition_test_images, list_images, run_inference
+    from kseg.tile import tiles_folder
     from kseg.tta import views as view_set_of
     from kseg.workdir import default_predictions
 
@@ -373,20 +355,11 @@ def infer(
             ensemble = load_bundle(bundle, set_ or [])
         else:
             cfg = _config(config, set_)
-            chosen = _int_list(folds, "--folds") or cfg.infer.folds
-            weights = _float_list(fold_weights, "--fold-weights") or cfg.infer.fold_weights
+            chosen = _numbers(folds, "--folds") or cfg.infer.folds
+            weights = _numbers(fold_weights, "--fold-weights", float) or cfg.infer.fold_weights
             ensemble = load_ensemble(cfg, chosen, weights)
         cfg = ensemble.cfg
-        tiles_dir = None
-        if stitch is not None:
-            from kseg.tile import META_NAME
-
-            candidates = [d for d in (images, images.parent if images else None) if d and (d / META_NAME).is_file()]
-            if not candidates:
-                raise KsegError(
-                    f"--stitch needs --images pointing at the images of a 'kseg tile' folder (with {META_NAME})"
-                )
-            tiles_dir = candidates[0]
+        tiles_dir = tiles_folder(images) if stitch is not None else None
         if images is not None:
             if out is None:
                 raise KsegError("--images needs --out DIR for the predicted masks")
@@ -423,7 +396,7 @@ def export(
 
     with handled(debug):
         cfg = _config(config, set_)
-        path = export_bundle(cfg, out, _int_list(folds, "--folds"), half)
+        path = export_bundle(cfg, out, _numbers(folds, "--folds"), half)
     render.say(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); predict anywhere with "
         f"[bold]kseg infer --bundle {path.name} --images DIR --out DIR[/]"

@@ -49,3 +49,20 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         return image
     lo, hi = float(image.min()), float(image.max())
     return ((image.astype(np.float64) - lo) / max(hi - lo, 1e-9) * 255).astype(np.uint8)
+
+
+def training_curves(history: Any, path: Path, fold: int) -> None:
+    """Loss and validation Dice per epoch of a ``metrics.csv`` table, as ``curves.png``."""
+    plt = pyplot()
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot(history["epoch"], history["train_loss"], label="train", marker=".")
+    ax_loss.plot(history["epoch"], history["val_loss"], label="validation", marker=".")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"fold {fold}: loss")
+    ax_loss.legend()
+    for col in [c for c in history.columns if c.startswith("dice_")]:
+        ax_dice.plot(history["epoch"], history[col], lw=0.8, alpha=0.6, label=col[5:])
+    ax_dice.plot(history["epoch"], history["val_dice"], color="black", lw=2, marker=".", label="mean row Dice")
+    ax_dice.set(xlabel="epoch", ylabel="Dice", title=f"fold {fold}: validation", ylim=(0, 1.02))
+    ax_dice.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -301,6 +301,14 @@ def _data_yaml(out: Path, meta: dict, has_mask: object) -> str:
     return "\n".join(lines)
 
 
+def tiles_folder(images: Path | None) -> Path:
+    """The ``kseg tile`` folder of ``--images`` (the folder itself or its parent holds ``tiles.json``)."""
+    candidates = [d for d in (images, images.parent if images else None) if d and (d / META_NAME).is_file()]
+    if not candidates:
+        raise TileError(f"--stitch needs --images pointing at the images of a 'kseg tile' folder (with {META_NAME})")
+    return candidates[0]
+
+
 def stitch(tiles: Path, predictions: Path, out: Path, nodata: int = 255) -> Path:
     """Write the predicted label maps of ``tiles`` (``kseg infer --out predictions``) into one GeoTIFF.
 

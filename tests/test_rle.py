@@ -5,6 +5,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kseg import rle
+from kseg.rle.encoding import _format_numbers
+from kseg.rle.pixels import transpose
 
 
 def reference_encode(mask: np.ndarray, order: str = "column") -> str:
@@ -108,7 +110,7 @@ def test_number_formatting_at_every_width(top):
     rng = np.random.default_rng(top)
     numbers = rng.integers(1, top + 1, 5000, dtype=np.uint64)
     numbers[:2] = (1, top)
-    text, offsets = rle._format_numbers(numbers)
+    text, offsets = _format_numbers(numbers)
     assert text.tobytes().decode() == "".join(f"{v} " for v in numbers.tolist())
     assert offsets[-1] == len(text)
 
@@ -176,6 +178,6 @@ def test_transpose_with_and_without_opencv(monkeypatch, opencv):
 
         monkeypatch.setattr(builtins, "__import__", no_cv2)
     a = (np.arange(200 * 130) % 251).astype(np.uint8).reshape(200, 130)
-    out = rle._transpose(a)
+    out = transpose(a)
     np.testing.assert_array_equal(out, a.T)
     assert out.flags["C_CONTIGUOUS"]

@@ -203,77 +203,71 @@ def validate_bytes(
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         return ValidationReport(0, [Problem("not a CSV", "write a plain comma-separated file", 1, [reason])])
-    problems: list[Problem] = []
     header = list(table.columns)
+    problems: list[Problem] = []
     if header != fmt.header:
-        problems.append(
-            Problem(
-                "header",
-                f"write the header exactly as in {fmt.source}",
-                1,
-                [f"line 1 is {','.join(header)!r} but should be {','.join(fmt.header)!r}"],
-            )
-        )
+        line = f"line 1 is {','.join(header)!r} but should be {','.join(fmt.header)!r}"
+        problems.append(Problem("header", f"write the header exactly as in {fmt.source}", 1, [line]))
         if len(header) < 2:
             return ValidationReport(len(table), problems)
-    id_col, mask_col = header[0], header[1]
-    ids = table[id_col].tolist()
-    n = len(ids)
-    index = fmt.row_index()
-    dup = np.flatnonzero(table[id_col].duplicated().to_numpy())
-    if len(dup):
-        problems.append(
-            Problem(
-                "duplicate ids",
-                "keep one row per id",
-                len(dup),
-                [f"line {_line(r)}: {ids[r]!r} appears again" for r in dup[:EXAMPLES]],
-            )
-        )
-    sample_row = np.array([index.get(x, -1) for x in ids], dtype=np.int64)
-    unknown = np.flatnonzero(sample_row < 0)
-    if len(unknown):
-        problems.append(
-            Problem(
-                "unknown ids",
-                f"use only the ids of {fmt.source}",
-                len(unknown),
-                [f"line {_line(r)}: {ids[r]!r}" for r in unknown[:EXAMPLES]],
-            )
-        )
-    present = set(ids)
-    missing = [x for x in fmt.ids if x not in present]
-    if missing:
-        problems.append(
-            Problem(
-                "missing ids",
-                f"write one row for every id of {fmt.source}",
-                len(missing),
-                [repr(x) for x in missing[:EXAMPLES]],
-            )
-        )
-
-    texts = table[mask_col].tolist()
-    image_of_row = np.where(sample_row >= 0, fmt.row_image[np.maximum(sample_row, 0)], -1)
-    by_image = np.argsort(image_of_row, kind="stable")  # an image's rows together, for the overlap check
-    images_sorted = image_of_row[by_image]
-    per_chunk = 8
-    cuts = np.searchsorted(images_sorted, np.arange(0, len(fmt.image_ids) + per_chunk, per_chunk))
-    cuts = np.unique(np.concatenate([[0], cuts[(cuts > 0) & (cuts < n)], [n]]))
-    chunks = [by_image[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
-
-    def work(rows: np.ndarray):
-        return _check_runs(texts, rows, ids, image_of_row, fmt, check_overlap)
-
-    with ThreadPoolExecutor() as pool:
-        results = list(pool.map(work, chunks))
+    ids = table[header[0]].tolist()
+    sample_row = np.array([fmt.row_index().get(x, -1) for x in ids], dtype=np.int64)
+    problems += _id_problems(ids, sample_row, fmt)
+    texts = table[header[1]].tolist()
+    results = _check_masks(texts, ids, sample_row, fmt, check_overlap)
     found = _Findings()
     for part, _ in results:
         found.merge(part)
+    problems += _run_problems(found, texts, fmt)
+    parsed = _parsed_runs([runs for _, runs in results], sample_row) if keep_runs else None
+    return ValidationReport(len(ids), problems, parsed)
+
+
+def _id_problems(ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat) -> list[Problem]:
+    """Duplicate, unknown and missing ids (``sample_row`` is each row's index in the sample, -1 if none)."""
+    problems = []
+    dup = np.flatnonzero(pd.Series(ids).duplicated().to_numpy())
+    if len(dup):
+        examples = [f"line {_line(r)}: {ids[r]!r} appears again" for r in dup[:EXAMPLES]]
+        problems.append(Problem("duplicate ids", "keep one row per id", len(dup), examples))
+    unknown = np.flatnonzero(sample_row < 0)
+    if len(unknown):
+        examples = [f"line {_line(r)}: {ids[r]!r}" for r in unknown[:EXAMPLES]]
+        problems.append(Problem("unknown ids", f"use only the ids of {fmt.source}", len(unknown), examples))
+    present = set(ids)
+    missing = [x for x in fmt.ids if x not in present]
+    if missing:
+        examples = [repr(x) for x in missing[:EXAMPLES]]
+        problems.append(Problem("missing ids", f"write one row for every id of {fmt.source}", len(missing), examples))
+    return problems
+
+
+def _check_masks(
+    texts: list[str], ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat, check_overlap: bool
+) -> list[tuple[_Findings, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """``_check_runs`` over chunks of a few images each (an image's rows together, for the overlap check),
+    in threads."""
+    n = len(ids)
+    image_of_row = np.where(sample_row >= 0, fmt.row_image[np.maximum(sample_row, 0)], -1)
+    by_image = np.argsort(image_of_row, kind="stable")
+    per_chunk = 8
+    cuts = np.searchsorted(image_of_row[by_image], np.arange(0, len(fmt.image_ids) + per_chunk, per_chunk))
+    cuts = np.unique(np.concatenate([[0], cuts[(cuts > 0) & (cuts < n)], [n]]))
+    chunks = [by_image[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+    def work(rows: np.ndarray) -> tuple[_Findings, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return _check_runs(texts, rows, ids, image_of_row, fmt, check_overlap)
+
+    with ThreadPoolExecutor() as pool:
+        return list(pool.map(work, chunks))
+
+
+def _run_problems(found: _Findings, texts: list[str], fmt: SubmissionFormat) -> list[Problem]:
+    """The findings as problems, with a hint when an empty-mask token seems to be the cause."""
     fixes = dict(RUN_FIXES)
     fixes["outside the mask"] += f" ({fmt.order} order)"
-    run_problems = found.problems(fixes)
-    for problem in run_problems:
+    problems = found.problems(fixes)
+    for problem in problems:
         if problem.kind == "not integers" and any(
             texts[r].strip() in ("-1", "[]", "nan", "None") for r in np.concatenate(found.rows[problem.kind])[:50]
         ):
@@ -281,19 +275,21 @@ def validate_bytes(
                 f"; if the competition marks empty masks with such a token, set submission.empty_token "
                 f"(now {fmt.empty!r})"
             )
-    problems += run_problems
-    parsed = None
-    if keep_runs:
-        prow = np.concatenate([runs[0] for _, runs in results]) if results else np.zeros(0, np.int64)
-        parsed = pd.DataFrame(
-            {
-                "row": prow,
-                "start": np.concatenate([runs[1] for _, runs in results]) if results else prow,
-                "length": np.concatenate([runs[2] for _, runs in results]) if results else prow,
-                "sample_row": sample_row[prow],
-            }
-        )
-    return ValidationReport(n, problems, parsed)
+    return problems
+
+
+def _parsed_runs(runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], sample_row: np.ndarray) -> pd.DataFrame:
+    """Every valid run: ``row, start, length, sample_row``, for scoring."""
+    empty = np.zeros(0, np.int64)
+    prow = np.concatenate([r[0] for r in runs]) if runs else empty
+    return pd.DataFrame(
+        {
+            "row": prow,
+            "start": np.concatenate([r[1] for r in runs]) if runs else empty,
+            "length": np.concatenate([r[2] for r in runs]) if runs else empty,
+            "sample_row": sample_row[prow],
+        }
+    )
 
 
 def validate_file(

@@ -1,0 +1,438 @@
+"""One fold's training run as an object with small steps: built from the config (model, EMA, loss,
+optimiser, schedule, loader), then ``restore`` (from ``last.pt``), ``train_epoch``, ``validate`` and
+``save``; ``kseg.train.train_fold`` drives it epoch by epoch.
+
+Everything random in an epoch (shuffling, augmentations, dropout) is seeded from ``(train.seed, epoch)``,
+so a run resumed from ``last.pt`` continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from kseg import __version__, distributed
+from kseg.checkpoint import checkpoint_mismatch, load_checkpoint, save_checkpoint, unwrap
+from kseg.config import Config, save_resolved
+from kseg.data import ID, MaskSpec, list_samples
+from kseg.dataset import (
+    TrainDataset,
+    copy_paste,
+    cutmix,
+    paste_classes,
+    rare_class_weights,
+    train_loader,
+    train_transforms,
+)
+from kseg.errors import TrainError
+from kseg.evaluation import EpochStats, evaluate, oof_truth, summarize
+from kseg.losses import build_loss
+from kseg.metrics import pixel_metrics
+from kseg.models import build_model
+from kseg.optim import build_optimizer, build_scheduler
+from kseg.plotting import training_curves
+from kseg.predictor import PredictOptions, Predictor
+from kseg.runtime import (
+    PRECISION_NAMES,
+    amp_dtype,
+    autocast,
+    loader_workers,
+    pin_memory,
+    resolve_device,
+    seed_everything,
+)
+from kseg.scan import class_pixel_counts
+from kseg.workdir import WorkDir
+
+StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, steps, loss, images/s
+NoteCallback = Callable[[str], None]
+
+
+@dataclass
+class FoldResult:
+    """What ``train_fold`` did."""
+
+    fold: int
+    dir: Path
+    best_epoch: int
+    best_score: float
+    epochs_done: int
+    stopped_early: bool
+    metrics: pd.DataFrame
+    weights_from: str
+    device: str
+    precision: str
+    notes: list[str] = field(default_factory=list)
+
+
+def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+    """A fold's training and validation rows of ``folds.csv`` joined to the samples, and the training
+    rows' class pixel counts (``None`` without ``class_pixels.csv``).
+
+    Raises:
+        TrainError: The fold does not exist, or an image is missing from ``folds.csv``.
+    """
+    work = WorkDir(cfg.workdir)
+    folds = work.read_folds()
+    n_folds = int(folds["fold"].max()) + 1
+    if not 0 <= fold < n_folds:
+        raise TrainError(f"fold {fold} does not exist: folds.csv has folds 0-{n_folds - 1}; pick one of them or 'all'")
+    samples = list_samples(cfg.data, "train")
+    merged = samples.merge(folds[[ID, "fold"]], on=ID, how="left")
+    if merged["fold"].isna().any():
+        missing = merged.loc[merged["fold"].isna(), ID].iloc[0]
+        raise TrainError(f"image {missing!r} is not in {work.folds_csv}: the data changed; run 'kseg split' again")
+    counts = class_pixel_counts(work, merged[ID], list(cfg.data.classes))
+    held_out = (merged["fold"] == fold).to_numpy()
+    train = merged[~held_out].reset_index(drop=True)
+    val = merged[held_out].reset_index(drop=True)
+    return train, val, counts[~held_out] if counts is not None else None
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands: what ``last.pt`` saves and ``restore`` brings back."""
+
+    epoch: int = 0  # epochs done
+    steps_done: int = 0  # optimiser steps done
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class FoldRun:
+    """One fold's training: built from the config, then driven epoch by epoch by ``train_fold``.
+
+    Args:
+        cfg: The experiment config.
+        fold: Fold number of ``folds.csv`` to hold out.
+        resume: Continue from ``fold<N>/last.pt``.
+        on_step: Progress ``callback(epoch, step, steps, loss, images_per_s)`` (rank 0 only).
+        on_note: Called with one-line notes (device, precision, weights, resume point).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        fold: int,
+        *,
+        resume: bool = False,
+        on_step: StepCallback | None = None,
+        on_note: NoteCallback | None = None,
+    ):
+        self.cfg, self.fold = cfg, fold
+        self.on_step, self.note = on_step, on_note or (lambda _msg: None)
+        self.work = WorkDir(cfg.workdir)
+        self.rank, self.world = distributed.init()
+        self.main = self.rank == 0
+        self.device = resolve_device(cfg.runtime)
+        self.amp = amp_dtype(cfg.runtime.amp, self.device)
+        self.train_rows, self.val_rows, counts = fold_tables(cfg, fold)
+        if len(self.train_rows) == 0 or len(self.val_rows) == 0:
+            raise TrainError(
+                f"fold {fold} leaves {len(self.train_rows)} training and {len(self.val_rows)} validation images; "
+                "run 'kseg split' with fewer folds"
+            )
+        self.counts = counts
+        self.class_pixels = counts.sum(0) if counts is not None else None
+        self.classes = list(cfg.data.classes)
+        self.spec = MaskSpec.from_config(cfg.data)
+        checkpoint = self._resume_checkpoint() if resume else None
+        self._build_model(checkpoint)
+        self._build_training()
+        self.progress = RunProgress()
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.train_model = self._wrapped_model()
+        self.predictor = Predictor([self.eval_model], PredictOptions.from_config(cfg), self.device, self.amp)
+
+    # ------------------------------------------------------------------------------------ setup
+
+    @property
+    def precision(self) -> str:
+        return PRECISION_NAMES[self.amp]
+
+    def _resume_checkpoint(self) -> dict[str, Any]:
+        last = self.work.last(self.fold)
+        if not last.is_file():
+            raise TrainError(
+                f"no checkpoint to resume: {last} does not exist; run 'kseg train --fold {self.fold}' without --resume"
+            )
+        checkpoint = load_checkpoint(last)
+        mismatch = checkpoint_mismatch(checkpoint, self.cfg)
+        if mismatch:
+            raise TrainError(f"{last} {mismatch}; resume with the same model and classes, or train without --resume")
+        if (checkpoint.get("ema_decay") is not None) != (self.cfg.train.ema is not None):
+            raise TrainError(
+                f"{last} was trained with train.ema {checkpoint.get('ema_decay')} and the config says "
+                f"{self.cfg.train.ema}; resume with the same train.ema, or train without --resume"
+            )
+        return checkpoint
+
+    def _build_model(self, checkpoint: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
+        model, self.weights_from = build_model(cfg.model, len(self.classes))
+        if checkpoint is not None:
+            # with EMA, "model" holds the averaged weights (what inference loads), "raw_model" the trained ones
+            model.load_state_dict(checkpoint.get("raw_model", checkpoint["model"]))
+            self.weights_from = f"resumed from {self.work.last(self.fold)} (epoch {checkpoint['epoch']})"
+        model.to(self.device)
+        if cfg.runtime.channels_last:  # faster on GPUs and, measured here, on CPUs too (scripts/bench_train.py)
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ema = None
+        if cfg.train.ema is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # BatchNorm statistics are averaged too (use_buffers), so the averaged model needs no recalibration
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+            if checkpoint is not None:
+                self.ema.module.load_state_dict(checkpoint["model"])
+                self.ema.n_averaged.fill_(checkpoint["ema_updates"])
+        self.eval_model = self.ema.module if self.ema is not None else model
+
+    def _build_training(self) -> None:
+        cfg = self.cfg
+        self.loss_fn = build_loss(cfg, self.class_pixels).to(self.device)
+        self.val_loss_fn = build_loss(cfg, self.class_pixels)  # on the CPU, where validation probabilities land
+        self.optimizer = build_optimizer(cfg.train, self.model)
+        self.dataset = TrainDataset(self.train_rows, cfg, train_transforms(cfg))
+        self.sample_weights = None
+        if cfg.train.sampling == "rare":
+            if self.counts is None:
+                raise TrainError("train.sampling: rare needs the class pixel counts of 'kseg split'; run it first")
+            self.sample_weights = rare_class_weights(self.counts)
+        steps_per_epoch = math.ceil(len(self.loader(0)) / cfg.train.accumulate)
+        self.scheduler = build_scheduler(cfg.train, self.optimizer, steps_per_epoch)
+        self.per_step = self.scheduler is not None and cfg.train.scheduler != "plateau"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        aug = cfg.train.augment
+        self.mixing = aug.cutmix > 0 or aug.copy_paste > 0
+        self.pasted = paste_classes(cfg, self.class_pixels) if aug.copy_paste > 0 else []
+
+    def loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """The training batches of one epoch (this rank's share)."""
+        cfg = self.cfg
+        return train_loader(
+            self.dataset,
+            batch_size=cfg.train.batch_size,
+            seed=cfg.train.seed,
+            epoch=epoch,
+            workers=loader_workers(cfg.runtime),
+            sample_weights=self.sample_weights,
+            rank=self.rank,
+            world=self.world,
+            pin_memory=pin_memory(cfg.runtime, self.device),
+        )
+
+    def _wrapped_model(self) -> nn.Module:
+        model: nn.Module = self.model
+        if self.cfg.runtime.compile and self.device.type == "cuda":
+            try:
+                model = torch.compile(model)  # type: ignore[assignment]
+            except Exception as exc:  # compile is an optimisation: never a reason to stop
+                self.note(f"torch.compile unavailable ({type(exc).__name__}); training uncompiled")
+        return distributed.wrap(model, self.device, self.world)
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Optimiser, scaler, scheduler, RNG and progress from a ``last.pt``."""
+        cfg = self.cfg
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.progress = RunProgress(
+            epoch=checkpoint["epoch"],
+            steps_done=checkpoint["steps_done"],
+            best_score=checkpoint["best_score"],
+            best_epoch=checkpoint["best_epoch"],
+            bad_epochs=checkpoint["bad_epochs"],
+            history=checkpoint["history"],
+        )
+        if self.scheduler is not None:
+            if checkpoint["total_epochs"] == cfg.train.epochs or not self.per_step:
+                self.scheduler.load_state_dict(checkpoint["scheduler"])
+            else:  # train.epochs changed: the schedule is stretched to the new length from where it was
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for _ in range(checkpoint["steps_done"]):
+                        self.scheduler.step()
+                self.note(
+                    f"train.epochs changed {checkpoint['total_epochs']} -> {cfg.train.epochs}: schedule stretched"
+                )
+        rng = checkpoint.get("rng", {})
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    def prepare_outputs(self) -> None:
+        """The fold folder, its resolved config and the OOF truth (rank 0)."""
+        cfg = self.cfg
+        if not self.main:
+            return
+        self.work.fold_dir(self.fold).mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, self.work.fold_config(self.fold))
+        if cfg.train.save_oof and not self.work.oof_masks(self.fold).is_file():
+            masks, table = oof_truth(self.val_rows, self.spec, (cfg.data.image_size[0], cfg.data.image_size[1]))
+            self.work.write_oof_truth(self.fold, masks, table)
+
+    # ------------------------------------------------------------------------------------ steps
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        """One pass over the training batches. Returns ``(mean loss over every rank, images per second)``."""
+        cfg = self.cfg
+        seed_everything(cfg.train.seed * 1000 + epoch)
+        loader = self.loader(epoch)
+        self.train_model.train()
+        running, seen, t0 = 0.0, 0, time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        n_batches = len(loader)
+        for step, (images, masks) in enumerate(loader):
+            loss = self._forward_backward(images, masks)
+            if (step + 1) % cfg.train.accumulate == 0 or step + 1 == n_batches:
+                self._optimizer_step()
+            running += float(loss.detach()) * len(images)
+            seen += len(images)
+            if self.on_step and self.main:
+                speed = seen * self.world / max(time.perf_counter() - t0, 1e-9)
+                self.on_step(epoch, step + 1, n_batches, running / seen, speed)
+        images_per_s = seen * self.world / max(time.perf_counter() - t0, 1e-9)
+        return distributed.mean_over_ranks(running, seen, self.world), images_per_s
+
+    def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        aug = self.cfg.train.augment
+        if self.mixing:  # batch-level augmentations, on the CPU tensors, from the epoch-seeded generator
+            images, masks = cutmix(images, masks, aug.cutmix)
+            images, masks = copy_paste(images, masks, aug.copy_paste, self.pasted)
+        images = images.to(self.device, non_blocking=True)
+        masks = masks.to(self.device, non_blocking=True)
+        if self.cfg.runtime.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            logits = self.train_model(images)
+        loss = self.loss_fn(logits, masks)
+        self.scaler.scale(loss / self.cfg.train.accumulate).backward()
+        return loss
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.train.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.steps_done += 1
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        if self.per_step:
+            self.scheduler.step()
+
+    def validate(self, epoch: int, train_loss: float, images_per_s: float, started: float) -> EpochStats:
+        """Score the held-out fold (rank 0); keeps its OOF probabilities when the epoch is the best so far."""
+        cfg = self.cfg
+        self.eval_model.eval()
+        oof: Any = None  # a numpy memmap
+        if cfg.train.save_oof:
+            oof = self.work.open_oof(self.fold, (len(self.val_rows), len(self.classes), *cfg.data.image_size))
+        channels = cfg.model.in_channels
+        val_loss, counts = evaluate(
+            self.predictor, self.val_rows, self.spec, self.val_loss_fn, channels=channels, oof=oof
+        )
+        score, class_dice, class_iou = summarize(counts, self.classes)
+        accuracy, precision, recall = pixel_metrics(counts)
+        improved = score > self.progress.best_score
+        if oof is not None:
+            oof.flush()
+            del oof
+            self.work.commit_oof(self.fold, keep=improved)
+        if improved:
+            self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = score, epoch + 1, 0
+        else:
+            self.progress.bad_epochs += 1
+        return EpochStats(
+            epoch + 1,
+            self.optimizer.param_groups[0]["lr"],
+            train_loss,
+            val_loss,
+            score,
+            class_dice,
+            class_iou,
+            images_per_s,
+            time.perf_counter() - started,
+            improved,
+            accuracy,
+            dict(zip(self.classes, precision.tolist(), strict=True)),
+            dict(zip(self.classes, recall.tolist(), strict=True)),
+        )
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        """Everything ``last.pt`` needs for an exact resume (and ``best.pt`` for inference)."""
+        p = self.progress
+        state = {
+            "model": self.eval_model.state_dict() if self.ema is not None else unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch + 1,
+            "total_epochs": self.cfg.train.epochs,
+            "steps_done": p.steps_done,
+            "best_score": p.best_score,
+            "best_epoch": p.best_epoch,
+            "bad_epochs": p.bad_epochs,
+            "history": p.history,
+            "config": self.cfg.model_dump(mode="json"),
+            "classes": self.classes,
+            "fold": self.fold,
+            "kseg_version": __version__,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+        if self.ema is not None:
+            state["raw_model"] = unwrap(self.model).state_dict()
+            state["ema_decay"] = self.cfg.train.ema
+            state["ema_updates"] = int(self.ema.n_averaged)
+        return state
+
+    def save(self, epoch: int, best: bool) -> None:
+        """``best.pt`` (when the epoch is the best), ``last.pt``, ``metrics.csv`` and ``curves.png``."""
+        state = self.state(epoch)
+        if best:
+            save_checkpoint(self.work.best(self.fold), state)
+        save_checkpoint(self.work.last(self.fold), state)
+        table = pd.DataFrame(self.progress.history)
+        self.work.write_metrics(self.fold, table)
+        training_curves(table, self.work.curves(self.fold), self.fold)
+
+    def share_progress(self) -> None:
+        """Rank 0's history and best-so-far on every rank."""
+        p = self.progress
+        p.history = distributed.broadcast(p.history, self.rank, self.world)
+        p.best_score, p.best_epoch, p.bad_epochs = distributed.broadcast(
+            (p.best_score, p.best_epoch, p.bad_epochs), self.rank, self.world
+        )
+
+    def result(self, stopped_early: bool) -> FoldResult:
+        p = self.progress
+        return FoldResult(
+            fold=self.fold,
+            dir=self.work.fold_dir(self.fold),
+            best_epoch=p.best_epoch,
+            best_score=p.best_score,
+            epochs_done=len(p.history),
+            stopped_early=stopped_early,
+            metrics=pd.DataFrame(p.history),
+            weights_from=self.weights_from,
+            device=str(self.device),
+            precision=self.precision,
+        )

@@ -1,0 +1,210 @@
+"""RLE decoding: many rows tokenised at once (SWAR digit parsing), runs painted into masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from kseg.rle.pixels import Order, check_order, thread_map, transpose
+
+# Byte masks keeping the last ``nd`` of 8 bytes, low nibbles only (ASCII digit -> value).
+_NIBBLES = np.array([sum(0x0F << (8 * b) for b in range(8 - nd, 8)) for nd in range(9)], dtype=np.uint64)
+
+
+def _parse8(data: np.ndarray, last: np.ndarray, n_digits: np.ndarray) -> np.ndarray:
+    """Values of digit tokens of at most 8 digits ending at byte ``last``, eight bytes at a time.
+
+    Each token's last 8 bytes are read as one little-endian uint64 (an unaligned view), leading bytes
+    are masked off, and the digits are combined pairwise with three multiply-shift steps (SWAR).
+    """
+    padded = np.zeros(len(data) + 8, dtype=np.uint8)
+    padded[8:] = data
+    windows = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
+    x = windows[last + 1]  # bytes data[last - 7 .. last]
+    x &= _NIBBLES[np.minimum(n_digits, 8)]
+    x = ((x * np.uint64(10 * 256 + 1)) >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)
+    x = ((x * np.uint64(100 * 65536 + 1)) >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)
+    x = (x * np.uint64(10000 * 2**32 + 1)) >> np.uint64(32)
+    return x.astype(np.int64)
+
+
+def parse_rows(rows: Sequence[str], empty: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenise many RLE strings at once.
+
+    Args:
+        rows: RLE strings; a row equal to ``empty`` (after stripping) has no tokens.
+        empty: The empty-mask token.
+
+    Returns:
+        ``(numbers, row_of_number, bad_rows)``: every integer token in order (int64), the row it came
+        from, and the sorted indices of rows holding anything but ASCII digits and spaces (their
+        tokens are dropped). Numbers of more than 18 digits (never pixel numbers) are returned as -1.
+    """
+    texts = ["" if r is None or r.strip() == empty else r for r in rows]
+    try:
+        blob = "\n".join(texts).encode("ascii")
+    except UnicodeEncodeError:
+        blob = "\n".join(t if t.isascii() else "\x00" for t in texts).encode("ascii")
+    data = np.frombuffer(blob, dtype=np.uint8)
+    none = np.zeros(0, np.int64)
+    if data.size == 0:
+        return none, none, none
+    newlines = np.flatnonzero(data == 10)
+    digit = (data - np.uint8(48)) < 10
+    other = ~(digit | (data == 10) | (data == 32))
+    bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other))) if other.any() else none
+    edges = np.diff(digit.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    first = np.flatnonzero(edges == 1)
+    last = np.flatnonzero(edges == -1) - 1
+    n_digits = last - first + 1
+    values = _parse8(data, last, n_digits)
+    long = np.flatnonzero(n_digits > 8)
+    for i in long.tolist():  # rare: 9+ digit numbers (images above 100 megapixels, or garbage)
+        token = blob[first[i] : last[i] + 1]
+        values[i] = int(token) if len(token) <= 18 else -1
+    per_row = np.diff(np.searchsorted(first, newlines), prepend=0, append=len(first))  # one search per row
+    row = np.repeat(np.arange(len(per_row)), per_row)
+    if len(bad_rows):
+        keep = ~np.isin(row, bad_rows)
+        values, row = values[keep], row[keep]
+    return values, row.astype(np.int64), bad_rows.astype(np.int64)
+
+
+def _pairs(rle: str, empty: str) -> tuple[np.ndarray, np.ndarray]:
+    numbers, _, bad = parse_rows([rle], empty)
+    if len(bad) or len(numbers) % 2 or (numbers < 1).any():
+        raise ValueError(f"RLE {rle[:40]!r} is not pairs of positive integers")
+    return numbers[0::2], numbers[1::2]
+
+
+def decode(rle: str, shape: tuple[int, int], order: Order = "column", empty: str = "") -> np.ndarray:
+    """Binary mask from an RLE string.
+
+    Shape:
+        Returns ``shape`` = ``(H, W)`` uint8 of 0/1.
+
+    Raises:
+        ValueError: If the string is not ``start length`` pairs inside the mask.
+    """
+    check_order(order)
+    height, width = shape
+    starts, lengths = _pairs(rle, empty)
+    size = height * width
+    if len(starts) and (starts + lengths - 1).max() > size:
+        raise ValueError(f"RLE {rle[:40]!r} runs past the last pixel {size} of a {height}x{width} mask")
+    delta = np.zeros(size + 1, dtype=np.int32)
+    np.add.at(delta, starts - 1, 1)
+    np.add.at(delta, starts - 1 + lengths, -1)
+    flat = (np.cumsum(delta[:-1]) > 0).astype(np.uint8)
+    return transpose(flat.reshape(width, height)) if order == "column" else flat.reshape(height, width)
+
+
+def decode_labels(
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    labels: np.ndarray,
+    shape: tuple[int, int],
+    order: Order = "column",
+    fill: int = 0,
+) -> np.ndarray:
+    """Label map from the runs of several classes of one image (runs must not overlap).
+
+    Args:
+        starts: 1-based run starts (any order).
+        lengths: Run lengths.
+        labels: Class of each run (0-254).
+        shape: ``(H, W)``.
+        order: Pixel numbering.
+        fill: Label of pixels no run covers.
+
+    Shape:
+        Returns ``(H, W)`` uint8.
+
+    Raises:
+        ValueError: If runs overlap or fall outside the mask.
+    """
+    height, width = shape
+    size = height * width
+    starts = np.asarray(starts, dtype=np.int64) - 1
+    ends = starts + np.asarray(lengths, dtype=np.int64)
+    if len(starts) and (starts.min() < 0 or ends.max() > size):
+        raise ValueError(f"runs fall outside the {height}x{width} mask")
+    if not len(starts):
+        out = np.full(size, fill, dtype=np.uint8)
+    else:
+        by_start = np.argsort(starts, kind="stable")
+        starts, ends = starts[by_start], ends[by_start]
+        gaps = np.empty(len(starts) + 1, dtype=np.int64)
+        gaps[0] = starts[0]
+        gaps[1:-1] = starts[1:] - ends[:-1]
+        gaps[-1] = size - ends[-1]
+        if (gaps < 0).any():
+            raise ValueError("runs of different rows claim the same pixel; a pixel can have one class only")
+        # Segments alternate gap, run, gap, ..., gap: one np.repeat writes every pixel once.
+        values = np.full(2 * len(starts) + 1, fill, dtype=np.uint8)
+        values[1::2] = np.asarray(labels)[by_start]
+        counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
+        counts[0::2] = gaps
+        counts[1::2] = ends - starts
+        out = np.repeat(values, counts)
+    return transpose(out.reshape(width, height)) if order == "column" else out.reshape(height, width)
+
+
+def decode_batch(
+    rows: Sequence[str],
+    row_image: np.ndarray,
+    row_class: np.ndarray,
+    shapes: np.ndarray,
+    order: Order = "column",
+    empty: str = "",
+    fill: int = 0,
+    threads: int | None = None,
+) -> list[np.ndarray]:
+    """Label maps of many images from their RLE rows (the inverse of ``encode_batch``).
+
+    Args:
+        rows: One RLE string per row.
+        row_image: Image index of each row. Shape ``(R,)``.
+        row_class: Class of each row. Shape ``(R,)``.
+        shapes: ``(H, W)`` of each image. Shape ``(n_images, 2)``.
+        order: Pixel numbering.
+        empty: The empty-mask token.
+        fill: Label of pixels that no row claims.
+        threads: Worker threads (default: the number of CPU cores).
+
+    Returns:
+        One ``(H, W)`` uint8 label map per image.
+
+    Raises:
+        ValueError: On malformed rows, runs outside an image, or a pixel claimed by two rows.
+    """
+    check_order(order)
+    row_image = np.asarray(row_image)
+    row_class = np.asarray(row_class)
+    by_image = np.argsort(row_image, kind="stable")
+    bounds = np.searchsorted(row_image[by_image], np.arange(len(shapes) + 1))
+    chunk = 8  # images tokenised together: small arrays stay in cache, chunks run in parallel
+
+    def work(first: int) -> list[np.ndarray]:
+        images = range(first, min(first + chunk, len(shapes)))
+        mine = by_image[bounds[first] : bounds[images[-1] + 1]]
+        numbers, row_of, bad = parse_rows([rows[r] for r in mine], empty)
+        if len(bad):
+            r = int(mine[bad[0]])
+            raise ValueError(f"row {r} is not space-separated integers: {rows[r][:40]!r}")
+        counts = np.bincount(row_of, minlength=len(mine))
+        if (counts % 2).any():
+            raise ValueError(f"row {int(mine[np.flatnonzero(counts % 2)[0]])} has an odd number of values")
+        if (numbers < 1).any():
+            raise ValueError("run starts and lengths must be positive integers")
+        pair_row = mine[row_of[0::2]]
+        pair_image = row_image[pair_row]
+        starts, lengths, classes = numbers[0::2], numbers[1::2], row_class[pair_row]
+        edges = np.searchsorted(pair_image, np.arange(first, images[-1] + 2))  # rows come grouped by image
+        return [
+            decode_labels(starts[a:b], lengths[a:b], classes[a:b], tuple(shapes[i]), order, fill)
+            for i, a, b in zip(images, edges[:-1], edges[1:], strict=True)
+        ]
+
+    return [label for part in thread_map(work, range(0, len(shapes), chunk), threads) for label in part]
