@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from kseg.config import Config
+from kseg.config import AugmentConfig, Config
 from kseg.data import MaskSpec, read_image, read_mask
 from kseg.errors import DataError
 
@@ -69,13 +69,15 @@ def normalize(image: np.ndarray, mean: list[float], std: list[float]) -> torch.T
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 
-def train_transforms(cfg: Config) -> A.Compose:
-    """Crop or resize to ``data.image_size`` then the enabled augmentations."""
-    height, width = cfg.data.image_size
-    aug = cfg.train.augment
-    ignore = cfg.data.ignore_index
+def train_transforms(
+    size: tuple[int, int], aug: AugmentConfig, *, crop: str = "resize", ignore_index: int = 255, seed: int = 0
+) -> A.Compose:
+    """Crop (``random_crop``, padded with ``ignore_index``) or ``resize`` to ``size``, then the enabled
+    augmentations (``train.augment``), seeded by ``seed``."""
+    height, width = size
+    ignore = ignore_index
     steps: list = []
-    if cfg.train.crop == "resize":
+    if crop == "resize":
         steps.append(A.Resize(height, width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
     else:
         steps += [
@@ -112,7 +114,7 @@ def train_transforms(cfg: Config) -> A.Compose:
                 p=aug.coarse_dropout,
             )
         )
-    return A.Compose(steps, seed=cfg.train.seed)
+    return A.Compose(steps, seed=seed)
 
 
 class TrainDataset(Dataset):
@@ -122,24 +124,62 @@ class TrainDataset(Dataset):
         Items are ``(image (C, H, W) float32, mask (H, W) int64)``.
     """
 
-    def __init__(self, samples: pd.DataFrame, cfg: Config, transform: A.Compose | None):
+    def __init__(
+        self,
+        samples: pd.DataFrame,
+        spec: MaskSpec,
+        transform: A.Compose | None,
+        *,
+        mean: list[float],
+        std: list[float],
+        per_image: bool = False,
+        channels: int = 3,
+        seed: int = 0,
+        scale: float = 1.0,
+        repeat: int = 1,
+        cache: bool = False,
+    ):
         self.images = samples["image"].tolist()
         self.masks = samples["mask"].tolist()
-        self.spec = MaskSpec.from_config(cfg.data)
+        self.spec = spec
         self.transform = transform
-        self.mean, self.std = cfg.data.mean, cfg.data.std
-        self.per_image = cfg.data.normalize == "per_image"
-        self.channels = cfg.model.in_channels
-        self.seed = cfg.train.seed
-        self.scale = cfg.data.scale
-        self.repeat = cfg.train.repeat
+        self.mean, self.std = mean, std
+        self.per_image = per_image
+        self.channels = channels
+        self.seed = seed
+        self.scale = scale
+        self.repeat = repeat
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
-        if cfg.train.cache:  # filled here, before loader workers fork, so they share it
+        if cache:  # filled here, before loader workers fork, so they share it
             self.cache = {i: self._read(i) for i in range(len(self.images))}
             for arrays in self.cache.values():
                 for array in arrays:
                     array.setflags(write=False)  # shared: an in-place change must fail, not spread
         self.epoch = 0
+
+    @classmethod
+    def from_config(cls, samples: pd.DataFrame, cfg: Config) -> TrainDataset:
+        """The training set of ``cfg``: its mask spec, normalisation, scale, repeats, cache and augmentations."""
+        transform = train_transforms(
+            cfg.data.image_size,
+            cfg.train.augment,
+            crop=cfg.train.crop,
+            ignore_index=cfg.data.ignore_index,
+            seed=cfg.train.seed,
+        )
+        return cls(
+            samples,
+            MaskSpec.from_config(cfg.data),
+            transform,
+            mean=cfg.data.mean,
+            std=cfg.data.std,
+            per_image=cfg.data.normalize == "per_image",
+            channels=cfg.model.in_channels,
+            seed=cfg.train.seed,
+            scale=cfg.data.scale,
+            repeat=cfg.train.repeat,
+            cache=cfg.train.cache,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -280,19 +320,18 @@ def copy_paste(
     return images, masks
 
 
-def paste_classes(cfg: Config, class_pixels: np.ndarray | None) -> list[int]:
-    """Class indices for copy-paste: ``train.augment.copy_paste_classes`` by name, or by default the
+def paste_classes(names: list[str] | None, classes: list[str], class_pixels: np.ndarray | None) -> list[int]:
+    """Class indices for copy-paste: ``names`` (``train.augment.copy_paste_classes``), or by default the
     classes whose share of the training pixels is below the median (all but class 0 without counts)."""
-    names = cfg.train.augment.copy_paste_classes
     if names is not None:
-        unknown = [n for n in names if n not in cfg.data.classes]
+        unknown = [n for n in names if n not in classes]
         if unknown:
             raise DataError(
                 f"train.augment.copy_paste_classes names {unknown[0]!r}, which is not in data.classes "
-                f"{cfg.data.classes}; use class names from there"
+                f"{classes}; use class names from there"
             )
-        return [cfg.data.classes.index(n) for n in names]
-    k = len(cfg.data.classes)
+        return [classes.index(n) for n in names]
+    k = len(classes)
     if class_pixels is None or class_pixels.sum() == 0:
         return list(range(1, k))
     share = class_pixels / class_pixels.sum()

@@ -33,11 +33,10 @@ from kseg.dataset import (
     paste_classes,
     rare_class_weights,
     train_loader,
-    train_transforms,
 )
 from kseg.errors import TrainError
 from kseg.evaluation import EpochStats, evaluate, oof_truth, summarize
-from kseg.losses import build_loss
+from kseg.losses import loss_from_config
 from kseg.metrics import pixel_metrics
 from kseg.models import build_model
 from kseg.optim import build_optimizer, build_scheduler
@@ -206,10 +205,10 @@ class FoldRun:
 
     def _build_training(self) -> None:
         cfg = self.cfg
-        self.loss_fn = build_loss(cfg, self.class_pixels).to(self.device)
-        self.val_loss_fn = build_loss(cfg, self.class_pixels)  # on the CPU, where validation probabilities land
+        self.loss_fn = loss_from_config(cfg, self.class_pixels).to(self.device)
+        self.val_loss_fn = loss_from_config(cfg, self.class_pixels)  # on the CPU, where validation probabilities land
         self.optimizer = build_optimizer(cfg.train, self.model)
-        self.dataset = TrainDataset(self.train_rows, cfg, train_transforms(cfg))
+        self.dataset = TrainDataset.from_config(self.train_rows, cfg)
         self.sample_weights = None
         if cfg.train.sampling == "rare":
             if self.counts is None:
@@ -221,7 +220,9 @@ class FoldRun:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         aug = cfg.train.augment
         self.mixing = aug.cutmix > 0 or aug.copy_paste > 0
-        self.pasted = paste_classes(cfg, self.class_pixels) if aug.copy_paste > 0 else []
+        self.pasted = (
+            paste_classes(aug.copy_paste_classes, self.classes, self.class_pixels) if aug.copy_paste > 0 else []
+        )
 
     def loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """The training batches of one epoch (this rank's share)."""

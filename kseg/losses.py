@@ -53,29 +53,30 @@ class _Fp32(nn.Module):
             return self.loss(logits.float(), target)
 
 
-def _dice(cfg: Config, weight: torch.Tensor | None) -> nn.Module:
+def _dice(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
     from segmentation_models_pytorch.losses import DiceLoss
 
-    return _Fp32(DiceLoss(mode="multiclass", from_logits=True, ignore_index=cfg.data.ignore_index))
+    return _Fp32(DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index))
 
 
-def _focal(cfg: Config, weight: torch.Tensor | None) -> nn.Module:
+def _focal(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
     from segmentation_models_pytorch.losses import FocalLoss
 
-    return _Fp32(FocalLoss(mode="multiclass", ignore_index=cfg.data.ignore_index))
+    return _Fp32(FocalLoss(mode="multiclass", ignore_index=ignore_index))
 
 
-def _lovasz(cfg: Config, weight: torch.Tensor | None) -> nn.Module:
+def _lovasz(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
     from segmentation_models_pytorch.losses import LovaszLoss
 
-    return _Fp32(LovaszLoss(mode="multiclass", ignore_index=cfg.data.ignore_index))
+    return _Fp32(LovaszLoss(mode="multiclass", ignore_index=ignore_index))
 
 
-def _ce(cfg: Config, weight: torch.Tensor | None) -> nn.Module:
-    return CrossEntropy(cfg.data.ignore_index, weight, cfg.train.label_smoothing)
+def _ce(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+    return CrossEntropy(ignore_index, weight, label_smoothing)
 
 
-LOSSES: dict[str, Callable[[Config, torch.Tensor | None], nn.Module]] = {
+# name -> constructor(ignore_index, class weights or None, label smoothing); only ce uses the last two
+LOSSES: dict[str, Callable[[int, torch.Tensor | None, float], nn.Module]] = {
     "ce": _ce,
     "dice": _dice,
     "focal": _focal,
@@ -122,19 +123,40 @@ def class_weights(pixels: np.ndarray, how: str) -> torch.Tensor | None:
     return torch.tensor(weight / weight.mean(), dtype=torch.float32)
 
 
-def build_loss(cfg: Config, class_pixels: np.ndarray | None = None) -> WeightedSum:
-    """The loss of ``cfg.train.loss``.
+def build_loss(
+    terms: dict[str, float],
+    *,
+    ignore_index: int,
+    class_weighting: str = "none",
+    label_smoothing: float = 0.0,
+    class_pixels: np.ndarray | None = None,
+) -> WeightedSum:
+    """A weighted sum of named loss terms.
 
     Args:
-        cfg: The experiment config.
+        terms: Loss names from ``LOSSES`` to weights (``train.loss``).
+        ignore_index: Target value of pixels to leave out.
+        class_weighting: ``none``, ``inverse`` or ``sqrt_inverse`` cross-entropy class weights.
+        label_smoothing: Cross-entropy label smoothing.
         class_pixels: Training pixels per class (from ``kseg split``), needed for class weights.
     """
-    unknown = [name for name in cfg.train.loss if name not in LOSSES]
+    unknown = [name for name in terms if name not in LOSSES]
     if unknown:
         raise ConfigError(f"train.loss names {unknown[0]!r}, which is no loss; choose from {', '.join(LOSSES)}")
     weight = None
-    if cfg.train.class_weights != "none":
+    if class_weighting != "none":
         if class_pixels is None:
             raise ConfigError("train.class_weights needs the class pixel counts of 'kseg split'; run it first")
-        weight = class_weights(class_pixels, cfg.train.class_weights)
-    return WeightedSum({name: (w, LOSSES[name](cfg, weight)) for name, w in cfg.train.loss.items()})
+        weight = class_weights(class_pixels, class_weighting)
+    return WeightedSum({name: (w, LOSSES[name](ignore_index, weight, label_smoothing)) for name, w in terms.items()})
+
+
+def loss_from_config(cfg: Config, class_pixels: np.ndarray | None = None) -> WeightedSum:
+    """The loss of ``cfg.train.loss`` (``build_loss`` with the config's values)."""
+    return build_loss(
+        cfg.train.loss,
+        ignore_index=cfg.data.ignore_index,
+        class_weighting=cfg.train.class_weights,
+        label_smoothing=cfg.train.label_smoothing,
+        class_pixels=class_pixels,
+    )

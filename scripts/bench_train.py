@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from kseg.config import build_config
-from kseg.dataset import TrainDataset, train_loader, train_transforms
-from kseg.losses import build_loss
+from kseg.dataset import TrainDataset, train_loader
+from kseg.losses import loss_from_config
 from kseg.models import build_model
 from kseg.optim import build_optimizer
 from kseg.runtime import loader_workers
@@ -38,7 +38,7 @@ def step_rate(device: torch.device, amp: bool, batch: int, steps: int, cfg, chan
     model.to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg).to(device)
+    loss_fn = loss_from_config(cfg).to(device)
     optimizer = build_optimizer(cfg.train, model)
     dtype = (
         (torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16) if amp else None
@@ -73,7 +73,7 @@ def loader_rate(cfg, root: Path, batch: int, batches: int) -> float:
     from kseg.data import list_samples
 
     samples = list_samples(cfg.data, "train")
-    dataset = TrainDataset(samples, cfg, train_transforms(cfg))
+    dataset = TrainDataset.from_config(samples, cfg)
     workers = loader_workers(cfg.runtime)
     loader = train_loader(dataset, batch_size=cfg.train.batch_size, seed=cfg.train.seed, epoch=0, workers=workers)
     it = iter(loader)

@@ -93,12 +93,12 @@ def score_folds(cfg, others: list, chosen: list[int], tta: str, group: re.Patter
     from kseg.data import ID, MaskSpec
     from kseg.ensemble import load_ensemble
     from kseg.evaluation import evaluate, summarize
-    from kseg.losses import build_loss
+    from kseg.losses import loss_from_config
     from kseg.predictor import Predictor
     from kseg.runtime import resolve_device
     from kseg.train import fold_tables
 
-    loss_fn = build_loss(cfg, None)
+    loss_fn = loss_from_config(cfg)
     device = resolve_device(cfg.runtime)
     spec = MaskSpec.from_config(cfg.data)
     started = time.perf_counter()

@@ -4,7 +4,7 @@ import torch
 
 from kseg.config import load_config
 from kseg.data import list_samples
-from kseg.dataset import TrainDataset, rare_class_weights, rescale, train_transforms
+from kseg.dataset import TrainDataset, rare_class_weights, rescale
 from kseg.errors import DataError
 
 ALL_AUG = [
@@ -19,7 +19,7 @@ ALL_AUG = [
 
 def _dataset(comp, *extra):
     cfg = load_config(comp / "kseg.yaml", list(extra))
-    return TrainDataset(list_samples(cfg.data), cfg, train_transforms(cfg))
+    return TrainDataset.from_config(list_samples(cfg.data), cfg)
 
 
 def _same(a, b):

@@ -61,13 +61,14 @@ def test_copy_paste_moves_a_chosen_class_with_its_pixels():
 def test_paste_classes_default_and_by_name(comp):
     cfg = load_config(comp / "kseg.yaml")
     pixels = np.array([1000, 500, 40, 30, 200, 1])
-    assert paste_classes(cfg, pixels) == [2, 3, 5]  # below the median share
-    assert paste_classes(cfg, None) == [1, 2, 3, 4, 5]
+    classes = cfg.data.classes
+    assert paste_classes(None, classes, pixels) == [2, 3, 5]  # below the median share
+    assert paste_classes(None, classes, None) == [1, 2, 3, 4, 5]
     named = load_config(comp / "kseg.yaml", ["train.augment.copy_paste_classes=[car, water]"])
-    assert paste_classes(named, pixels) == [5, 4]
+    assert paste_classes(named.train.augment.copy_paste_classes, classes, pixels) == [5, 4]
     bad = load_config(comp / "kseg.yaml", ["train.augment.copy_paste_classes=[boat]"])
     with pytest.raises(DataError, match="names 'boat', which is not in data.classes"):
-        paste_classes(bad, pixels)
+        paste_classes(bad.train.augment.copy_paste_classes, classes, pixels)
 
 
 def test_pixel_metrics_by_hand():

@@ -96,7 +96,7 @@ def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     """The best weights, predicted through the same path, give the metrics file's best Dice."""
     from kseg.data import MaskSpec
     from kseg.evaluation import evaluate, summarize
-    from kseg.losses import build_loss
+    from kseg.losses import loss_from_config
     from kseg.models import build_model
     from kseg.predictor import Predictor
     from kseg.train import fold_tables
@@ -107,7 +107,10 @@ def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     model.eval()
     _, val, _ = fold_tables(cfg, 0)
     _, counts = evaluate(
-        Predictor.from_config([model], cfg, torch.device("cpu")), val, MaskSpec.from_config(cfg.data), build_loss(cfg)
+        Predictor.from_config([model], cfg, torch.device("cpu")),
+        val,
+        MaskSpec.from_config(cfg.data),
+        loss_from_config(cfg),
     )
     assert summarize(counts, cfg.data.classes)[0] == pytest.approx(trained.best_score, abs=1e-12)
 
@@ -321,7 +324,7 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
     """train.ema: the averaged weights are what validation scores and inference loads; resume is exact."""
     from kseg.data import MaskSpec
     from kseg.evaluation import evaluate, summarize
-    from kseg.losses import build_loss
+    from kseg.losses import loss_from_config
     from kseg.models import build_model
     from kseg.predictor import Predictor
     from kseg.train import fold_tables
@@ -339,7 +342,10 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
     model.eval()
     _, val, _ = fold_tables(cfg, 1)
     _, counts = evaluate(
-        Predictor.from_config([model], cfg, torch.device("cpu")), val, MaskSpec.from_config(cfg.data), build_loss(cfg)
+        Predictor.from_config([model], cfg, torch.device("cpu")),
+        val,
+        MaskSpec.from_config(cfg.data),
+        loss_from_config(cfg),
     )
     assert summarize(counts, cfg.data.classes)[0] == pytest.approx(full.best_score, abs=1e-12)
 
