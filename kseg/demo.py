@@ -121,7 +121,9 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
         written = write_submission(cfg, on_progress=progress)
         report_check = validate_file(written.path, cfg)
         score = score_file(written.path, cfg).score
-        empty = score_file(cfg.data.root / str(cfg.submission.sample), cfg).score
+        sample = cfg.sample_path
+        assert sample is not None  # the synthetic competition ships its sample submission
+        empty = score_file(sample, cfg).score
     rep.note(written.note)
     pictures = {
         "training curves": [WorkDir(cfg.workdir).curves(f) for f in range(cfg.split.n_folds)],

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from kseg.config import Config
 from kseg.errors import TrainError
+from kseg.workdir import WorkDir
 
 
 class Tracker(Protocol):
@@ -89,15 +90,15 @@ class WandbTracker:
         self.run.finish()
 
 
-def open_trackers(cfg: Config, fold: int, fold_dir: Path) -> list[Tracker]:
+def open_trackers(cfg: Config, fold: int, workdir: WorkDir) -> list[Tracker]:
     """The trackers ``train.log`` asks for (none by default)."""
     trackers: list[Tracker] = []
     try:
         for name in dict.fromkeys(cfg.train.log):
             if name == "tensorboard":
-                trackers.append(TensorBoardTracker(fold_dir / "tensorboard", cfg))
+                trackers.append(TensorBoardTracker(workdir.tensorboard(fold), cfg))
             else:
-                trackers.append(WandbTracker(cfg, fold, fold_dir))
+                trackers.append(WandbTracker(cfg, fold, workdir.fold_dir(fold)))
     except BaseException:
         for tracker in trackers:
             tracker.close()

@@ -71,7 +71,7 @@ def train_fold(
         )
     if run.pasted:
         note("copy-paste classes: " + ", ".join(cfg.data.classes[c] for c in run.pasted))
-    trackers = open_trackers(cfg, fold, run.work.fold_dir(fold)) if run.main else []
+    trackers = open_trackers(cfg, fold, run.work) if run.main else []
     stopped_early = False
     try:
         for epoch in range(start, cfg.train.epochs):

@@ -143,10 +143,6 @@ class WorkDir:
         """Folds with out-of-fold probabilities (``oof.npy``)."""
         return self.folds_with("oof.npy")
 
-    def files(self, fold: int, pattern: str) -> list[Path]:
-        """Files of ``fold<N>/`` matching a glob pattern, sorted."""
-        return sorted(self.fold_dir(fold).glob(pattern))
-
     # ---------------------------------------------------------------------------- folds.csv
 
     def write_folds(self, table: pd.DataFrame) -> Path:
