@@ -58,11 +58,7 @@ def handled(debug: bool = False) -> Iterator[None]:
     except OSError as exc:
         if debug:
             raise
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        render.error_line(
-            f"{exc.strerror or exc}{where}; check the path, permissions and free disk space "
-            "(--debug shows the traceback)"
-        )
+        render.os_error(exc)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         render.err_console.print("[yellow]interrupted[/]")
@@ -167,6 +163,16 @@ def tile(
         with render.progress_bar("tile") as update:
             result = tile_raster(image, out, options, mask, ignore_index, on_progress=update)
     render.tile_result(result, options.size)
+
+
+@app.command("weights")
+def list_weights(debug: DebugOpt = False) -> None:
+    """List pretrained weights installed as packages, spelled as model.encoder_weights takes them."""
+    from kseg.weights import installed_weights
+
+    with handled(debug):
+        found = installed_weights()
+    render.installed_weights(found)
 
 
 @app.command("config")

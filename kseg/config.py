@@ -31,6 +31,7 @@ from kseg.schema import (
     SubmissionConfig,
     TileConfig,
     TrainConfig,
+    is_weights_file,
     parse_color,
 )
 
@@ -157,7 +158,7 @@ def build_config(tree: dict, base_dir: Path, source: str = "config", overrides: 
     cfg.data.root = _resolve(cfg.data.root, base_dir)
     cfg.submission.path = _resolve(cfg.submission.path, base_dir)
     weights = cfg.model.encoder_weights
-    if weights and (weights.lower().endswith((".pth", ".pt", ".bin", ".safetensors", ".ckpt")) or "/" in weights):
+    if weights and is_weights_file(weights) and not weights.startswith("pip:"):
         cfg.model.encoder_weights = str(_resolve(Path(weights), base_dir))
     if cfg.submission.predictions is not None:
         cfg.submission.predictions = _resolve(cfg.submission.predictions, base_dir)

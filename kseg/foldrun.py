@@ -52,6 +52,7 @@ from kseg.runtime import (
     seed_everything,
 )
 from kseg.scan import class_pixel_counts
+from kseg.weights import normalization_note
 from kseg.workdir import WorkDir
 
 StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, steps, loss, images/s
@@ -183,7 +184,10 @@ class FoldRun:
     def _build_model(self, checkpoint: dict[str, Any] | None) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)  # the initial weights are part of the run: same seed, same model
-        model, self.weights_from = build_model(cfg.model, len(self.classes))
+        model_cfg = cfg.model if checkpoint is None else cfg.model.model_copy(update={"encoder_weights": None})
+        model, source = build_model(model_cfg, len(self.classes))  # a resumed run takes its weights from last.pt
+        self.weights_from = str(source)
+        self.weights_note = normalization_note(source.report, cfg.data.mean, cfg.data.std)
         if checkpoint is not None:
             # with EMA, "model" holds the averaged weights (what inference loads), "raw_model" the trained ones
             model.load_state_dict(checkpoint.get("raw_model", checkpoint["model"]))

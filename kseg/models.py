@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,19 @@ from torch import nn
 
 from kseg.config import ModelConfig
 from kseg.errors import ModelError
+from kseg.schema import is_weights_file
+from kseg.weights import LoadReport, load_encoder, read_state_dict, weights_path
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+@dataclass
+class WeightsSource:
+    """Where a model's weights came from: one line for the user, and what loading a file found."""
+
+    line: str
+    report: LoadReport | None = None
+
+    def __str__(self) -> str:
+        return self.line
 
 
 def architectures() -> dict[str, type]:
@@ -71,11 +83,6 @@ def check_names(cfg: ModelConfig) -> type:
     return arch
 
 
-def is_weights_file(value: str | None) -> bool:
-    """Whether ``model.encoder_weights`` names a local file rather than a hub weights name."""
-    return value is not None and (value.lower().endswith(WEIGHT_SUFFIXES) or "/" in value or "\\" in value)
-
-
 def _create(cfg: ModelConfig, n_classes: int, weights: str | None, in_channels: int) -> nn.Module:
     arch = check_names(cfg)
     try:
@@ -104,35 +111,6 @@ def _create(cfg: ModelConfig, n_classes: int, weights: str | None, in_channels: 
         ) from None
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a weights file, unwrapped from checkpoint containers and DDP/compile prefixes."""
-    if not path.is_file():
-        raise ModelError(f"model.encoder_weights file {path} does not exist; check the path")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise ModelError(
-            f"model.encoder_weights file {path} cannot be read as weights ({type(exc).__name__}); "
-            "give a .pth/.pt state dict or a .safetensors file"
-        ) from None
-    for key in ("model", "state_dict", "model_state", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"model.encoder_weights file {path} holds no state dict of tensors; give a weights file")
-    out = {}
-    for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            key = key.removeprefix(prefix)
-        out[key] = value
-    return out
-
-
 def _best_prefix(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Re-key ``state`` to match ``target`` (adding or removing ``encoder.`` / ``model.`` prefixes)."""
     candidates = [state]
@@ -142,11 +120,12 @@ def _best_prefix(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
     return max(candidates, key=lambda c: sum(k in target for k in c))
 
 
-def load_local_weights(model_cfg: ModelConfig, n_classes: int, path: Path) -> tuple[nn.Module, str]:
-    """Build the model and fill it from a local weights file.
+def load_local_weights(model_cfg: ModelConfig, n_classes: int, path: Path) -> tuple[nn.Module, WeightsSource]:
+    """Build the model and fill it from a local weights file: a whole model's (a kseg or smp checkpoint)
+    or an encoder's (a classifier's, see ``kseg.weights``).
 
     Returns:
-        ``(model, what was loaded)``.
+        ``(model, where its weights came from)``.
     """
     state = read_state_dict(path)
     model = _create(model_cfg, n_classes, None, 3)
@@ -173,39 +152,23 @@ def load_local_weights(model_cfg: ModelConfig, n_classes: int, path: Path) -> tu
         keep = {k: v for k, v in full.items() if k in whole and k not in bad}
         model.load_state_dict(keep, strict=False)
         note = " (segmentation head re-initialised: other class count)" if head_only else ""
-        return model, f"whole model from {path}{note}"
+        return model, WeightsSource(f"whole model from {path}{note}")
     encoder: Any = model.encoder  # smp's encoder module (untyped)
-    encoder_state = encoder.state_dict()
-    enc = _best_prefix(state, encoder_state)
-    missing = [k for k in encoder_state if k not in enc and not k.endswith("num_batches_tracked")]
-    bad = [k for k in encoder_state if k in enc and enc[k].shape != encoder_state[k].shape]
-    # Tensors the encoder has no place for, other than a classifier head, mean another encoder's file.
-    heads = ("fc.", "classifier.", "head.", "last_linear.", "model.fc.", "model.classifier.", "model.head.")
-    extra = [
-        k for k in enc if k not in encoder_state and not k.startswith(heads) and not k.endswith("num_batches_tracked")
-    ]
-    if missing or bad or extra:
-        example = (missing or bad or extra)[0]
-        raise ModelError(
-            f"weights {path} do not fit encoder {model_cfg.encoder_name!r}: of its {len(encoder_state)} tensors "
-            f"{len(missing)} are missing and {len(bad)} have other shapes, and the file has {len(extra)} the encoder "
-            f"lacks (e.g. {example}); use weights made for {model_cfg.encoder_name} or change model.encoder_name"
-        )
-    encoder.load_state_dict({k: v for k, v in enc.items() if k in encoder_state}, strict=False)
+    report = load_encoder(encoder, model_cfg.encoder_name, path, state)
     if model_cfg.in_channels != 3:
         encoder.set_in_channels(model_cfg.in_channels, pretrained=True)
-    return model, f"encoder weights from {path}"
+    return model, WeightsSource(f"encoder weights: {report.line()}", report)
 
 
-def build_model(model_cfg: ModelConfig, n_classes: int) -> tuple[nn.Module, str]:
+def build_model(model_cfg: ModelConfig, n_classes: int) -> tuple[nn.Module, WeightsSource]:
     """The smp model of the config, with its encoder weights.
 
     Returns:
-        ``(model, a line saying where its weights came from)``.
+        ``(model, where its weights came from)``; ``str()`` of the second is one line for the user.
     """
     weights = model_cfg.encoder_weights
     if weights is not None and is_weights_file(weights):
-        return load_local_weights(model_cfg, n_classes, Path(weights))
+        return load_local_weights(model_cfg, n_classes, weights_path(weights))
     model = _create(model_cfg, n_classes, weights, model_cfg.in_channels)
     source = f"{weights} encoder weights" if weights else "random initialisation (encoder_weights: null)"
-    return model, source
+    return model, WeightsSource(source)

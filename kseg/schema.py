@@ -60,6 +60,17 @@ Token = Annotated[
 ]
 
 
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def is_weights_file(value: str | None) -> bool:
+    """Whether ``model.encoder_weights`` names a local file or a weights package (``pip:<name>``), not a
+    hub weights name such as ``imagenet``."""
+    if value is None:
+        return False
+    return value.lower().endswith(WEIGHT_SUFFIXES) or "/" in value or "\\" in value or value.startswith("pip:")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

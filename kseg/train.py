@@ -62,6 +62,8 @@ def train_fold(
         f"fold {fold}: {len(run.train_rows)} train / {len(run.val_rows)} validation images on {run.device} "
         f"({run.precision}{processes}); weights: {run.weights_from}"
     )
+    if run.weights_note:
+        note(run.weights_note)
     run.prepare_outputs()
     start = run.progress.epoch
     if start >= cfg.train.epochs:
