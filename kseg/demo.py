@@ -63,18 +63,28 @@ class DemoResult:
     pictures: dict[str, list[Path]] = field(default_factory=dict)
 
 
+DEMO_MARK = ".kseg-demo"  # written into a folder that kseg demo made; --force replaces only such folders
+
+
 def _prepare(out_dir: Path, force: bool) -> None:
+    """Make ``out_dir`` ready: new or empty, or (with ``force``) a previous demo, which is removed.
+
+    A previous demo is recognised by the mark file kseg writes when it creates one, never by its contents:
+    a competition folder with a kseg.yaml and a train.csv of the user's own is not a demo.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise KsegError(f"{out_dir} exists and is not a folder; choose another DIR for the demo")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        looks_like_demo = (out_dir / "kseg.yaml").is_file() and (out_dir / "train.csv").is_file()
         if not force:
             raise KsegError(f"{out_dir} is not empty; choose another DIR, or pass --force to replace a previous demo")
-        if not looks_like_demo:
+        if not (out_dir / DEMO_MARK).is_file():
             raise KsegError(
-                f"{out_dir} does not look like a kseg demo (no kseg.yaml and train.csv); --force only replaces demos"
+                f"{out_dir} was not made by kseg demo (it has no {DEMO_MARK} mark); --force only replaces a "
+                "previous demo: choose another DIR"
             )
         shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DEMO_MARK).write_text("made by kseg demo; 'kseg demo --force' may replace this folder\n")
 
 
 def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, force: bool = False) -> DemoResult:

@@ -9,9 +9,18 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(KsegError, match="is not empty; choose another DIR, or pass --force"):
         run_demo(tmp_path)
-    with pytest.raises(KsegError, match="does not look like a kseg demo"):
+    with pytest.raises(KsegError, match="was not made by kseg demo"):
         run_demo(tmp_path, force=True)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_force_never_removes_a_competition_folder_that_looks_like_a_demo(tmp_path):
+    """A user's competition folder (kseg.yaml, train.csv, their own files) is not a demo to replace."""
+    for name, text in (("kseg.yaml", "data: {classes: [a, b]}"), ("train.csv", "ImageID"), ("my_notes.md", "keep")):
+        (tmp_path / name).write_text(text)
+    with pytest.raises(KsegError, match="was not made by kseg demo"):
+        run_demo(tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kseg.yaml", "my_notes.md", "train.csv"]
 
 
 @pytest.mark.slow

