@@ -151,12 +151,12 @@ def tile(
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Cut a large GeoTIFF (and its mask raster) into tiles with windowed reads; needs kseg[geo]."""
+    """Cut a large GeoTIFF (and its mask raster) into tiles with windowed reads; needs kseg\\[geo]."""
     from kseg.config import tile_options
     from kseg.tile import tile_raster
 
     with handled(debug):
-        flags = {"size": size, "stride": stride, "bands": _numbers(bands, "--bands")}
+        flags = {"size": size, "stride": stride, "bands": _numbers(bands, "--bands", example="4,3,2")}
         # the flags are --set tile.* overrides, validated by the same rules
         flag_sets = [f"tile.{k}={v}" for k, v in flags.items() if v is not None]
         options, ignore_index = tile_options(config, [*(set_ or []), *flag_sets])
@@ -195,7 +195,7 @@ def submit(
         typer.Option("--predictions", help="Folder of <ImageID>.png label maps (default: <workdir>/predictions)."),
     ] = None,
     upload: Annotated[
-        bool, typer.Option("--upload", help="Send the validated file to Kaggle (needs kseg[kaggle]).")
+        bool, typer.Option("--upload", help="Send the validated file to Kaggle (needs kseg\\[kaggle]).")
     ] = False,
     competition: Annotated[str, typer.Option("--competition", help="Competition slug, for --upload.")] = "",
     message: Annotated[str, typer.Option("--message", "-m", help="Submission description, for --upload.")] = "kseg",
@@ -298,14 +298,13 @@ def train(
         render.training_results(results)
 
 
-def _numbers(text: str | None, what: str, kind: type = int) -> list | None:
+def _numbers(text: str | None, what: str, kind: type = int, example: str = "0,1,2") -> list | None:
     """A comma-separated option (``--folds 0,1``: whole numbers; ``kind=float``: any numbers)."""
     if text is None:
         return None
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        example = "0,1,2" if kind is int else "1,1,2"
         noun = "whole numbers" if kind is int else "numbers"
         raise KsegError(f"{what} {text!r} is not a comma-separated list of {noun}, e.g. {example}") from None
 
@@ -362,7 +361,7 @@ def infer(
         else:
             cfg = _config(config, set_)
             chosen = _numbers(folds, "--folds") or cfg.infer.folds
-            weights = _numbers(fold_weights, "--fold-weights", float) or cfg.infer.fold_weights
+            weights = _numbers(fold_weights, "--fold-weights", float, "1,1,2") or cfg.infer.fold_weights
             ensemble = load_ensemble(cfg, chosen, weights)
         cfg = ensemble.cfg
         tiles_dir = tiles_folder(images) if stitch is not None else None

@@ -187,6 +187,8 @@ def tile_options(path: Path | None, overrides: list[str] | None = None) -> tuple
 def find_config(path: Path | None) -> Path:
     """The config to use: ``path`` if given, else ``./kseg.yaml``."""
     if path is not None:
+        if Path(path).is_dir():
+            raise ConfigError(f"-c {path} is a folder; give the config file itself, e.g. -c {Path(path) / CONFIG_NAME}")
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist; check the path given to -c")
         return Path(path)

@@ -115,13 +115,30 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as RGB.
+    """Read an image as RGB. 8-bit images of any mode are converted by Pillow; 16-bit images are scaled to
+    8 bits (value / 257, so 65535 -> 255); 32-bit integer or float images are refused (store them as
+    ``.npy`` arrays, which are read as they are).
 
     Shape:
         Returns ``(H, W, 3)`` uint8.
     """
     image = _open(path, "image")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N") or (image.mode == "I" and _is_16_bit(image)):
+        gray = np.asarray(image, dtype=np.uint32)
+        return np.repeat(((gray + 128) // 257).astype(np.uint8)[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
+        raise DataError(
+            f"image {path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels, which kseg "
+            "cannot turn into colours without guessing their range; convert it to 8 or 16 bits, or save the "
+            "array as .npy (read as is)"
+        )
     return np.asarray(image.convert("RGB"))
+
+
+def _is_16_bit(image: Image.Image) -> bool:
+    # Pillow opens 16-bit PNGs as mode "I"; their values fit 16 bits
+    lo, hi = np.asarray(image).min(), np.asarray(image).max()
+    return 0 <= int(lo) and int(hi) <= 65535
 
 
 def decode_mask(array: np.ndarray, spec: MaskSpec, path: Path | str = "mask") -> tuple[np.ndarray, dict[int, int]]:

@@ -230,5 +230,15 @@ def _readable(batch: list, on_error: str, skipped: list[str]) -> list[tuple[str,
 
 
 def competition_test_images(cfg: Config) -> pd.DataFrame:
-    """The competition's test images (``ImageID``, ``image``)."""
-    return list_samples(cfg.data, "test")[[ID, "image"]]
+    """The competition's test images (``ImageID``, ``image``).
+
+    Raises:
+        InferError: The test set lists no image.
+    """
+    table = list_samples(cfg.data, "test")[[ID, "image"]]
+    if table.empty:
+        where = cfg.data.test_csv if cfg.data.layout == "csv" else cfg.data.test_image_pattern
+        raise InferError(
+            f"the test set ({where} under {cfg.data.root}) lists no images; check it, or pass --images DIR"
+        )
+    return table

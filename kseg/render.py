@@ -37,7 +37,11 @@ def say(text: str) -> None:
 
 
 def error_line(text: str) -> None:
-    """One red ``error:`` line on standard error; ``text`` is shown literally."""
+    """One red ``error:`` line on standard error; ``text`` is shown literally. An error raised in a data
+    loader worker arrives wrapped in the worker's traceback: only its own message is shown."""
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(("kseg.errors.", "DataError", "KsegError")) else last
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 

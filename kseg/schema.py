@@ -329,6 +329,7 @@ class SubmissionConfig(Section):
     empty_token: Token = ""
     id_format: str = "{id}_{k}"
     check_overlap: bool = True
+    resize_predictions: bool = False  # resize label maps of another size (nearest) instead of refusing them
 
     @field_validator("id_format")
     @classmethod

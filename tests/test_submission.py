@@ -79,7 +79,10 @@ def test_masks_are_resized_to_each_original_size(comp):
     pred_dir.mkdir(parents=True)
     for path in (comp / "test_masks").glob("*.png"):  # predicted at half size, like a model at training size
         Image.open(path).resize((48, 32), Image.NEAREST).save(pred_dir / path.name)
-    result = write_submission(_cfg(comp))
+    with pytest.raises(SubmissionError, match=r"test_0000.png is 32x48 but its image needs 64x96.*resize_predictions"):
+        write_submission(_cfg(comp))  # never silently: the config has to ask for it
+    assert not (comp / "submissions" / "submission.csv").exists()
+    result = write_submission(_cfg(comp, "submission.resize_predictions=true"))
     assert result.report.ok
     small = Image.open(pred_dir / "test_0001.png")
     expected = np.asarray(small.resize((96, 64), Image.NEAREST))
@@ -95,6 +98,19 @@ def test_fixed_submission_size(comp):
     for k, mask in enumerate(_decoded(result.path, "test_0001", (32, 48))):
         np.testing.assert_array_equal(mask, expected == k)
     assert validate_file(result.path, cfg).ok
+
+
+def test_label_values_that_are_no_class_are_refused(comp):
+    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    labels = np.asarray(Image.open(comp / "test_masks" / "test_0004.png")).copy()
+    labels[:3, :3] = 9  # 6 classes: 9 is none of them
+    Image.fromarray(labels).save(comp / "work" / "predictions" / "test_0004.png")
+    with pytest.raises(SubmissionError, match=r"test_0004.png has label 9 in 9 pixels, but there are 6 classes"):
+        write_submission(_cfg(comp))
+    assert not (comp / "submissions" / "submission.csv").exists()
+    labels[:3, :3] = 255  # what post-processing writes for a pixel left without a class: allowed
+    Image.fromarray(labels).save(comp / "work" / "predictions" / "test_0004.png")
+    assert write_submission(_cfg(comp)).report.ok
 
 
 def test_npy_predictions_and_empty_token(comp):

@@ -139,7 +139,7 @@ def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult
     rows = []
     for stem, path in preds.items():
         true = read_mask(truths[stem], spec)
-        pred = read_prediction(path, true.shape)
+        pred = read_prediction(path, true.shape, n_classes=k)
         inter, pred_px, true_px = label_counts(pred, true, k, cfg.data.ignore_index)
         for c in range(k):
             rows.append((stem, c, int(inter[c]), int(pred_px[c]), int(true_px[c])))

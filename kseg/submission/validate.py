@@ -54,6 +54,13 @@ class ValidationReport:
 
 
 EXAMPLES = 3
+SHOWN = 40  # characters of an offending value shown; longer values are cut, with their length
+
+
+def clip(value: str, quoted: bool = True) -> str:
+    """A value as shown in a problem (quoted), cut after ``SHOWN`` characters with its full length."""
+    show = repr if quoted else str
+    return show(value) if len(value) <= SHOWN else f"{show(value[:SHOWN])}... ({len(value):,} characters)"
 
 
 def _line(i: int) -> int:
@@ -107,12 +114,14 @@ def _check_runs(
     found.add(
         "not integers",
         rows[bad],
-        lambda i: f"line {_line(rows[bad][i])} ({ids[rows[bad][i]]}): {texts[rows[bad][i]][:40]!r}",
+        lambda i: f"line {_line(rows[bad][i])} ({clip(ids[rows[bad][i]], False)}): {clip(texts[rows[bad][i]])}",
     )
     counts = np.bincount(local, minlength=len(rows))
     odd = np.flatnonzero(counts % 2 == 1)
     found.add(
-        "odd count", rows[odd], lambda i: f"line {_line(rows[odd][i])} ({ids[rows[odd][i]]}): {counts[odd][i]} numbers"
+        "odd count",
+        rows[odd],
+        lambda i: f"line {_line(rows[odd][i])} ({clip(ids[rows[odd][i]], False)}): {counts[odd][i]} numbers",
     )
     keep = counts[local] % 2 == 0
     numbers, local = numbers[keep], local[keep]
@@ -121,7 +130,9 @@ def _check_runs(
     def flag(kind: str, hit: np.ndarray, detail: Callable[[int], str]) -> None:
         where = np.flatnonzero(hit)
         found.add(
-            kind, prow[where], lambda i: f"line {_line(prow[where[i]])} ({ids[prow[where[i]]]}): {detail(where[i])}"
+            kind,
+            prow[where],
+            lambda i: f"line {_line(prow[where[i]])} ({clip(ids[prow[where[i]]], False)}): {detail(where[i])}",
         )
 
     flag("not positive", (starts == 0) | (lengths == 0), lambda j: f"start {starts[j]} length {lengths[j]}")
@@ -206,7 +217,7 @@ def validate_bytes(
     header = list(table.columns)
     problems: list[Problem] = []
     if header != fmt.header:
-        line = f"line 1 is {','.join(header)!r} but should be {','.join(fmt.header)!r}"
+        line = f"line 1 is {clip(','.join(header))} but should be {','.join(fmt.header)!r}"
         problems.append(Problem("header", f"write the header exactly as in {fmt.source}", 1, [line]))
         if len(header) < 2:
             return ValidationReport(len(table), problems)
@@ -228,11 +239,11 @@ def _id_problems(ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat) 
     problems = []
     dup = np.flatnonzero(pd.Series(ids).duplicated().to_numpy())
     if len(dup):
-        examples = [f"line {_line(r)}: {ids[r]!r} appears again" for r in dup[:EXAMPLES]]
+        examples = [f"line {_line(r)}: {clip(ids[r])} appears again" for r in dup[:EXAMPLES]]
         problems.append(Problem("duplicate ids", "keep one row per id", len(dup), examples))
     unknown = np.flatnonzero(sample_row < 0)
     if len(unknown):
-        examples = [f"line {_line(r)}: {ids[r]!r}" for r in unknown[:EXAMPLES]]
+        examples = [f"line {_line(r)}: {clip(ids[r])}" for r in unknown[:EXAMPLES]]
         problems.append(Problem("unknown ids", f"use only the ids of {fmt.source}", len(unknown), examples))
     present = set(ids)
     missing = [x for x in fmt.ids if x not in present]

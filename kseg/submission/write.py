@@ -14,7 +14,7 @@ from kseg import rle
 from kseg.config import Config
 from kseg.errors import SubmissionError
 from kseg.io import atomic_write_bytes
-from kseg.postprocess import PostProcess, apply, apply_to_labels
+from kseg.postprocess import NO_CLASS, PostProcess, apply, apply_to_labels
 from kseg.postprocess import load as load_postprocess
 from kseg.progress import Progress
 from kseg.submission.format import format_csv, load_format
@@ -22,8 +22,17 @@ from kseg.submission.validate import ValidationReport, validate_bytes
 from kseg.workdir import WorkDir, default_predictions, prediction_file, read_inference_info
 
 
-def read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A predicted label map (``.png`` or ``.npy``), resized (nearest) to ``shape`` if needed.
+def read_prediction(
+    path: Path, shape: tuple[int, int], *, n_classes: int = NO_CLASS, resize: bool = False
+) -> np.ndarray:
+    """A predicted label map (``.png`` or ``.npy``) of class indices (and ``NO_CLASS`` where post-processing
+    left a pixel without one).
+
+    Args:
+        path: The file.
+        shape: The ``(H, W)`` the submission needs.
+        n_classes: Values from here to 254 are refused: they are no class.
+        resize: Resize (nearest) a map of another size to ``shape``; otherwise such a map is refused.
 
     Shape:
         Returns ``(H, W)`` uint8.
@@ -38,7 +47,19 @@ def read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
         raise SubmissionError(f"prediction {path} cannot be read ({exc}); run 'kseg infer' again") from None
     if labels.ndim != 2:
         raise SubmissionError(f"prediction {path} has shape {labels.shape}; a label map is (H, W) of class indices")
+    bad = (labels >= n_classes) & (labels != NO_CLASS)
+    if bad.any():
+        raise SubmissionError(
+            f"prediction {path} has label {int(labels[bad].max())} in {int(bad.sum())} pixels, but there are "
+            f"{n_classes} classes (0-{n_classes - 1}, and {NO_CLASS} for none); predict with this config's classes"
+        )
     if labels.shape != tuple(shape):
+        if not resize:
+            raise SubmissionError(
+                f"prediction {path} is {labels.shape[0]}x{labels.shape[1]} but its image needs "
+                f"{shape[0]}x{shape[1]}; predict at the image's size (kseg infer does), or set "
+                "submission.resize_predictions: true to resize it (nearest)"
+            )
         labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize(shape[::-1], Image.Resampling.NEAREST))
     return labels.astype(np.uint8, copy=False)
 
@@ -106,16 +127,16 @@ def _postprocess_plan(
     )
 
 
-def _read_postprocessed(path: Path, shape: tuple[int, int], post: PostProcess | None, use_probs: bool) -> np.ndarray:
-    if post is None:
-        return read_prediction(path, shape)
-    if use_probs:
-        probs_path = path.with_name(f"{path.stem}.probs.npy")
-        labels = apply(np.load(probs_path), post)
+def _read_postprocessed(
+    path: Path, shape: tuple[int, int], post: PostProcess | None, use_probs: bool, n_classes: int, resize: bool
+) -> np.ndarray:
+    if post is not None and use_probs:
+        labels = apply(np.load(path.with_name(f"{path.stem}.probs.npy")), post)
         if labels.shape != tuple(shape):
             labels = np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.Resampling.NEAREST))
         return labels
-    return apply_to_labels(read_prediction(path, shape), post)
+    labels = read_prediction(path, shape, n_classes=n_classes, resize=resize)
+    return labels if post is None else apply_to_labels(labels, post)
 
 
 def write_submission(
@@ -147,11 +168,12 @@ def write_submission(
     timings["format"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    resize = cfg.submission.size != "original" or cfg.submission.resize_predictions  # the config asks for it
     maps: list[np.ndarray] = [None] * len(paths)  # type: ignore[list-item]
     done = 0
     with ThreadPoolExecutor(8) as pool:  # PNG decoding releases the GIL
         futures = [
-            pool.submit(_read_postprocessed, p, tuple(s), post, use_probs)
+            pool.submit(_read_postprocessed, p, tuple(s), post, use_probs, cfg.n_classes, resize)
             for p, s in zip(paths, fmt.shapes, strict=True)
         ]
         for i, future in enumerate(futures):
