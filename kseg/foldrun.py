@@ -174,6 +174,12 @@ class FoldRun:
         mismatch = checkpoint_mismatch(checkpoint, self.cfg)
         if mismatch:
             raise TrainError(f"{last} {mismatch}; resume with the same model and classes, or train without --resume")
+        done = int(checkpoint.get("epoch", 0))
+        if done > self.cfg.train.epochs:
+            raise TrainError(
+                f"{last} has already trained {done} epochs but train.epochs is {self.cfg.train.epochs}; to train on, "
+                f"set train.epochs above {done}; the best epoch so far is in best.pt already"
+            )
         if (checkpoint.get("ema_decay") is not None) != (self.cfg.train.ema is not None):
             raise TrainError(
                 f"{last} was trained with train.ema {checkpoint.get('ema_decay')} and the config says "

@@ -1,0 +1,115 @@
+"""Bad input, tried as a hostile user would: one sentence naming the value and the fix, a non-zero exit,
+no traceback, no half-written output, and no silent change of the user's data."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from kseg.cli import app
+from kseg.config import load_config
+from kseg.data import read_image
+from kseg.errors import DataError, TrainError
+from kseg.split import make_folds
+from kseg.train import train_fold
+
+FAST = ["model.encoder_name=resnet18", "data.image_size=[64,64]", "train.batch_size=4", "train.epochs=1"]
+
+
+def _one_error_line(result) -> str:
+    text = " ".join(result.output.split())
+    assert result.exit_code != 0, result.output
+    assert text.count("error:") == 1 and "Traceback" not in result.output, result.output
+    return text[text.index("error:") :]  # progress notes may come before the one error line
+
+
+def test_16_bit_images_are_scaled_by_the_stated_rule_not_saturated(tmp_path):
+    values = np.array([[0, 257, 32896], [65535, 1000, 5140]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    image = read_image(tmp_path / "deep.png")
+    assert image.shape == (2, 3, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 0], [[0, 1, 128], [255, 4, 20]])  # value / 257, rounded
+    assert (image[..., 0] == image[..., 2]).all()  # grey to RGB
+
+
+def test_float_images_are_refused_in_one_line(tmp_path):
+    Image.fromarray(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(DataError, match=r"f.tif has floating-point pixels.*save the array as .npy"):
+        read_image(tmp_path / "f.tif")
+
+
+def test_config_given_as_a_folder(runner, tmp_path):
+    text = _one_error_line(runner.invoke(app, ["split", "-c", str(tmp_path)]))
+    assert "is a folder; give the config file itself" in text and "kseg.yaml" in text
+
+
+def test_submit_out_naming_a_folder_names_that_folder(runner, comp):
+    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    (comp / "elsewhere").mkdir()
+    text = _one_error_line(
+        runner.invoke(app, ["submit", "-c", str(comp / "kseg.yaml"), "--out", str(comp / "elsewhere")])
+    )
+    assert "is a folder, not a file" in text and str(comp / "elsewhere") in text and ".tmp" not in text
+    assert list((comp / "elsewhere").iterdir()) == []
+
+
+def test_bands_are_one_based_in_the_hint(runner, tmp_path):
+    text = _one_error_line(
+        runner.invoke(app, ["tile", str(tmp_path / "a.tif"), "--out", str(tmp_path), "--bands", "x,y"])
+    )
+    assert "e.g. 4,3,2" in text and "0,1,2" not in text
+
+
+def test_an_empty_test_set_is_an_error_like_an_empty_folder(runner, comp, tmp_path):
+    pd.DataFrame({"ImageID": []}).to_csv(comp / "test.csv", index=False)
+    make_folds(load_config(comp / "kseg.yaml"))
+    train_fold(load_config(comp / "kseg.yaml", [*FAST, "runtime.num_workers=0"]), 0)
+    text = _one_error_line(runner.invoke(app, ["infer", "-c", str(comp / "kseg.yaml")]))
+    assert "lists no images" in text and "--images DIR" in text
+    assert not (comp / "work" / "predictions").exists()
+
+
+@pytest.mark.parametrize("command, extra", [("tile", "kseg[geo]"), ("submit", "kseg[kaggle]")])
+def test_help_text_keeps_the_extras_names(runner, command, extra):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and extra in result.output
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_in_a_loader_worker_is_one_line(runner, comp):
+    make_folds(load_config(comp / "kseg.yaml"))
+    (comp / "images" / "img_0003.png").write_bytes(b"\x89PNG broken")
+    args = ["train", "-c", str(comp / "kseg.yaml"), "--set", "runtime.num_workers=1"]
+    for item in FAST:
+        args += ["--set", item]
+    for fold in ("0", "1", "2"):  # the broken image trains in two of the three folds
+        result = runner.invoke(app, [*args, "--fold", fold])
+        if result.exit_code != 0:
+            break
+    text = _one_error_line(result)
+    assert "img_0003.png cannot be read" in text and "DataLoader worker" not in text
+
+
+def test_validate_cuts_a_huge_value_and_says_its_length(runner, comp):
+    sample = (comp / "sample_submission.csv").read_text().splitlines()
+    bad = sample[:]
+    bad[1] = bad[1].split(",")[0] + "," + "x" * 100_000  # one malformed 100 kB mask
+    (comp / "bad.csv").write_text("\n".join(bad) + "\n")
+    result = runner.invoke(app, ["validate", str(comp / "bad.csv"), "-c", str(comp / "kseg.yaml")])
+    assert result.exit_code == 1
+    assert "100,000 characters" in " ".join(result.output.split()) and len(result.output) < 5000
+
+
+def test_resume_with_fewer_epochs_than_done_says_what_to_do(comp):
+    make_folds(load_config(comp / "kseg.yaml"))
+    cfg = load_config(comp / "kseg.yaml", [*FAST, "runtime.num_workers=0", "train.epochs=2"])
+    train_fold(cfg, 0)
+    fewer = load_config(comp / "kseg.yaml", [*FAST, "runtime.num_workers=0", "train.epochs=1"])
+    with pytest.raises(TrainError, match=r"has already trained 2 epochs but train.epochs is 1; .*above 2"):
+        train_fold(fewer, 0, resume=True)
+    assert torch.load(comp / "work" / "fold0" / "last.pt", weights_only=False)["epoch"] == 2
