@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,13 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically: a kill leaves the previous file or the new one, never half of one."""
-    with atomic_open(path, "wb") as handle:
-        torch.save(state, handle)
+    try:
+        with atomic_open(path, "wb") as handle:
+            torch.save(state, handle)
+    except RuntimeError as exc:  # torch reports a failed write (a full disk) as a RuntimeError
+        raise OSError(
+            errno.EIO, f"could not be written ({str(exc).splitlines()[0][:80]}); is the disk full?", str(path)
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from kseg import __version__
-from kseg.checkpoint import checkpoint_mismatch, load_checkpoint
+from kseg.checkpoint import checkpoint_mismatch, load_checkpoint, save_checkpoint
 from kseg.config import Config, apply_overrides, build_config
 from kseg.errors import InferError
-from kseg.io import atomic_open
 from kseg.models import build_model
 from kseg.postprocess import PostProcess
 from kseg.postprocess import load as load_postprocess
@@ -91,8 +90,7 @@ def export_bundle(cfg: Config, out: Path, folds: list[int] | None = None, half: 
         "state_dicts": states,
         "postprocess": ensemble.post.to_json() if ensemble.post is not None else None,
     }
-    with atomic_open(out, "wb") as handle:
-        torch.save(bundle, handle)
+    save_checkpoint(out, bundle)
     return out
 
 

@@ -36,6 +36,7 @@ from kseg.dataset import (
 )
 from kseg.errors import TrainError
 from kseg.evaluation import EpochStats, evaluate, oof_truth, summarize
+from kseg.io import remove_stale
 from kseg.losses import loss_from_config
 from kseg.metrics import pixel_metrics
 from kseg.models import build_model
@@ -294,6 +295,11 @@ class FoldRun:
         if not self.main:
             return
         self.work.fold_dir(self.fold).mkdir(parents=True, exist_ok=True)
+        stale = remove_stale(self.work.fold_dir(self.fold))  # left by a killed run: nothing else writes here
+        if stale:
+            self.note(
+                f"removed {len(stale)} unfinished file(s) of an interrupted run: {', '.join(p.name for p in stale)}"
+            )
         save_resolved(cfg, self.work.fold_config(self.fold))
         if cfg.train.save_oof and not self.work.oof_masks(self.fold).is_file():
             masks, table = oof_truth(self.val_rows, self.spec, (cfg.data.image_size[0], cfg.data.image_size[1]))

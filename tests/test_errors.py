@@ -108,8 +108,27 @@ def test_validate_cuts_a_huge_value_and_says_its_length(runner, comp):
 def test_resume_with_fewer_epochs_than_done_says_what_to_do(comp):
     make_folds(load_config(comp / "kseg.yaml"))
     cfg = load_config(comp / "kseg.yaml", [*FAST, "runtime.num_workers=0", "train.epochs=2"])
+    fold_dir = comp / "work" / "fold0"
+    fold_dir.mkdir(parents=True)
+    (fold_dir / ".best.pt.k1ll3d.tmp").write_bytes(b"x" * 1000)  # what a SIGKILL mid-save leaves
+    (fold_dir / "oof.npy.partial").write_bytes(b"x")
     train_fold(cfg, 0)
+    assert not (fold_dir / ".best.pt.k1ll3d.tmp").exists() and not (fold_dir / "oof.npy.partial").exists()
     fewer = load_config(comp / "kseg.yaml", [*FAST, "runtime.num_workers=0", "train.epochs=1"])
     with pytest.raises(TrainError, match=r"has already trained 2 epochs but train.epochs is 1; .*above 2"):
         train_fold(fewer, 0, resume=True)
     assert torch.load(comp / "work" / "fold0" / "last.pt", weights_only=False)["epoch"] == 2
+
+
+def test_a_failed_checkpoint_write_is_an_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    from kseg import checkpoint
+
+    def full_disk(obj, handle):
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4096 vs 0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError, match="is the disk full") as caught:
+        checkpoint.save_checkpoint(tmp_path / "best.pt", {"epoch": 1})
+    assert caught.value.filename == str(tmp_path / "best.pt")
+    assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor its temporary file

@@ -42,3 +42,20 @@ def test_atomic_dir_swaps_whole_folders_or_nothing(tmp_path):
         (work / "b.txt").write_text("third")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # replaced whole, not merged
     assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folders left
+
+
+def test_remove_stale_takes_only_what_an_interrupted_kseg_write_left(tmp_path):
+    from kseg.io import atomic_open, remove_stale
+
+    (tmp_path / "best.pt").write_text("kept")
+    (tmp_path / ".hidden_notes").write_text("the user's")
+    (tmp_path / "oof.npy.partial").write_text("partial")
+    (tmp_path / ".report.xyz.partial").mkdir()  # what atomic_dir leaves when killed with SIGKILL
+    with atomic_open(tmp_path / "last.pt", "w") as handle:
+        handle.write("half")
+        tmp = next(p for p in tmp_path.iterdir() if p.name.startswith(".last.pt."))
+        os.link(tmp, tmp_path / ".last.pt.abc123.tmp")  # a copy that outlives the block, as after SIGKILL
+    assert tmp.name.endswith(".tmp")  # the naming remove_stale relies on
+    removed = sorted(p.name for p in remove_stale(tmp_path))
+    assert removed == [".last.pt.abc123.tmp", ".report.xyz.partial", "oof.npy.partial"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden_notes", "best.pt", "last.pt"]
