@@ -4,7 +4,6 @@ its result to ``kseg.render``; kseg's errors become one red line and a non-zero 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,10 +132,7 @@ def audit(
         cfg = _config(config, set_)
         with render.stage_bars() as bar_for:
             result = run_audit(cfg, out, on_stage=None if as_json else bar_for)
-    if as_json:
-        print(summary_json(result))
-        return
-    render.audit_result(result)
+    render.audit_result(result, summary_json(result) if as_json else None)
 
 
 @app.command()
@@ -200,6 +196,9 @@ def submit(
     competition: Annotated[str, typer.Option("--competition", help="Competition slug, for --upload.")] = "",
     message: Annotated[str, typer.Option("--message", "-m", help="Submission description, for --upload.")] = "kseg",
     no_postprocess: NoPostOpt = False,
+    fill_empty: Annotated[
+        bool, typer.Option("--fill-empty", help="Submit empty masks for test images kseg infer skipped.")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Encode the predicted label maps into a validated submission.csv (optionally uploaded)."""
@@ -211,7 +210,12 @@ def submit(
             raise KsegError("--upload needs --competition SLUG (the name in the competition's URL)")
         with render.progress_bar("read predictions") as update:
             result = write_submission(
-                cfg, out=out, predictions=predictions, on_progress=update, postprocess=not no_postprocess
+                cfg,
+                out=out,
+                predictions=predictions,
+                on_progress=update,
+                postprocess=not no_postprocess,
+                fill_empty=fill_empty,
             )
         render.submission_written(result)
         if upload:
@@ -268,10 +272,7 @@ def score(
         else:
             what = file or cfg.submission.path
             result = score_file(what, cfg, truth)
-    if as_json:
-        typer.echo(json.dumps({"score": result.score, "per_class": result.per_class}))
-        return
-    render.score_result(result, what)
+    render.score_result(result, what, as_json)
 
 
 @app.command()

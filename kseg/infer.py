@@ -6,6 +6,7 @@ with the number of images. Each image leaves ``<id>.png`` (class indices) and, o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,13 +25,13 @@ from kseg.data import ID, list_samples, palette_rgb
 from kseg.dataset import load_image
 from kseg.ensemble import Ensemble
 from kseg.errors import DataError, InferError
-from kseg.io import atomic_open
+from kseg.io import atomic_dir, atomic_open
 from kseg.plotting import colorize, to_uint8
-from kseg.postprocess import apply
+from kseg.postprocess import PostProcess, apply
 from kseg.predictor import PredictOptions, Predictor, infer_batch
 from kseg.progress import Progress
 from kseg.runtime import amp_dtype, loader_workers, resolve_device
-from kseg.workdir import prediction_file, write_inference_info
+from kseg.workdir import prediction_file, read_inference_info, write_inference_info
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy")
 
@@ -169,16 +170,70 @@ def run_inference(
     outputs = outputs or OutputOptions()
     post = ensemble.post if postprocess else None
     predictor = _predictor(ensemble, tta)
-    palette = palette_rgb(cfg.data)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:  # a failed or killed run leaves the previous folder whole, or none
+        written, skipped = _predict_into(tmp, predictor, cfg, images, post, outputs, on_progress)
+        info = {
+            "source": ensemble.source,
+            "folds": ensemble.folds,
+            "tta": tta,
+            "mode": cfg.infer.mode,
+            "merge": cfg.infer.merge,
+            "scales": cfg.infer.tta_scales,
+            "kseg_version": __version__,
+            "config_hash": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16],
+            "images": len(written),
+            "image_ids": [image_id for image_id, _, _ in written],
+            "skipped": [message for _, message in skipped],
+            "skipped_ids": [image_id for image_id, _ in skipped],
+            "postprocess": json.loads(post.to_json()) if post is not None else None,
+        }
+        write_inference_info(tmp, info, pd.DataFrame(written, columns=[ID, "height", "width"]))
+    seconds = time.perf_counter() - t0
+    return InferResult(
+        out,
+        len(written),
+        [message for _, message in skipped],
+        seconds,
+        ensemble.folds,
+        tta,
+        len(predictor.views),
+        ensemble.source,
+        post is not None,
+    )
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder that holds files kseg did not write: it is replaced whole."""
+    if out.exists() and not out.is_dir():
+        raise InferError(f"--out {out} is a file; give a folder for the predictions")
+    if out.is_dir() and any(out.iterdir()) and read_inference_info(out) is None:
+        example = next(iter(sorted(p.name for p in out.iterdir())))
+        raise InferError(
+            f"--out {out} holds files kseg infer did not write (e.g. {example}) and would be replaced whole; "
+            "give a new or empty folder"
+        )
+
+
+def _predict_into(
+    folder: Path,
+    predictor: Predictor,
+    cfg: Config,
+    images: pd.DataFrame,
+    post: PostProcess | None,
+    outputs: OutputOptions,
+    on_progress: Progress | None,
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+    """Stream every image through the model into ``folder``; returns ``(written (id, H, W), skipped (id, why))``."""
+    palette = palette_rgb(cfg.data)
     step = infer_batch(cfg.infer.batch_size, predictor.device) if cfg.infer.mode == "resize" else 1
     loader = _loader(cfg, images, step)
     done = 0
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []
     written: list[tuple[str, int, int]] = []
     pending: list[Future] = []
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as writer:
         for batch in loader:
             good = _readable(batch, cfg.infer.on_error, skipped)
@@ -186,7 +241,7 @@ def run_inference(
             for (image_id, image), probs in zip(good, predicted, strict=True):
                 labels = apply(probs, post)
                 stored = (probs * 255).round().to(torch.uint8).numpy() if outputs.probs else None
-                args = (out, image_id, image, labels, stored, palette, outputs)
+                args = (folder, image_id, image, labels, stored, palette, outputs)
                 pending.append(writer.submit(_write_outputs, *args))
                 written.append((image_id, *labels.shape))
             while len(pending) > 8:  # bounded: memory does not grow with the number of images
@@ -196,34 +251,17 @@ def run_inference(
                 on_progress(done, len(images))
         for future in pending:
             future.result()
-    seconds = time.perf_counter() - t0
-    info = {
-        "source": ensemble.source,
-        "folds": ensemble.folds,
-        "tta": tta,
-        "mode": cfg.infer.mode,
-        "merge": cfg.infer.merge,
-        "scales": cfg.infer.tta_scales,
-        "kseg_version": __version__,
-        "images": len(written),
-        "skipped": skipped,
-        "postprocess": json.loads(post.to_json()) if post is not None else None,
-    }
-    write_inference_info(out, info, pd.DataFrame(written, columns=[ID, "height", "width"]))
-    n_views = len(predictor.views)
-    return InferResult(
-        out, len(written), skipped, seconds, ensemble.folds, tta, n_views, ensemble.source, post is not None
-    )
+    return written, skipped
 
 
-def _readable(batch: list, on_error: str, skipped: list[str]) -> list[tuple[str, np.ndarray]]:
+def _readable(batch: list, on_error: str, skipped: list[tuple[str, str]]) -> list[tuple[str, np.ndarray]]:
     """The batch's readable images; unreadable ones stop the run, or are listed in ``skipped``."""
     good = []
     for image_id, path, image, error in batch:
         if error is None:
             good.append((image_id, image))
         elif on_error == "skip":
-            skipped.append(f"{path}: {error}")
+            skipped.append((image_id, f"{path}: {error}"))
         else:
             raise InferError(f"{error.rstrip('.')} (set infer.on_error: skip to leave such images out)")
     return good

@@ -7,6 +7,7 @@ and prints it. The commands in ``kseg.cli`` call one stage function, then one of
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,8 +136,11 @@ def split_result(result: Any, cfg: Config) -> None:
     say(f"wrote {escape(str(result.path))}  (scanned {result.stats.n_scanned} masks, {cached} from cache)")
 
 
-def audit_result(result: Any) -> None:
-    """``kseg audit``: one row per kind of finding."""
+def audit_result(result: Any, summary: str | None = None) -> None:
+    """``kseg audit``: one row per kind of finding (or the JSON ``summary`` alone, when given)."""
+    if summary is not None:
+        print(summary)
+        return
     n_train = int((result.images["set"] == "train").sum())
     n_test = int((result.images["set"] == "test").sum())
     table = Table(title=f"audit of {n_train} training and {n_test} test images")
@@ -216,8 +220,11 @@ def submission_written(result: Any) -> None:
     )
 
 
-def score_result(result: Any, what: Path) -> None:
-    """``kseg score``: the score, then Dice / IoU / empty-row share per class."""
+def score_result(result: Any, what: Path, as_json: bool = False) -> None:
+    """``kseg score``: the score, then Dice / IoU / empty-row share per class (or both as one JSON line)."""
+    if as_json:
+        print(json.dumps({"score": result.score, "per_class": result.per_class}))
+        return
     say(
         f"{escape(str(what))}: score [bold]{result.score:.4f}[/] "
         f"(mean Dice over {len(result.rows)} rows; 1 when both masks are empty)"

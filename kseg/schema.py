@@ -329,6 +329,7 @@ class SubmissionConfig(Section):
     empty_token: Token = ""
     id_format: str = "{id}_{k}"
     check_overlap: bool = True
+    require_manifest: bool = True  # submit only predictions kseg infer wrote whole (false: label maps made elsewhere)
     resize_predictions: bool = False  # resize label maps of another size (nearest) instead of refusing them
 
     @field_validator("id_format")

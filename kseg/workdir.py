@@ -260,9 +260,12 @@ def prediction_file(directory: Path, image_id: str, kind: str = "labels") -> Pat
 
 
 def write_inference_info(directory: Path, info: dict[str, Any], table: pd.DataFrame) -> None:
-    """The predictions folder's ``predictions.csv`` (ids and sizes) and ``inference.json`` (how it was made)."""
-    atomic_write_text(Path(directory) / PREDICTIONS_TABLE, table.to_csv(index=False))
-    atomic_write_text(Path(directory) / INFERENCE_NAME, json.dumps(info, indent=2))
+    """The predictions folder's ``predictions.csv`` (ids and sizes) and, last, its manifest ``inference.json``:
+    how it was made, the images, and the size of every file in the folder (``files``)."""
+    directory = Path(directory)
+    atomic_write_text(directory / PREDICTIONS_TABLE, table.to_csv(index=False))
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != INFERENCE_NAME}
+    atomic_write_text(directory / INFERENCE_NAME, json.dumps({**info, "files": files}, indent=2))
 
 
 def read_inference_info(directory: Path) -> dict[str, Any] | None:

@@ -3,8 +3,6 @@ no traceback, no half-written output, and no silent change of the user's data.""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,7 +47,9 @@ def test_config_given_as_a_folder(runner, tmp_path):
 
 
 def test_submit_out_naming_a_folder_names_that_folder(runner, comp):
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    from test_submission import hand_made_predictions
+
+    hand_made_predictions(comp)
     (comp / "elsewhere").mkdir()
     text = _one_error_line(
         runner.invoke(app, ["submit", "-c", str(comp / "kseg.yaml"), "--out", str(comp / "elsewhere")])

@@ -12,7 +12,7 @@ from torch import nn
 from kseg.cli import app
 from kseg.config import load_config
 from kseg.ensemble import export_bundle, load_bundle, load_ensemble
-from kseg.errors import InferError
+from kseg.errors import InferError, SubmissionError
 from kseg.infer import OutputOptions, list_images, run_inference
 from kseg.predictor import Predictor, window_weights
 from kseg.predictor import window_origins as tile_origins
@@ -317,3 +317,102 @@ def test_per_image_normalisation_ignores_lighting(comp, mode):
         [model], _cfg(comp, f"infer.mode={mode}", "data.image_size=[64,64]"), torch.device("cpu")
     )
     assert (next(fixed.predict([image])) - next(fixed.predict([darker]))).abs().max() > 1e-2
+
+
+# ------------------------------------------------------------------------ predictions as one unit
+
+
+def _test_images(root: Path) -> pd.DataFrame:
+    from kseg.infer import competition_test_images
+
+    return competition_test_images(_cfg(root))
+
+
+def _submit_cfg(root: Path, pred: Path, tmp_path: Path):
+    return _cfg(root, f"submission.predictions={pred}", f"submission.path={tmp_path / 'sub.csv'}")
+
+
+def test_a_failed_run_leaves_the_previous_predictions_whole(trained_comp, tmp_path):
+    """A run that stops half-way (unreadable image) never mixes into the last complete predictions."""
+    from kseg.submission import write_submission
+
+    pred = tmp_path / "pred"
+    run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), pred, "flip")
+    before = {p.name: p.read_bytes() for p in pred.iterdir()}
+    broken = _test_images(trained_comp)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not an image")
+    broken.loc[5, "image"] = str(bad)  # the sixth image fails after five were predicted
+    with pytest.raises(InferError, match="broken.png cannot be read"):
+        run_inference(load_ensemble(_cfg(trained_comp)), broken, pred, "none")
+    assert {p.name: p.read_bytes() for p in pred.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pred.")] == []  # no half-built folder
+    result = write_submission(_submit_cfg(trained_comp, pred, tmp_path))
+    assert "8 test images checked against" in result.note and result.report.ok
+
+
+def test_a_full_disk_during_inference_leaves_no_partial_predictions(trained_comp, tmp_path, monkeypatch):
+    import kseg.infer
+
+    calls = []
+
+    def disk_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device", str(args[0] / f"{args[1]}.png"))
+        return real(*args, **kwargs)
+
+    real = kseg.infer._write_outputs
+    monkeypatch.setattr(kseg.infer, "_write_outputs", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), tmp_path / "pred")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_skipped_images_are_in_the_manifest_and_submit_says_so(trained_comp, tmp_path):
+    from kseg.submission import write_submission
+
+    images = _test_images(trained_comp)
+    bad = tmp_path / "test_0002.png"
+    bad.write_bytes(b"\x89PNG broken")
+    images.loc[images["ImageID"] == "test_0002", "image"] = str(bad)
+    pred = tmp_path / "pred"
+    run_inference(load_ensemble(_cfg(trained_comp, "infer.on_error=skip")), images, pred)
+    info = json.loads((pred / "inference.json").read_text())
+    assert info["skipped_ids"] == ["test_0002"] and "test_0002" not in info["image_ids"]
+    cfg = _submit_cfg(trained_comp, pred, tmp_path)
+    with pytest.raises(SubmissionError, match="kseg infer skipped test image 'test_0002'.*--fill-empty"):
+        write_submission(cfg)
+    assert not (tmp_path / "sub.csv").exists()
+    result = write_submission(cfg, fill_empty=True)
+    assert "1 skipped image(s) submitted with empty masks" in result.note
+    rows = pd.read_csv(tmp_path / "sub.csv", keep_default_na=False).set_index("ImageID")["EncodedPixels"]
+    assert all(rows[f"test_0002_{k}"] == "" for k in range(6))
+
+
+def test_submit_refuses_predictions_that_are_not_the_test_set_or_were_changed(trained_comp, tmp_path):
+    from kseg.submission import write_submission
+
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for name in ("test_0000.png", "test_0001.png"):
+        shutil.copy(trained_comp / "images" / name, subset / name)
+    pred = tmp_path / "pred"
+    run_inference(load_ensemble(_cfg(trained_comp)), list_images(subset), pred)
+    cfg = _submit_cfg(trained_comp, pred, tmp_path)
+    with pytest.raises(SubmissionError, match=r"lists no prediction for test image 'test_0002' \(6 of 8 missing\)"):
+        write_submission(cfg)
+    run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), pred)
+    (pred / "test_0003.png").write_bytes((pred / "test_0004.png").read_bytes() + b"\0")
+    with pytest.raises(SubmissionError, match=r"test_0003.png is not the file kseg infer wrote \(changed since\)"):
+        write_submission(cfg)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_out_never_replaces_a_folder_kseg_did_not_write(trained_comp, tmp_path):
+    mine = tmp_path / "my_images"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(InferError, match=r"holds files kseg infer did not write \(e.g. holiday.jpg\)"):
+        run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), mine)
+    assert [p.name for p in mine.iterdir()] == ["holiday.jpg"]

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from kseg import rle
@@ -21,10 +22,24 @@ from kseg.submission import (
 )
 
 
+def allow_hand_made(comp: Path) -> None:
+    """These tests write label maps by hand, as a user with predictions made elsewhere would."""
+    path = comp / "kseg.yaml"
+    tree = yaml.safe_load(path.read_text())
+    tree.setdefault("submission", {})["require_manifest"] = False
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+def hand_made_predictions(comp: Path) -> None:
+    """The hidden test truth as the predictions folder, written by hand."""
+    allow_hand_made(comp)
+    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+
+
 @pytest.fixture
 def perfect(comp) -> Path:
     """A competition whose predictions are the hidden test truth, with its submission written."""
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     write_submission(load_config(comp / "kseg.yaml"))
     return comp
 
@@ -63,7 +78,7 @@ def test_submission_rows_follow_the_sample(perfect):
 def test_rows_in_shuffled_sample_order(comp):
     sample = pd.read_csv(comp / "sample_submission.csv", keep_default_na=False)
     sample.sample(frac=1, random_state=0).to_csv(comp / "sample_submission.csv", index=False)
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     result = write_submission(_cfg(comp))
     written = pd.read_csv(result.path, keep_default_na=False)
     assert written["ImageID"].tolist() == pd.read_csv(comp / "sample_submission.csv")["ImageID"].tolist()
@@ -75,6 +90,7 @@ def _decoded(path: Path, image_id: str, shape: tuple[int, int], n_classes: int =
 
 
 def test_masks_are_resized_to_each_original_size(comp):
+    allow_hand_made(comp)
     pred_dir = comp / "work" / "predictions"
     pred_dir.mkdir(parents=True)
     for path in (comp / "test_masks").glob("*.png"):  # predicted at half size, like a model at training size
@@ -91,7 +107,7 @@ def test_masks_are_resized_to_each_original_size(comp):
 
 
 def test_fixed_submission_size(comp):
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     cfg = _cfg(comp, "submission.size=[32,48]")
     result = write_submission(cfg)
     expected = np.asarray(Image.open(comp / "test_masks" / "test_0001.png").resize((48, 32), Image.NEAREST))
@@ -101,7 +117,7 @@ def test_fixed_submission_size(comp):
 
 
 def test_label_values_that_are_no_class_are_refused(comp):
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     labels = np.asarray(Image.open(comp / "test_masks" / "test_0004.png")).copy()
     labels[:3, :3] = 9  # 6 classes: 9 is none of them
     Image.fromarray(labels).save(comp / "work" / "predictions" / "test_0004.png")
@@ -114,6 +130,7 @@ def test_label_values_that_are_no_class_are_refused(comp):
 
 
 def test_npy_predictions_and_empty_token(comp):
+    allow_hand_made(comp)
     pred_dir = comp / "work" / "predictions"
     pred_dir.mkdir(parents=True)
     for path in (comp / "test_masks").glob("*.png"):
@@ -125,13 +142,22 @@ def test_npy_predictions_and_empty_token(comp):
 
 
 def test_missing_predictions_name_the_image_and_write_nothing(comp):
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     (comp / "work" / "predictions" / "test_0002.png").unlink()
     with pytest.raises(
         SubmissionError, match=r"no prediction for test image 'test_0002'.*\(1 of 8 missing\); run 'kseg infer'"
     ):
         write_submission(_cfg(comp))
     assert not (comp / "submissions" / "submission.csv").exists()
+
+
+def test_label_maps_without_kseg_s_manifest_are_refused_unless_asked(comp):
+    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    with pytest.raises(SubmissionError, match=r"has no inference.json manifest.*submission.require_manifest: false"):
+        write_submission(_cfg(comp))
+    assert not (comp / "submissions" / "submission.csv").exists()
+    result = write_submission(_cfg(comp, "submission.require_manifest=false"))
+    assert "not checked against a manifest" in result.note and result.report.ok
 
 
 def test_no_predictions_folder(comp):
@@ -151,7 +177,7 @@ def test_custom_id_format(comp):
     sample = pd.read_csv(comp / "sample_submission.csv", keep_default_na=False)
     sample["ImageID"] = sample["ImageID"].str.replace(r"_(\d)$", r"-class\1", regex=True)
     sample.to_csv(comp / "sample_submission.csv", index=False)
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     result = write_submission(_cfg(comp, "submission.id_format={id}-class{k}"))
     assert pd.read_csv(result.path)["ImageID"][1] == "test_0000-class1"
 
@@ -275,6 +301,7 @@ def test_all_empty_file_scores_the_empty_row_share(perfect):
 
 def test_score_matches_pixelwise_dice(comp):
     rng = np.random.default_rng(3)
+    allow_hand_made(comp)
     pred_dir = comp / "work" / "predictions"
     pred_dir.mkdir(parents=True)
     truths, preds = {}, {}
@@ -304,7 +331,7 @@ def test_score_leaves_ignored_truth_pixels_out(comp):
         t = np.asarray(Image.open(path)).copy()
         t[:, :10] = 255  # not scored
         Image.fromarray(t).save(truth_dir / path.name)
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     write_submission(_cfg(comp))
     assert score_file(comp / "submissions" / "submission.csv", _cfg(comp), truth_dir).score == 1.0
 
@@ -359,7 +386,7 @@ def test_upload_refuses_an_invalid_file(perfect):
 
 
 def test_cli_submit_and_upload(runner, comp, monkeypatch):
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     api = FakeApi()
     monkeypatch.setattr("kseg.submission.kaggle.kaggle_api", lambda: api)
     result = runner.invoke(app, ["submit", "-c", str(comp / "kseg.yaml"), "--upload", "--competition", "c", "-m", "hi"])
@@ -369,7 +396,7 @@ def test_cli_submit_and_upload(runner, comp, monkeypatch):
 
 
 def test_cli_upload_without_competition(runner, comp):
-    shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
+    hand_made_predictions(comp)
     result = runner.invoke(app, ["submit", "-c", str(comp / "kseg.yaml"), "--upload"])
     assert result.exit_code == 1 and "--upload needs --competition" in result.output
 

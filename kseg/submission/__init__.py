@@ -4,9 +4,10 @@ public API, as before the split."""
 
 from kseg.submission.format import SubmissionFormat, format_csv, load_format
 from kseg.submission.kaggle import kaggle_api, upload_submission
+from kseg.submission.predictions import check_manifest, find_predictions
 from kseg.submission.score import ScoreResult, score_file, score_label_maps
 from kseg.submission.validate import Problem, ValidationReport, validate_bytes, validate_file
-from kseg.submission.write import WriteResult, find_predictions, read_prediction, write_submission
+from kseg.submission.write import WriteResult, read_prediction, write_submission
 
 __all__ = [
     "Problem",
@@ -14,6 +15,7 @@ __all__ = [
     "SubmissionFormat",
     "ValidationReport",
     "WriteResult",
+    "check_manifest",
     "find_predictions",
     "format_csv",
     "kaggle_api",

@@ -18,6 +18,7 @@ from kseg.postprocess import NO_CLASS, PostProcess, apply, apply_to_labels
 from kseg.postprocess import load as load_postprocess
 from kseg.progress import Progress
 from kseg.submission.format import format_csv, load_format
+from kseg.submission.predictions import check_manifest, find_predictions
 from kseg.submission.validate import ValidationReport, validate_bytes
 from kseg.workdir import WorkDir, default_predictions, prediction_file, read_inference_info
 
@@ -62,27 +63,6 @@ def read_prediction(
             )
         labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize(shape[::-1], Image.Resampling.NEAREST))
     return labels.astype(np.uint8, copy=False)
-
-
-def find_predictions(directory: Path, image_ids: list[str]) -> list[Path]:
-    """The prediction file of each test image in ``directory`` (``<id>.png`` or ``<id>.npy``)."""
-    if not directory.is_dir():
-        raise SubmissionError(f"predictions folder {directory} does not exist; run 'kseg infer' first")
-    paths, missing = [], []
-    for image_id in image_ids:
-        for suffix in (".png", ".npy"):
-            candidate = directory / f"{image_id}{suffix}"
-            if candidate.is_file():
-                paths.append(candidate)
-                break
-        else:
-            missing.append(image_id)
-    if missing:
-        raise SubmissionError(
-            f"no prediction for test image {missing[0]!r} in {directory} ({len(missing)} of {len(image_ids)} "
-            "missing); run 'kseg infer' for the whole test set"
-        )
-    return paths
 
 
 @dataclass
@@ -145,6 +125,7 @@ def write_submission(
     predictions: Path | None = None,
     on_progress: Progress | None = None,
     postprocess: bool = True,
+    fill_empty: bool = False,
 ) -> WriteResult:
     """Encode the predicted label maps into a validated submission file, written atomically.
 
@@ -154,6 +135,7 @@ def write_submission(
         predictions: Folder of ``<image id>.png``/``.npy`` label maps (default ``<workdir>/predictions``).
         on_progress: Optional ``callback(done, total)`` over images read.
         postprocess: Apply ``postprocess.json`` if ``kseg infer`` has not already (``note`` says which).
+        fill_empty: Submit empty masks for test images ``kseg infer`` skipped (see ``check_manifest``).
 
     Raises:
         SubmissionError: If predictions are missing or the encoded file would not validate (nothing is
@@ -163,24 +145,28 @@ def write_submission(
     t0 = time.perf_counter()
     fmt = load_format(cfg)
     directory = predictions or default_predictions(cfg)
-    paths = find_predictions(directory, fmt.image_ids)
-    post, use_probs, note = _postprocess_plan(cfg, directory, fmt.image_ids, postprocess)
+    required = cfg.submission.require_manifest
+    empty, checked = check_manifest(directory, fmt.image_ids, required=required, fill_empty=fill_empty)
+    predicted = [i for i in fmt.image_ids if i not in empty]
+    paths = dict(zip(predicted, find_predictions(directory, predicted), strict=True))
+    post, use_probs, note = _postprocess_plan(cfg, directory, predicted, postprocess)
+    note = f"{checked}\n{note}"
     timings["format"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     resize = cfg.submission.size != "original" or cfg.submission.resize_predictions  # the config asks for it
-    maps: list[np.ndarray] = [None] * len(paths)  # type: ignore[list-item]
-    done = 0
+    maps: list[np.ndarray] = []
     with ThreadPoolExecutor(8) as pool:  # PNG decoding releases the GIL
         futures = [
-            pool.submit(_read_postprocessed, p, tuple(s), post, use_probs, cfg.n_classes, resize)
-            for p, s in zip(paths, fmt.shapes, strict=True)
+            pool.submit(_read_postprocessed, paths[i], tuple(s), post, use_probs, cfg.n_classes, resize)
+            if i in paths
+            else None
+            for i, s in zip(fmt.image_ids, fmt.shapes, strict=True)
         ]
-        for i, future in enumerate(futures):
-            maps[i] = future.result()
-            done += 1
+        for future, shape in zip(futures, fmt.shapes, strict=True):
+            maps.append(future.result() if future is not None else np.full(tuple(shape), NO_CLASS, np.uint8))
             if on_progress:
-                on_progress(done, len(paths))
+                on_progress(len(maps), len(futures))
     timings["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
