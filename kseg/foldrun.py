@@ -295,6 +295,8 @@ class FoldRun:
         if not self.main:
             return
         self.work.fold_dir(self.fold).mkdir(parents=True, exist_ok=True)
+        if self.work.roll_forward(self.fold):  # a killed run had staged a complete epoch: finish putting it in place
+            self.note(f"completed the last epoch's commit of an interrupted run in {self.work.fold_dir(self.fold)}")
         stale = remove_stale(self.work.fold_dir(self.fold))  # left by a killed run: nothing else writes here
         if stale:
             self.note(
@@ -373,7 +375,8 @@ class FoldRun:
         if oof is not None:
             oof.flush()
             del oof
-            self.work.commit_oof(self.fold, keep=improved)
+            if not improved:  # only the best epoch's probabilities are kept (committed with best.pt by save)
+                self.work.staged(self.fold, "oof.npy").unlink(missing_ok=True)
         if improved:
             self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = score, epoch + 1, 0
         else:
@@ -422,13 +425,19 @@ class FoldRun:
         return state
 
     def save(self, epoch: int, best: bool) -> None:
-        """``best.pt`` (when the epoch is the best), ``last.pt``, ``metrics.csv`` and ``curves.png``."""
+        """The epoch's ``last.pt``, ``metrics.csv`` and, when it is the best, ``best.pt`` and ``oof.npy``, put
+        in place together (a kill or a full disk leaves the previous epoch's set whole); then ``curves.png``."""
         state = self.state(epoch)
+        names = ["last.pt", "metrics.csv"]
         if best:
-            save_checkpoint(self.work.best(self.fold), state)
-        save_checkpoint(self.work.last(self.fold), state)
+            save_checkpoint(self.work.staged(self.fold, "best.pt"), state)
+            names.insert(0, "best.pt")
+            if self.work.staged(self.fold, "oof.npy").exists():
+                names.insert(1, "oof.npy")
+        save_checkpoint(self.work.staged(self.fold, "last.pt"), state)
         table = pd.DataFrame(self.progress.history)
-        self.work.write_metrics(self.fold, table)
+        self.work.write_metrics(self.fold, table, staged=True)
+        self.work.commit(self.fold, names)
         training_curves(table, self.work.curves(self.fold), self.fold)
 
     def share_progress(self) -> None:

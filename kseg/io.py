@@ -77,15 +77,15 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 def remove_stale(folder: Path) -> list[Path]:
     """Remove what an interrupted kseg write left in ``folder``: ``.<name>.*.tmp`` files of ``atomic_open``,
-    ``.<name>.*.partial`` / ``.old`` folders of ``atomic_dir`` and ``*.partial`` files. Call it only where no
-    other kseg process writes at the same time (a fold's own folder, a command's own output)."""
+    ``.<name>.*.partial`` / ``.old`` folders of ``atomic_dir``, ``*.partial`` and staged ``*.next`` files.
+    Call it only where no other kseg process writes at the same time (a fold's own folder)."""
     removed: list[Path] = []
     if not Path(folder).is_dir():
         return removed
     for path in Path(folder).iterdir():
         name = path.name
         ours = name.startswith(".") and name.endswith((".tmp", ".partial", ".old")) and name.count(".") >= 3
-        if ours or (path.is_file() and name.endswith(".partial")):
+        if ours or (path.is_file() and name.endswith((".partial", ".next"))):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -117,8 +117,12 @@ class WorkDir:
     def oof(self, fold: int) -> Path:
         return self.fold_dir(fold) / "oof.npy"
 
-    def oof_partial(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "oof.npy.partial"
+    def staged(self, fold: int, name: str) -> Path:
+        """Where an epoch's new ``fold<N>/<name>`` is written before ``commit`` puts it in place."""
+        return self.fold_dir(fold) / f"{name}.next"
+
+    def journal(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "commit.json"
 
     def oof_masks(self, fold: int) -> Path:
         return self.fold_dir(fold) / "oof_masks.npy"
@@ -187,8 +191,9 @@ class WorkDir:
 
     # ----------------------------------------------------------------------------- fold files
 
-    def write_metrics(self, fold: int, table: pd.DataFrame) -> None:
-        atomic_write_text(self.metrics(fold), table.to_csv(index=False))
+    def write_metrics(self, fold: int, table: pd.DataFrame, staged: bool = False) -> None:
+        path = self.staged(fold, "metrics.csv") if staged else self.metrics(fold)
+        atomic_write_text(path, table.to_csv(index=False))
 
     def read_metrics(self, fold: int) -> pd.DataFrame:
         return pd.read_csv(self.metrics(fold))
@@ -200,15 +205,29 @@ class WorkDir:
         atomic_write_text(self.oof_csv(fold), table[[ID, "height", "width"]].to_csv(index=False))
 
     def open_oof(self, fold: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A fresh memory-mapped ``oof.npy.partial`` to fill; ``commit_oof`` makes it ``oof.npy``."""
-        return np.lib.format.open_memmap(self.oof_partial(fold), mode="w+", dtype=np.uint8, shape=shape)
+        """A fresh memory-mapped staged ``oof.npy`` to fill; ``commit`` puts it in place."""
+        return np.lib.format.open_memmap(self.staged(fold, "oof.npy"), mode="w+", dtype=np.uint8, shape=shape)
 
-    def commit_oof(self, fold: int, keep: bool) -> None:
-        """Rename the filled ``oof.npy.partial`` onto ``oof.npy`` (``keep``), or drop it."""
-        if keep:
-            os.replace(self.oof_partial(fold), self.oof(fold))
-        else:
-            self.oof_partial(fold).unlink(missing_ok=True)
+    def commit(self, fold: int, names: list[str]) -> None:
+        """Put an epoch's staged files (``<name>.next``, each complete) in place together.
+
+        The list is written to ``commit.json`` first; ``roll_forward`` completes the renames if the
+        process dies among them, so a kill leaves either the previous epoch's files or the new ones.
+        """
+        atomic_write_text(self.journal(fold), json.dumps({"files": names}))
+        self.roll_forward(fold)
+
+    def roll_forward(self, fold: int) -> bool:
+        """Finish a commit that a killed run started (see ``commit``); whether there was one."""
+        journal = self.journal(fold)
+        if not journal.is_file():
+            return False
+        for name in json.loads(journal.read_text(encoding="utf-8"))["files"]:
+            staged = self.staged(fold, name)
+            if staged.exists():
+                os.replace(staged, self.fold_dir(fold) / name)
+        journal.unlink()
+        return True
 
     def read_oof(self, fold: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         """``(probabilities (N, K, H, W), true labels (N, H, W), ids table)``, arrays memory-mapped.

@@ -73,7 +73,7 @@ def test_outputs_exist_and_load(trained, split_comp):
         "oof.csv",
     ):
         assert (d / name).is_file(), name
-    assert not (d / "oof.npy.partial").exists()
+    assert not (d / "oof.npy.next").exists() and not (d / "commit.json").exists()
     best = torch.load(d / "best.pt", map_location="cpu", weights_only=False)
     assert best["epoch"] == trained.best_epoch
     for key in ("model", "optimizer", "scheduler", "scaler", "rng", "config", "history"):
