@@ -25,7 +25,7 @@ from kseg.data import ID, list_samples, palette_rgb
 from kseg.dataset import load_image
 from kseg.ensemble import Ensemble
 from kseg.errors import DataError, InferError
-from kseg.io import atomic_dir, atomic_open
+from kseg.io import atomic_dir, atomic_open, remove_stale
 from kseg.plotting import colorize, to_uint8
 from kseg.postprocess import PostProcess, apply
 from kseg.predictor import PredictOptions, Predictor, infer_batch
@@ -172,6 +172,7 @@ def run_inference(
     predictor = _predictor(ensemble, tta)
     out = Path(out)
     check_output_folder(out)
+    remove_stale(out.parent, target=out.name)  # what a killed run of this output left next to it
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:  # a failed or killed run leaves the previous folder whole, or none
         written, skipped = _predict_into(tmp, predictor, cfg, images, post, outputs, on_progress)

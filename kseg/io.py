@@ -75,17 +75,22 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
 
 
-def remove_stale(folder: Path) -> list[Path]:
+def remove_stale(folder: Path, target: str | None = None) -> list[Path]:
     """Remove what an interrupted kseg write left in ``folder``: ``.<name>.*.tmp`` files of ``atomic_open``,
     ``.<name>.*.partial`` / ``.old`` folders of ``atomic_dir``, ``*.partial`` and staged ``*.next`` files.
-    Call it only where no other kseg process writes at the same time (a fold's own folder)."""
+    Call it only where no other kseg process writes at the same time (a fold's own folder), or with
+    ``target``: then only the leftovers of writing ``folder/target`` are removed."""
     removed: list[Path] = []
     if not Path(folder).is_dir():
         return removed
     for path in Path(folder).iterdir():
         name = path.name
         ours = name.startswith(".") and name.endswith((".tmp", ".partial", ".old")) and name.count(".") >= 3
-        if ours or (path.is_file() and name.endswith((".partial", ".next"))):
+        if target is not None:
+            ours, staged = ours and name.startswith(f".{target}."), False
+        else:
+            staged = path.is_file() and name.endswith((".partial", ".next"))
+        if ours or staged:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

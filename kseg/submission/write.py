@@ -13,7 +13,7 @@ from PIL import Image
 from kseg import rle
 from kseg.config import Config
 from kseg.errors import SubmissionError
-from kseg.io import atomic_write_bytes
+from kseg.io import atomic_write_bytes, remove_stale
 from kseg.postprocess import NO_CLASS, PostProcess, apply, apply_to_labels
 from kseg.postprocess import load as load_postprocess
 from kseg.progress import Progress
@@ -181,6 +181,7 @@ def write_submission(
     if not report.ok:  # a bug guard: kseg never writes a file it would reject
         raise SubmissionError(f"the encoded submission failed validation ({report.first()}); nothing was written")
     target = out or cfg.submission.path
+    remove_stale(Path(target).parent, target=Path(target).name)  # a killed earlier submit's temporary file
     t0 = time.perf_counter()
     atomic_write_bytes(target, data)
     timings["write"] = time.perf_counter() - t0
