@@ -34,6 +34,12 @@ def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a permission error: name the user's file, not the temporary one
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.filename not in (None, tmp):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -59,3 +59,15 @@ def test_remove_stale_takes_only_what_an_interrupted_kseg_write_left(tmp_path):
     removed = sorted(p.name for p in remove_stale(tmp_path))
     assert removed == [".last.pt.abc123.tmp", ".report.xyz.partial", "oof.npy.partial"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden_notes", "best.pt", "last.pt"]
+
+
+def test_a_full_disk_names_the_output_not_the_temporary_file(tmp_path, monkeypatch):
+    from kseg.io import atomic_open
+
+    def replace(src, dst):
+        raise OSError(28, "No space left on device", src)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left") as caught, atomic_open(tmp_path / "out.csv") as handle:
+        handle.write("a")
+    assert caught.value.filename == str(tmp_path / "out.csv") and list(tmp_path.iterdir()) == []
