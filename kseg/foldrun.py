@@ -138,6 +138,8 @@ class FoldRun:
         self.work = WorkDir(cfg.workdir)
         self.rank, self.world = distributed.init()
         self.main = self.rank == 0
+        self.stale = self._recover() if self.main else []
+        distributed.barrier(self.world)  # every rank then reads the recovered last.pt
         self.device = resolve_device(cfg.runtime)
         self.amp = amp_dtype(cfg.runtime.amp, self.device)
         self.train_rows, self.val_rows, counts = fold_tables(cfg, fold)
@@ -164,6 +166,13 @@ class FoldRun:
     @property
     def precision(self) -> str:
         return PRECISION_NAMES[self.amp]
+
+    def _recover(self) -> list[Path]:
+        """Finish the commit a killed run started (its staged epoch is complete), then remove what it left
+        half-written; returns the removed files. Only this run writes in its fold folder."""
+        if self.work.roll_forward(self.fold):
+            self.note(f"completed the last epoch's commit of an interrupted run in {self.work.fold_dir(self.fold)}")
+        return remove_stale(self.work.fold_dir(self.fold))
 
     def _resume_checkpoint(self) -> dict[str, Any]:
         last = self.work.last(self.fold)
@@ -295,13 +304,9 @@ class FoldRun:
         if not self.main:
             return
         self.work.fold_dir(self.fold).mkdir(parents=True, exist_ok=True)
-        if self.work.roll_forward(self.fold):  # a killed run had staged a complete epoch: finish putting it in place
-            self.note(f"completed the last epoch's commit of an interrupted run in {self.work.fold_dir(self.fold)}")
-        stale = remove_stale(self.work.fold_dir(self.fold))  # left by a killed run: nothing else writes here
-        if stale:
-            self.note(
-                f"removed {len(stale)} unfinished file(s) of an interrupted run: {', '.join(p.name for p in stale)}"
-            )
+        if self.stale:
+            names = ", ".join(p.name for p in self.stale)
+            self.note(f"removed {len(self.stale)} unfinished file(s) of an interrupted run: {names}")
         save_resolved(cfg, self.work.fold_config(self.fold))
         if cfg.train.save_oof and not self.work.oof_masks(self.fold).is_file():
             masks, table = oof_truth(self.val_rows, self.spec, (cfg.data.image_size[0], cfg.data.image_size[1]))
