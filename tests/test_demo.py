@@ -1,7 +1,7 @@
 import pytest
 
 from kseg.cli import app
-from kseg.demo import run_demo
+from kseg.demo import DEMO_MARK, run_demo
 from kseg.errors import KsegError
 
 
@@ -38,5 +38,19 @@ def test_demo_end_to_end(runner, tmp_path):
     score = float(line.split("truth: ")[1].split()[0])
     empty = float(line.split("scores ")[1].rstrip(")"))
     assert score > empty + 0.2
-    again = runner.invoke(app, ["demo", str(out), "--force"], env={"COLUMNS": "200"})
-    assert again.exit_code == 0, again.output
+    assert (out / DEMO_MARK).is_file()  # what lets 'kseg demo --force' replace it (next test)
+
+
+def test_force_replaces_a_previous_demo_and_only_that(tmp_path):
+    """A folder with the mark kseg demo writes is replaced whole; without --force it is kept."""
+    from kseg.demo import _prepare
+
+    out = tmp_path / "demo"
+    _prepare(out, force=False)
+    (out / "work").mkdir()
+    (out / "work" / "fold0.pt").write_text("old")
+    with pytest.raises(KsegError, match="is not empty"):
+        _prepare(out, force=False)
+    assert (out / "work" / "fold0.pt").is_file()
+    _prepare(out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == [DEMO_MARK]
