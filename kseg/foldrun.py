@@ -25,7 +25,7 @@ from torch import nn
 from kseg import __version__, distributed
 from kseg.checkpoint import checkpoint_mismatch, load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config, save_resolved
-from kseg.data import ID, MaskSpec, list_samples
+from kseg.data import MaskSpec
 from kseg.dataset import (
     TrainDataset,
     copy_paste,
@@ -52,7 +52,7 @@ from kseg.runtime import (
     resolve_device,
     seed_everything,
 )
-from kseg.scan import class_pixel_counts
+from kseg.split import fold_tables
 from kseg.weights import normalization_note
 from kseg.workdir import WorkDir
 
@@ -75,30 +75,6 @@ class FoldResult:
     device: str
     precision: str
     notes: list[str] = field(default_factory=list)
-
-
-def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
-    """A fold's training and validation rows of ``folds.csv`` joined to the samples, and the training
-    rows' class pixel counts (``None`` without ``class_pixels.csv``).
-
-    Raises:
-        TrainError: The fold does not exist, or an image is missing from ``folds.csv``.
-    """
-    work = WorkDir(cfg.workdir)
-    folds = work.read_folds()
-    n_folds = int(folds["fold"].max()) + 1
-    if not 0 <= fold < n_folds:
-        raise TrainError(f"fold {fold} does not exist: folds.csv has folds 0-{n_folds - 1}; pick one of them or 'all'")
-    samples = list_samples(cfg.data, "train")
-    merged = samples.merge(folds[[ID, "fold"]], on=ID, how="left")
-    if merged["fold"].isna().any():
-        missing = merged.loc[merged["fold"].isna(), ID].iloc[0]
-        raise TrainError(f"image {missing!r} is not in {work.folds_csv}: the data changed; run 'kseg split' again")
-    counts = class_pixel_counts(work, merged[ID], list(cfg.data.classes))
-    held_out = (merged["fold"] == fold).to_numpy()
-    train = merged[~held_out].reset_index(drop=True)
-    val = merged[held_out].reset_index(drop=True)
-    return train, val, counts[~held_out] if counts is not None else None
 
 
 @dataclass

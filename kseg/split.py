@@ -14,10 +14,10 @@ import pandas as pd
 
 from kseg.config import Config, save_resolved
 from kseg.data import ID, list_samples
-from kseg.errors import SplitError
+from kseg.errors import SplitError, TrainError
 from kseg.groups import merge_groups, read_duplicate_groups
 from kseg.progress import Progress
-from kseg.scan import ClassStats, scan_masks
+from kseg.scan import ClassStats, class_pixel_counts, scan_masks
 from kseg.workdir import WorkDir
 
 
@@ -224,3 +224,27 @@ __all__ = [
     "plain_folds",
     "stratification_labels",
 ]
+
+
+def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+    """A fold's training and validation rows of ``folds.csv`` joined to the samples, and the training
+    rows' class pixel counts (``None`` without ``class_pixels.csv``).
+
+    Raises:
+        TrainError: The fold does not exist, or an image is missing from ``folds.csv``.
+    """
+    work = WorkDir(cfg.workdir)
+    folds = work.read_folds()
+    n_folds = int(folds["fold"].max()) + 1
+    if not 0 <= fold < n_folds:
+        raise TrainError(f"fold {fold} does not exist: folds.csv has folds 0-{n_folds - 1}; pick one of them or 'all'")
+    samples = list_samples(cfg.data, "train")
+    merged = samples.merge(folds[[ID, "fold"]], on=ID, how="left")
+    if merged["fold"].isna().any():
+        missing = merged.loc[merged["fold"].isna(), ID].iloc[0]
+        raise TrainError(f"image {missing!r} is not in {work.folds_csv}: the data changed; run 'kseg split' again")
+    counts = class_pixel_counts(work, merged[ID], list(cfg.data.classes))
+    held_out = (merged["fold"] == fold).to_numpy()
+    train = merged[~held_out].reset_index(drop=True)
+    val = merged[held_out].reset_index(drop=True)
+    return train, val, counts[~held_out] if counts is not None else None

@@ -17,7 +17,8 @@ from kseg import distributed
 from kseg.config import Config
 from kseg.errors import KsegError
 from kseg.evaluation import EpochStats
-from kseg.foldrun import FoldResult, FoldRun, NoteCallback, StepCallback, fold_tables
+from kseg.foldrun import FoldResult, FoldRun, NoteCallback, StepCallback
+from kseg.split import fold_tables
 from kseg.tracking import open_trackers
 from kseg.workdir import WorkDir
 

@@ -162,23 +162,37 @@ def _check_runs(
     flag("outside the mask", outside, outside_detail)
 
     if check_overlap and not found.rows:
-        ends = starts + lengths
-        key = np.where(known, image, -1) * (int(size[known].max()) + 1 if known.any() else 1) + starts
-        by_pos = np.argsort(key, kind="stable")
-        same_image = known[by_pos][1:] & (image[by_pos][1:] == image[by_pos][:-1])
-        clash = np.flatnonzero(same_image & (starts[by_pos][1:] < ends[by_pos][:-1]))
-        a, b = by_pos[clash], by_pos[clash + 1]
-        first_row, second_row = np.minimum(prow[a], prow[b]), np.maximum(prow[a], prow[b])
-        pairs = len(clash)
-        found.add(
-            "classes overlap",
-            np.concatenate([first_row, second_row]),  # both rows of each clash count as affected
-            lambda i: (
-                f"lines {_line(first_row[i % pairs])} and {_line(second_row[i % pairs])} "
-                f"({ids[first_row[i % pairs]]}, {ids[second_row[i % pairs]]}) both claim pixel {starts[b[i % pairs]]}"
-            ),
-        )
+        _flag_overlaps(found, ids, prow, starts, lengths, np.where(known, image, -1), size)
     return found, (prow, starts, lengths)
+
+
+def _flag_overlaps(
+    found: _Findings,
+    ids: list[str],
+    prow: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    image: np.ndarray,
+    size: np.ndarray,
+) -> None:
+    """Add the pixels that two rows of one image both claim (``image`` is -1 for unknown images)."""
+    known = image >= 0
+    ends = starts + lengths
+    key = image * (int(size[known].max()) + 1 if known.any() else 1) + starts
+    by_pos = np.argsort(key, kind="stable")
+    same_image = known[by_pos][1:] & (image[by_pos][1:] == image[by_pos][:-1])
+    clash = np.flatnonzero(same_image & (starts[by_pos][1:] < ends[by_pos][:-1]))
+    a, b = by_pos[clash], by_pos[clash + 1]
+    first_row, second_row = np.minimum(prow[a], prow[b]), np.maximum(prow[a], prow[b])
+    pairs = len(clash)
+    found.add(
+        "classes overlap",
+        np.concatenate([first_row, second_row]),  # both rows of each clash count as affected
+        lambda i: (
+            f"lines {_line(first_row[i % pairs])} and {_line(second_row[i % pairs])} "
+            f"({ids[first_row[i % pairs]]}, {ids[second_row[i % pairs]]}) both claim pixel {starts[b[i % pairs]]}"
+        ),
+    )
 
 
 RUN_FIXES = {
