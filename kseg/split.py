@@ -214,18 +214,6 @@ def make_folds(cfg: Config, on_progress: Progress | None = None) -> SplitResult:
     )
 
 
-__all__ = [
-    "ClassStats",
-    "SplitResult",
-    "assign_folds",
-    "fold_shares",
-    "imbalance",
-    "make_folds",
-    "plain_folds",
-    "stratification_labels",
-]
-
-
 def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
     """A fold's training and validation rows of ``folds.csv`` joined to the samples, and the training
     rows' class pixel counts (``None`` without ``class_pixels.csv``).
@@ -248,3 +236,16 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.
     train = merged[~held_out].reset_index(drop=True)
     val = merged[held_out].reset_index(drop=True)
     return train, val, counts[~held_out] if counts is not None else None
+
+
+__all__ = [
+    "fold_tables",
+    "ClassStats",
+    "SplitResult",
+    "assign_folds",
+    "fold_shares",
+    "imbalance",
+    "make_folds",
+    "plain_folds",
+    "stratification_labels",
+]
