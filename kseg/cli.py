@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -201,13 +202,14 @@ def submit(
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Encode the predicted label maps into a validated submission.csv (optionally uploaded)."""
-    from kseg.submission import upload_submission, write_submission
+    """Encode the predicted label maps into a validated submission.csv (optionally uploaded); log it."""
+    from kseg.submission import log_path, read_log, record_submission, write_submission
 
     with handled(debug):
         cfg = _config(config, set_)
         if upload and not competition:
             raise KsegError("--upload needs --competition SLUG (the name in the competition's URL)")
+        read_log(log_path(out or cfg.submission.path))  # a foreign log.csv stops us before anything is written
         with render.progress_bar("read predictions") as update:
             result = write_submission(
                 cfg,
@@ -218,9 +220,42 @@ def submit(
                 fill_empty=fill_empty,
             )
         render.submission_written(result)
-        if upload:
-            upload_submission(result.path, cfg, competition, message)
-            render.say(f"uploaded to [bold]{competition}[/] with message {message!r}")
+        recorded = record_submission(
+            cfg,
+            result.path,
+            result.predictions,
+            result.postprocess,
+            competition=competition if upload else "",
+            message=message,
+        )
+        render.submission_logged(recorded)
+
+
+@app.command()
+def submissions(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    log: Annotated[
+        Path | None, typer.Option("--log", help="The log file (default: log.csv beside submission.path).")
+    ] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Fill missing public scores from Kaggle (needs kseg\\[kaggle]).")
+    ] = False,
+    competition: Annotated[str, typer.Option("--competition", help="Competition slug, for --refresh.")] = "",
+    debug: DebugOpt = False,
+) -> None:
+    """The submission log: every file kseg submit wrote, its runs, TTA and CV beside the public score."""
+    from kseg.submission import fill_public_scores, kaggle, log_path, read_log
+
+    with handled(debug):
+        path = log or log_path(_config(config, set_).submission.path)
+        if refresh:
+            if not competition:
+                raise KsegError("--refresh needs --competition SLUG (the name in the competition's URL)")
+            filled = fill_public_scores(path, kaggle.kaggle_api(), competition)
+            render.say(f"filled {filled} public score(s) from Kaggle")
+        table = read_log(path)
+    render.submission_log(table, path)
 
 
 @app.command()
@@ -286,17 +321,26 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train a UNet (or any smp model) on the other folds; keep the best epoch by validation Dice."""
-    from kseg.train import folds_to_train, train_fold
+    from kseg.train import FoldResult, folds_to_train, train_fold
+    from kseg.workdir import WorkDir
 
     quiet = int(os.environ.get("RANK", 0)) != 0  # under torchrun only rank 0 talks
-    results = []
+    results: list[FoldResult] = []
     with handled(debug):
         cfg = _config(config, set_)
-        for f in folds_to_train(cfg, fold):
+        limit = cfg.train.time_limit
+        deadline = time.monotonic() + limit if limit is not None else None  # one budget for every fold
+        folds = folds_to_train(cfg, fold)
+        for f in folds:
+            late = deadline is not None and time.monotonic() >= deadline
+            if results and (results[-1].stopped_by_time or late):
+                break
+            # --fold all --resume: folds never started start now; a single fold must have its last.pt
+            again = resume and (len(folds) == 1 or WorkDir(cfg.workdir).last(f).is_file())
             with render.training_progress(f, cfg.train.epochs, quiet) as callbacks:
-                results.append(train_fold(cfg, f, resume=resume, **callbacks))
+                results.append(train_fold(cfg, f, again, **callbacks, deadline=deadline))
     if not quiet:
-        render.training_results(results)
+        render.training_results(results, folds)
 
 
 def _numbers(text: str | None, what: str, kind: type = int, example: str = "0,1,2") -> list | None:
@@ -343,9 +387,12 @@ def infer(
         typer.Option("--stitch", help="Tiles of 'kseg tile': also write the predictions as one GeoTIFF here."),
     ] = None,
     no_postprocess: NoPostOpt = False,
+    no_blend: Annotated[
+        bool, typer.Option("--no-blend", help="Predict with this run's folds even where blend.json exists.")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Predict the test set (or --images DIR) with the trained folds, optionally with TTA."""
+    """Predict the test set (or --images DIR) with the trained folds (or the blend), optionally with TTA."""
     from kseg.ensemble import load_bundle, load_ensemble
     from kseg.infer import OutputOptions, competition_test_images, list_images, run_inference
     from kseg.tile import tiles_folder
@@ -363,7 +410,7 @@ def infer(
             cfg = _config(config, set_)
             chosen = _numbers(folds, "--folds") or cfg.infer.folds
             weights = _numbers(fold_weights, "--fold-weights", float, "1,1,2") or cfg.infer.fold_weights
-            ensemble = load_ensemble(cfg, chosen, weights)
+            ensemble = load_ensemble(cfg, chosen, weights, use_blend=not no_blend)
         cfg = ensemble.cfg
         tiles_dir = tiles_folder(images) if stitch is not None else None
         if images is not None:
@@ -419,6 +466,75 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False)
         with render.progress_bar("read OOF") as update:
             result = tune_postprocess(cfg, on_progress=update)
     render.tune_result(result)
+
+
+@app.command()
+def pseudo(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Unlabelled images to pseudo-label (default: the test set).")
+    ] = None,
+    fold: Annotated[str, typer.Option("--fold", help="Fold to train again (0, 1, ...) or 'all'.")] = "all",
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Keep pixels whose top probability reaches this (0-1).")
+    ] = None,
+    share: Annotated[
+        float | None, typer.Option("--share", help="Share of every training batch given to them (0-1).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Work folder of the new run (default: <workdir>-pseudo).")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Label with the config's TTA views.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the new run's folds from last.pt.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Pseudo-label the test set with each fold's own model, then train the folds again with them."""
+    from kseg.infer import competition_test_images, list_images
+    from kseg.pseudo import label_fold, prepare_run, pseudo_rows
+    from kseg.train import FoldResult, folds_to_train, train_fold
+
+    options = {"pseudo.threshold": threshold, "pseudo.share": share, "pseudo.workdir": out}
+    overrides = [*(set_ or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
+    results: list[FoldResult] = []
+    with handled(debug):
+        cfg = _config(config, overrides)
+        run_cfg = prepare_run(cfg)
+        table = list_images(images) if images is not None else competition_test_images(cfg)
+        folds = folds_to_train(cfg, fold)
+        limit = cfg.train.time_limit
+        deadline = time.monotonic() + limit if limit is not None else None
+        for f in folds:
+            if results and (results[-1].stopped_by_time or (deadline is not None and time.monotonic() >= deadline)):
+                break
+            with render.progress_bar(f"pseudo-label fold {f}") as update:
+                labels = label_fold(
+                    cfg, f, table, run_cfg.workdir, tta=cfg.infer.tta if tta else "none", on_progress=update
+                )
+            render.pseudo_labels(labels, cfg.pseudo.threshold)
+            again = resume and run_cfg.workdir.joinpath(f"fold{f}", "last.pt").is_file()
+            with render.training_progress(f, cfg.train.epochs, False) as callbacks:
+                rows = pseudo_rows(labels, cfg)
+                results.append(train_fold(run_cfg, f, again, **callbacks, deadline=deadline, pseudo=rows))
+    render.training_results(results, folds)
+    render.say(f"the pseudo-labelled run is {run_cfg.workdir}: tune, infer and submit it with --set workdir=...")
+
+
+@app.command()
+def blend(
+    runs: Annotated[list[Path], typer.Argument(help="Work folders of runs trained on the same folds.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Blend runs with weights searched on their out-of-fold predictions; infer and export then use it."""
+    from kseg.blend import blend_runs
+
+    with handled(debug):
+        cfg = _config(config, set_)
+        with render.progress_bar("score OOF blends") as update:
+            result = blend_runs(cfg, runs, on_progress=update)
+    render.blend_result(result)
 
 
 @app.command()

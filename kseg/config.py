@@ -1,9 +1,9 @@
 """Typed experiment config: YAML file + ``--set dotted.key=value`` overrides -> validated ``Config``.
 
-Relative paths in a config (``workdir``, ``data.root``, ``submission.path``) are resolved against the
-folder of the config file, so ``kseg split -c comp/kseg.yaml`` and ``cd comp && kseg split`` mean the
-same thing. Data file templates are relative to ``data.root``. The sections themselves are defined in
-``kseg.schema`` and re-exported here.
+Relative paths in a config (``workdir``, ``data.root``, ``submission.path``, ``pseudo.workdir``) are
+resolved against the folder of the config file, so ``kseg split -c comp/kseg.yaml`` and
+``cd comp && kseg split`` mean the same thing. Data file templates are relative to ``data.root``.
+The sections themselves are defined in ``kseg.schema`` and re-exported here.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from kseg.schema import (
     DataConfig,
     InferConfig,
     ModelConfig,
+    PseudoConfig,
     RuntimeConfig,
     SplitConfig,
     SubmissionConfig,
@@ -46,6 +47,7 @@ __all__ = [
     "DataConfig",
     "InferConfig",
     "ModelConfig",
+    "PseudoConfig",
     "RuntimeConfig",
     "SplitConfig",
     "SubmissionConfig",
@@ -157,6 +159,8 @@ def build_config(tree: dict, base_dir: Path, source: str = "config", overrides: 
     cfg.workdir = _resolve(cfg.workdir, base_dir)
     cfg.data.root = _resolve(cfg.data.root, base_dir)
     cfg.submission.path = _resolve(cfg.submission.path, base_dir)
+    if cfg.pseudo.workdir is not None:
+        cfg.pseudo.workdir = _resolve(cfg.pseudo.workdir, base_dir)
     weights = cfg.model.encoder_weights
     if weights and is_weights_file(weights) and not weights.startswith("pip:"):
         cfg.model.encoder_weights = str(_resolve(Path(weights), base_dir))

@@ -6,6 +6,7 @@ same whatever the number of workers and whether the run was resumed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -18,6 +19,19 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from kseg.config import AugmentConfig, Config
 from kseg.data import MaskSpec, read_image, read_mask
 from kseg.errors import DataError
+
+
+@dataclass(frozen=True)
+class PseudoRows:
+    """Pseudo-labelled training images (``kseg pseudo``).
+
+    Attributes:
+        rows: ``ImageID, image, mask``: index-PNG masks, ``ignore_index`` where the label was not confident.
+        share: Share of every training batch given to them (0-1).
+    """
+
+    rows: pd.DataFrame
+    share: float
 
 
 def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
@@ -141,7 +155,10 @@ class TrainDataset(Dataset):
     ):
         self.images = samples["image"].tolist()
         self.masks = samples["mask"].tolist()
+        # pseudo-labelled rows (kseg pseudo) have index masks whatever the competition's mask format
+        self.pseudo = samples["pseudo"].astype(bool).tolist() if "pseudo" in samples else [False] * len(samples)
         self.spec = spec
+        self.pseudo_spec = MaskSpec("index", spec.n_classes, spec.ignore_index, "error")
         self.transform = transform
         self.mean, self.std = mean, std
         self.per_image = per_image
@@ -192,7 +209,7 @@ class TrainDataset(Dataset):
         if cache is not None:
             return cache[source]
         image = load_image(self.images[source], self.channels)
-        mask = read_mask(Path(self.masks[source]), self.spec)
+        mask = read_mask(Path(self.masks[source]), self.pseudo_spec if self.pseudo[source] else self.spec)
         if image.shape[:2] != mask.shape:
             raise DataError(
                 f"mask {self.masks[source]} is {mask.shape[0]}x{mask.shape[1]} but image {self.images[source]} is "
@@ -229,6 +246,49 @@ def rare_class_weights(counts: np.ndarray) -> np.ndarray:
     return weight / weight.sum()
 
 
+def _epoch_order(
+    n_images: int, repeat: int, generator: torch.Generator, sample_weights: np.ndarray | None
+) -> list[int]:
+    """Dataset indices of one epoch: each image ``repeat`` times, shuffled, or drawn by weight."""
+    if sample_weights is not None:
+        weights = np.tile(sample_weights.astype(np.float64), repeat)
+        drawn = WeightedRandomSampler(weights.tolist(), n_images * repeat, replacement=True, generator=generator)
+        return list(drawn)
+    return torch.randperm(n_images * repeat, generator=generator).tolist()
+
+
+def mixed_order(
+    n_real: int,
+    n_pseudo: int,
+    *,
+    batch_size: int,
+    share: float,
+    repeat: int,
+    generator: torch.Generator,
+    sample_weights: np.ndarray | None = None,
+) -> list[int]:
+    """One epoch's indices into a dataset of ``n_real`` labelled then ``n_pseudo`` pseudo-labelled images
+    (each ``repeat`` times: index ``j * n + i`` is image ``i``), in batches of ``batch_size`` that each hold
+    ``round(share * batch_size)`` pseudo-labelled images (at least one, at most all but one). The
+    labelled images are each seen ``repeat`` times, as without pseudo-labels; the epoch has more batches.
+    """
+    n = n_real + n_pseudo
+    per_batch = min(max(1, round(share * batch_size)), batch_size - 1) if batch_size > 1 else 0
+    real = _epoch_order(n_real, repeat, generator, sample_weights)
+    real = [(i // n_real) * n + i % n_real for i in real]
+    taken = batch_size - per_batch
+    batches = -(-len(real) // taken)
+    pseudo_needed = batches * per_batch
+    pseudo: list[int] = []
+    while len(pseudo) < pseudo_needed:  # cycle through fresh shuffles of the pseudo-labelled images
+        cycle = len(pseudo) // n_pseudo
+        pseudo += [cycle * n + n_real + i for i in torch.randperm(n_pseudo, generator=generator).tolist()]
+    order: list[int] = []
+    for b in range(batches):
+        order += real[b * taken : (b + 1) * taken] + pseudo[b * per_batch : (b + 1) * per_batch]
+    return order
+
+
 def train_loader(
     dataset: TrainDataset,
     *,
@@ -240,11 +300,27 @@ def train_loader(
     rank: int = 0,
     world: int = 1,
     pin_memory: bool = False,
+    pseudo_share: float = 0.0,
 ) -> DataLoader:
-    """The loader of one epoch: its shuffling depends only on ``(seed, epoch)`` (and the rank)."""
+    """The loader of one epoch: its shuffling depends only on ``(seed, epoch)`` (and the rank). With
+    pseudo-labelled rows in the dataset, every batch holds ``pseudo_share`` of them (``mixed_order``);
+    ``sample_weights`` then weighs the labelled rows only."""
     dataset.set_epoch(epoch)
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    if sample_weights is not None:
+    n_pseudo = sum(dataset.pseudo)
+    if n_pseudo:
+        order = mixed_order(
+            len(dataset.images) - n_pseudo,
+            n_pseudo,
+            batch_size=batch_size,
+            share=pseudo_share,
+            repeat=dataset.repeat,
+            generator=generator,
+            sample_weights=sample_weights,
+        )
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][rank::world]
+        sampler = [i for batch in batches for i in batch]  # whole batches per rank keep the share
+    elif sample_weights is not None:
         drawn = WeightedRandomSampler(
             sample_weights.astype(np.float64).tolist(), len(dataset), replacement=True, generator=generator
         )

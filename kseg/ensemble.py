@@ -3,7 +3,7 @@ carry the resolved config, the weights and the tuned post-processing in one file
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 from kseg import __version__
 from kseg.checkpoint import checkpoint_mismatch, load_checkpoint, save_checkpoint
-from kseg.config import Config, apply_overrides, build_config
+from kseg.config import Config, apply_overrides, build_config, load_config
 from kseg.errors import InferError
 from kseg.models import build_model
 from kseg.postprocess import PostProcess
@@ -19,7 +19,7 @@ from kseg.postprocess import load as load_postprocess
 from kseg.workdir import WorkDir
 
 BUNDLE_FORMAT = "kseg-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: runs as members (a blend); 1 is still read
 
 
 def bare_model(cfg: Config, n_classes: int) -> nn.Module:
@@ -29,7 +29,8 @@ def bare_model(cfg: Config, n_classes: int) -> nn.Module:
 
 @dataclass
 class Ensemble:
-    """Models ready to predict, and where they came from."""
+    """Models ready to predict, and where they came from. A blend (``kseg blend``) is an ensemble of
+    ensembles: ``members`` holds each run's ensemble (its own config) and its weight."""
 
     cfg: Config
     models: list[nn.Module]
@@ -37,11 +38,59 @@ class Ensemble:
     weights: list[float] | None
     source: str
     post: PostProcess | None = None  # tuned post-processing, when there is one
+    members: list[tuple[Ensemble, float]] = field(default_factory=list)
 
 
-def load_ensemble(cfg: Config, folds: list[int] | None = None, weights: list[float] | None = None) -> Ensemble:
-    """The best checkpoint of each chosen fold (default: every trained fold), loaded once."""
+def run_config(path: Path) -> Config:
+    """The resolved config a run's folds were trained with (``fold<N>/config.yaml``)."""
+    work = WorkDir(path)
+    trained = work.folds_with("config.yaml")
+    if not trained:
+        raise InferError(f"{path} holds no trained fold (no fold*/config.yaml); give a work folder of 'kseg train'")
+    return load_config(work.fold_config(trained[0]))
+
+
+def member_config(run: Config, cfg: Config) -> Config:
+    """A blended run's own config (model, data sizes, normalisation) under the current config's inference
+    and runtime settings (TTA, mode, batch, device)."""
+    infer = cfg.infer.model_copy(update={"folds": None, "fold_weights": None})
+    return run.model_copy(update={"infer": infer, "runtime": cfg.runtime})
+
+
+def load_blend(cfg: Config, info: dict) -> Ensemble:
+    """The ensemble ``blend.json`` describes: every trained fold of each run, the run's weight, and the
+    post-processing tuned on the blend."""
+    path = WorkDir(cfg.workdir).blend_json
+    members = []
+    for run in info["runs"]:
+        if not Path(run["path"]).is_dir():
+            raise InferError(
+                f"{path} blends run {run['path']}, which no longer exists; restore it, or run 'kseg blend' again"
+            )
+        member = load_ensemble(member_config(run_config(Path(run["path"])), cfg), use_blend=False)
+        member.post = None
+        members.append((member, float(run["weight"])))
+    post = PostProcess.from_json(info["postprocess"], str(path)) if info.get("postprocess") else None
+    weights = ", ".join(f"{w:g}" for _, w in members)
+    folds = sorted({f for member, _ in members for f in member.folds})
+    models = [m for member, _ in members for m in member.models]
+    return Ensemble(cfg, models, folds, None, f"blend of {len(members)} runs ({weights}; {path})", post, members)
+
+
+def load_ensemble(
+    cfg: Config, folds: list[int] | None = None, weights: list[float] | None = None, *, use_blend: bool = True
+) -> Ensemble:
+    """The best checkpoint of each chosen fold (default: every trained fold), loaded once; or, when the
+    work folder holds a ``blend.json`` (and ``use_blend``), the blend it describes."""
     work = WorkDir(cfg.workdir)
+    blend = work.read_blend() if use_blend else None
+    if blend is not None:
+        if folds is not None or weights is not None:
+            raise InferError(
+                f"{work.blend_json} blends every fold of its runs, so folds and fold weights cannot be chosen; "
+                "drop --folds / --fold-weights (and infer.folds), or predict without the blend (--no-blend)"
+            )
+        return load_blend(cfg, blend)
     available = work.trained_folds()
     if not available:
         raise InferError(
@@ -71,31 +120,56 @@ def load_ensemble(cfg: Config, folds: list[int] | None = None, weights: list[flo
     )
 
 
-def export_bundle(cfg: Config, out: Path, folds: list[int] | None = None, half: bool = False) -> Path:
-    """Pack the resolved config and the chosen folds' best weights into one file (``.kseg``)."""
-    ensemble = load_ensemble(cfg, folds)
-    dtype = torch.float16 if half else None
+def _states(models: list[nn.Module], dtype: torch.dtype | None) -> list[dict[str, torch.Tensor]]:
     states = []
-    for model in ensemble.models:
+    for model in models:
         state = model.state_dict()
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         states.append(state)
+    return states
+
+
+def export_bundle(cfg: Config, out: Path, folds: list[int] | None = None, half: bool = False) -> Path:
+    """Pack the resolved config and the chosen folds' best weights into one file (``.kseg``); a blend is
+    packed whole: each run's config, weights and blend weight."""
+    ensemble = load_ensemble(cfg, folds)
+    dtype = torch.float16 if half else None
+    parts = ensemble.members or [(ensemble, 1.0)]
     bundle = {
         "format": BUNDLE_FORMAT,
         "bundle_version": BUNDLE_VERSION,
         "kseg_version": __version__,
         "config": cfg.model_dump(mode="json"),
         "folds": ensemble.folds,
-        "state_dicts": states,
+        "members": [
+            {
+                "config": member.cfg.model_dump(mode="json"),
+                "folds": member.folds,
+                "weight": weight,
+                "state_dicts": _states(member.models, dtype),
+            }
+            for member, weight in parts
+        ],
         "postprocess": ensemble.post.to_json() if ensemble.post is not None else None,
+        "source": ensemble.source,
     }
     save_checkpoint(out, bundle)
     return out
 
 
+def _bundle_member(tree: dict, states: list, overrides: list[str], source: str) -> Ensemble:
+    cfg = build_config(apply_overrides(tree, overrides), Path.cwd(), source=source, overrides=overrides)
+    models = []
+    for state in states:
+        model = bare_model(cfg, cfg.n_classes)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        models.append(model.eval())
+    return Ensemble(cfg, models, [], None, source)
+
+
 def load_bundle(path: Path, overrides: list[str] | None = None) -> Ensemble:
-    """An ensemble from a ``kseg export`` bundle: needs nothing but the file."""
+    """An ensemble (or a blend) from a ``kseg export`` bundle: needs nothing but the file."""
     path = Path(path)
     if not path.is_file():
         raise InferError(f"bundle {path} does not exist; make one with 'kseg export -c CFG --out {path.name}'")
@@ -105,17 +179,30 @@ def load_bundle(path: Path, overrides: list[str] | None = None) -> Ensemble:
         raise InferError(f"{path} is not a kseg bundle ({type(exc).__name__}); make one with 'kseg export'") from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise InferError(f"{path} is not a kseg bundle; make one with 'kseg export'")
-    if bundle.get("bundle_version") != BUNDLE_VERSION:
+    version = bundle.get("bundle_version")
+    if version not in (1, BUNDLE_VERSION):
         raise InferError(
-            f"{path} is a bundle of format {bundle.get('bundle_version')} (kseg {bundle.get('kseg_version')}) but this "
-            f"kseg {__version__} reads format {BUNDLE_VERSION}; export it again with this kseg"
+            f"{path} is a bundle of format {version} (kseg {bundle.get('kseg_version')}) but this "
+            f"kseg {__version__} reads formats 1-{BUNDLE_VERSION}; export it again with this kseg"
         )
-    tree = apply_overrides(bundle["config"], list(overrides or []))
-    cfg = build_config(tree, Path.cwd(), source=str(path), overrides=overrides)
-    models = []
-    for state in bundle["state_dicts"]:
-        model = bare_model(cfg, cfg.n_classes)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        models.append(model.eval())
+    overrides = list(overrides or [])
+    members = bundle.get("members") or [
+        {"config": bundle["config"], "folds": bundle["folds"], "weight": 1.0, "state_dicts": bundle["state_dicts"]}
+    ]
     post = PostProcess.from_json(bundle["postprocess"], str(path)) if bundle.get("postprocess") else None
-    return Ensemble(cfg, models, list(bundle["folds"]), None, f"bundle {path} (folds {bundle['folds']})", post)
+    parts = []
+    for member in members:
+        ensemble = _bundle_member(member["config"], member["state_dicts"], overrides, str(path))
+        ensemble.folds = list(member["folds"])
+        parts.append((ensemble, float(member["weight"])))
+    if len(parts) == 1:
+        single = parts[0][0]
+        single.source, single.post = f"bundle {path} (folds {bundle['folds']})", post
+        return single
+    cfg = _bundle_member(bundle["config"], [], overrides, str(path)).cfg
+    for ensemble, _ in parts:  # the bundle's inference settings (and --set) for every run
+        ensemble.cfg = member_config(ensemble.cfg, cfg)
+    models = [m for ensemble, _ in parts for m in ensemble.models]
+    return Ensemble(
+        cfg, models, list(bundle["folds"]), None, f"bundle {path} (blend of {len(parts)} runs)", post, parts
+    )

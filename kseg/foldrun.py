@@ -23,10 +23,12 @@ import torch
 from torch import nn
 
 from kseg import __version__, distributed
+from kseg.averaging import AverageResult, epochs_to_average
 from kseg.checkpoint import checkpoint_mismatch, load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config, save_resolved
 from kseg.data import MaskSpec
 from kseg.dataset import (
+    PseudoRows,
     TrainDataset,
     copy_paste,
     cutmix,
@@ -75,6 +77,28 @@ class FoldResult:
     device: str
     precision: str
     notes: list[str] = field(default_factory=list)
+    stopped_by_time: bool = False  # train.time_limit passed: resume to finish
+    average: AverageResult | None = None  # train.average: the averaged checkpoint's figures
+
+
+def with_pseudo_rows(train: pd.DataFrame, val: pd.DataFrame, pseudo: pd.DataFrame) -> pd.DataFrame:
+    """The fold's training rows followed by the pseudo-labelled ones (column ``pseudo`` marks them).
+
+    Raises:
+        TrainError: A pseudo-labelled image is one of the competition's training images (by id or file):
+            it would put a validation image, with a model's labels, into training.
+    """
+    known = pd.concat([train, val])
+    files = {str(Path(p).resolve()) for p in known["image"]}
+    by_file = pseudo["image"].map(lambda p: str(Path(p).resolve()) in files)
+    same = pseudo[pseudo["ImageID"].isin(known["ImageID"]) | by_file]
+    if len(same):
+        raise TrainError(
+            f"pseudo-labelled image {same['image'].iloc[0]} is also a training image ({same['ImageID'].iloc[0]}); "
+            "pseudo-label the test images or another folder of unlabelled images, not the training set"
+        )
+    rows = pd.concat([train.assign(pseudo=False), pseudo.assign(pseudo=True)], ignore_index=True)
+    return rows
 
 
 @dataclass
@@ -98,6 +122,8 @@ class FoldRun:
         resume: Continue from ``fold<N>/last.pt``.
         on_step: Progress ``callback(epoch, step, steps, loss, images_per_s)`` (rank 0 only).
         on_note: Called with one-line notes (device, precision, weights, resume point).
+        pseudo: Pseudo-labelled images added to the training rows (never to validation), and their share
+            of each batch.
     """
 
     def __init__(
@@ -108,6 +134,7 @@ class FoldRun:
         resume: bool = False,
         on_step: StepCallback | None = None,
         on_note: NoteCallback | None = None,
+        pseudo: PseudoRows | None = None,
     ):
         self.cfg, self.fold = cfg, fold
         self.on_step, self.note = on_step, on_note or (lambda _msg: None)
@@ -124,6 +151,10 @@ class FoldRun:
                 f"fold {fold} leaves {len(self.train_rows)} training and {len(self.val_rows)} validation images; "
                 "run 'kseg split' with fewer folds"
             )
+        self.pseudo_share = 0.0
+        if pseudo is not None:
+            self.train_rows = with_pseudo_rows(self.train_rows, self.val_rows, pseudo.rows)
+            self.pseudo_share = pseudo.share
         self.counts = counts
         self.class_pixels = counts.sum(0) if counts is not None else None
         self.classes = list(cfg.data.classes)
@@ -233,6 +264,7 @@ class FoldRun:
             rank=self.rank,
             world=self.world,
             pin_memory=pin_memory(cfg.runtime, self.device),
+            pseudo_share=self.pseudo_share,
         )
 
     def _wrapped_model(self) -> nn.Module:
@@ -341,14 +373,26 @@ class FoldRun:
 
     def validate(self, epoch: int, train_loss: float, images_per_s: float, started: float) -> EpochStats:
         """Score the held-out fold (rank 0); keeps its OOF probabilities when the epoch is the best so far."""
+        stats = self.score(self.predictor, epoch + 1, train_loss, images_per_s, started)
+        if stats.best:
+            self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = stats.val_dice, epoch + 1, 0
+        else:
+            self.progress.bad_epochs += 1
+        return stats
+
+    def score(
+        self, predictor: Predictor, epoch: int, train_loss: float, images_per_s: float, started: float
+    ) -> EpochStats:
+        """Validate ``predictor``'s model as an epoch is validated. Its OOF probabilities are left staged
+        (``oof.npy.next``, for ``save`` to commit) only when it beats the best score so far."""
         cfg = self.cfg
-        self.eval_model.eval()
         oof: Any = None  # a numpy memmap
         if cfg.train.save_oof:
             oof = self.work.open_oof(self.fold, (len(self.val_rows), len(self.classes), *cfg.data.image_size))
-        channels = cfg.model.in_channels
+        for model in predictor.models:
+            model.eval()
         val_loss, counts = evaluate(
-            self.predictor, self.val_rows, self.spec, self.val_loss_fn, channels=channels, oof=oof
+            predictor, self.val_rows, self.spec, self.val_loss_fn, channels=cfg.model.in_channels, oof=oof
         )
         score, class_dice, class_iou = summarize(counts, self.classes)
         accuracy, precision, recall = pixel_metrics(counts)
@@ -356,14 +400,10 @@ class FoldRun:
         if oof is not None:
             oof.flush()
             del oof
-            if not improved:  # only the best epoch's probabilities are kept (committed with best.pt by save)
+            if not improved:  # only the best model's probabilities are kept
                 self.work.staged(self.fold, "oof.npy").unlink(missing_ok=True)
-        if improved:
-            self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = score, epoch + 1, 0
-        else:
-            self.progress.bad_epochs += 1
         return EpochStats(
-            epoch + 1,
+            epoch,
             self.optimizer.param_groups[0]["lr"],
             train_loss,
             val_loss,
@@ -406,8 +446,9 @@ class FoldRun:
         return state
 
     def save(self, epoch: int, best: bool) -> None:
-        """The epoch's ``last.pt``, ``metrics.csv`` and, when it is the best, ``best.pt`` and ``oof.npy``, put
-        in place together (a kill or a full disk leaves the previous epoch's set whole); then ``curves.png``."""
+        """The epoch's ``last.pt``, ``metrics.csv`` and, when it is the best, ``best.pt`` and ``oof.npy`` (and
+        its weights, when ``train.average`` will take them), put in place together (a kill or a full disk
+        leaves the previous epoch's set whole); then ``curves.png``."""
         state = self.state(epoch)
         names = ["last.pt", "metrics.csv"]
         if best:
@@ -415,11 +456,25 @@ class FoldRun:
             names.insert(0, "best.pt")
             if self.work.staged(self.fold, "oof.npy").exists():
                 names.insert(1, "oof.npy")
+        keep = self.averaged_epochs()
+        if epoch + 1 in keep:
+            snapshot = self.work.snapshot(self.fold, epoch + 1).name
+            save_checkpoint(self.work.staged(self.fold, snapshot), {"model": state["model"], "epoch": epoch + 1})
+            names.append(snapshot)
         save_checkpoint(self.work.staged(self.fold, "last.pt"), state)
         table = pd.DataFrame(self.progress.history)
         self.work.write_metrics(self.fold, table, staged=True)
         self.work.commit(self.fold, names)
+        for old in set(self.work.snapshot_epochs(self.fold)) - set(keep):
+            self.work.snapshot(self.fold, old).unlink(missing_ok=True)  # no longer among those averaged
         training_curves(table, self.work.curves(self.fold), self.fold)
+
+    def averaged_epochs(self) -> list[int]:
+        """The epochs (1-based) ``train.average`` takes as the history stands; none without it."""
+        k = self.cfg.train.average
+        if k is None:
+            return []
+        return epochs_to_average(self.progress.history, k, self.cfg.train.average_rule)
 
     def share_progress(self) -> None:
         """Rank 0's history and best-so-far on every rank."""

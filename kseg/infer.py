@@ -28,7 +28,7 @@ from kseg.errors import DataError, InferError
 from kseg.io import atomic_dir, atomic_open, remove_stale
 from kseg.plotting import colorize, to_uint8
 from kseg.postprocess import PostProcess, apply
-from kseg.predictor import PredictOptions, Predictor, infer_batch
+from kseg.predictor import BlendPredictor, PredictOptions, Predictor, infer_batch
 from kseg.progress import Progress
 from kseg.runtime import amp_dtype, loader_workers, resolve_device
 from kseg.workdir import prediction_file, read_inference_info, write_inference_info
@@ -121,8 +121,16 @@ def _write_outputs(
             _save_png(prediction_file(out, image_id, "overlay"), np.concatenate([rgb, blend], axis=1))
 
 
-def _predictor(ensemble: Ensemble, tta: str) -> Predictor:
-    """The ensemble's models on the runtime's device, under its precision and memory layout."""
+def _predictor(ensemble: Ensemble, tta: str) -> Predictor | BlendPredictor:
+    """The ensemble's models on the runtime's device, under its precision and memory layout; a blend
+    predicts with each run's own sizes and normalisation, and averages with the run weights."""
+    if ensemble.members:
+        return BlendPredictor([(run_predictor(member, tta), weight) for member, weight in ensemble.members])
+    return run_predictor(ensemble, tta)
+
+
+def run_predictor(ensemble: Ensemble, tta: str) -> Predictor:
+    """One run's models on the runtime's device (``ensemble`` must not be a blend)."""
     cfg = ensemble.cfg
     device = resolve_device(cfg.runtime)
     models = [m.to(device) for m in ensemble.models]
@@ -220,7 +228,7 @@ def check_output_folder(out: Path) -> None:
 
 def _predict_into(
     folder: Path,
-    predictor: Predictor,
+    predictor: Predictor | BlendPredictor,
     cfg: Config,
     images: pd.DataFrame,
     post: PostProcess | None,

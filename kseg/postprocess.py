@@ -39,6 +39,7 @@ __all__ = [
     "NO_CLASS",
     "THRESHOLDS",
     "ClassParams",
+    "OOFBuilder",
     "OOFSet",
     "PostProcess",
     "TuneError",
@@ -49,6 +50,7 @@ __all__ = [
     "load",
     "load_oof",
     "tune",
+    "tune_oof",
 ]
 THRESHOLDS = np.round(np.concatenate([[0.0], np.arange(0.30, 0.951, 0.05)]), 2)
 AREA_FRACTIONS = np.concatenate([[0.0], np.geomspace(1e-5, 0.05, 24)])
@@ -178,6 +180,49 @@ class OOFSet:
     resolution: tuple[int, int]
 
 
+class OOFBuilder:
+    """Collects ``OOFSet`` statistics image by image, from uint8 probabilities and true labels."""
+
+    def __init__(self, n_classes: int):
+        self.k = n_classes
+        self.ids: list[str] = []
+        self.folds: list[int] = []
+        self.hists: list[np.ndarray] = []
+        self.areas: list[np.ndarray] = []
+        self.pixels: list[int] = []
+        self.confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+        self.resolution = (0, 0)
+
+    def add(self, image_id: str, fold: int, probs: np.ndarray, truth: np.ndarray) -> None:
+        """One image: ``probs`` ``(K, H, W)`` uint8, ``truth`` ``(H, W)`` (values >= K are not scored)."""
+        k = self.k
+        p = torch.from_numpy(np.array(probs))
+        labels = torch.from_numpy(np.asarray(truth).astype(np.int64))
+        top = p.max(0)
+        predicted = top.indices
+        scored = labels < k
+        agree = (labels == predicted) & scored
+        code = (predicted * 512 + agree.long() * 256 + top.values.long())[scored]
+        self.hists.append(torch.bincount(code, minlength=k * 512).view(k, 2, 256).to(torch.int32).numpy())
+        self.areas.append(torch.bincount(labels[scored], minlength=k)[:k].numpy())
+        self.pixels.append(int(scored.sum()))
+        self.confusion += torch.bincount(labels[scored] * k + predicted[scored], minlength=k * k).view(k, k).numpy()
+        self.ids.append(image_id)
+        self.folds.append(fold)
+        self.resolution = (int(p.shape[1]), int(p.shape[2]))
+
+    def build(self) -> OOFSet:
+        return OOFSet(
+            self.ids,
+            np.array(self.folds),
+            np.stack(self.hists),
+            np.stack(self.areas),
+            np.array(self.pixels),
+            self.confusion,
+            self.resolution,
+        )
+
+
 def load_oof(cfg: Config, on_progress: Progress | None = None) -> OOFSet:
     """Read every fold's OOF files once into compact per-image statistics."""
     work = WorkDir(cfg.workdir)
@@ -185,9 +230,6 @@ def load_oof(cfg: Config, on_progress: Progress | None = None) -> OOFSet:
     if not folds:
         raise TuneError(f"no out-of-fold predictions in {cfg.workdir} (fold*/oof.npy); run 'kseg train' first")
     k = len(cfg.data.classes)
-    ids, fold_of, hists, areas, pixels = [], [], [], [], []
-    confusion = np.zeros((k, k), dtype=np.int64)
-    total = 0
     tables = {}
     for f in folds:
         try:
@@ -196,32 +238,16 @@ def load_oof(cfg: Config, on_progress: Progress | None = None) -> OOFSet:
             raise TuneError(
                 f"the OOF files of fold {f} in {work.fold_dir(f)} cannot be read ({exc}); train the fold again"
             ) from None
-        total += len(tables[f][2])
-    done = 0
-    resolution = None
+    total = sum(len(table) for _, _, table in tables.values())
+    builder = OOFBuilder(k)
     for f, (probs, masks, table) in tables.items():
         if probs.shape[1] != k:
             raise TuneError(f"fold {f}'s OOF has {probs.shape[1]} classes but the config has {k}; train it again")
-        resolution = tuple(probs.shape[2:])
         for i in range(len(table)):
-            p = torch.from_numpy(np.array(probs[i]))
-            truth = torch.from_numpy(np.asarray(masks[i]).astype(np.int64))
-            top = p.max(0)
-            label = top.indices
-            scored = truth < k
-            agree = (truth == label) & scored
-            code = (label * 512 + agree.long() * 256 + top.values.long())[scored]
-            hists.append(torch.bincount(code, minlength=k * 512).view(k, 2, 256).to(torch.int32).numpy())
-            areas.append(torch.bincount(truth[scored], minlength=k)[:k].numpy())
-            pixels.append(int(scored.sum()))
-            confusion += torch.bincount(truth[scored] * k + label[scored], minlength=k * k).view(k, k).numpy()
-            ids.append(table[ID].iloc[i])
-            fold_of.append(f)
-            done += 1
+            builder.add(table[ID].iloc[i], f, probs[i], masks[i])
             if on_progress:
-                on_progress(done, total)
-    size = (int(resolution[0]), int(resolution[1])) if resolution is not None else (0, 0)
-    return OOFSet(ids, np.array(fold_of), np.stack(hists), np.stack(areas), np.array(pixels), confusion, size)
+                on_progress(len(builder.ids), total)
+    return builder.build()
 
 
 def class_table(oof: OOFSet, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +314,7 @@ class TuneResult:
     class_after: dict[str, float]
     holdout_before: float
     holdout_after: float
-    path: Path
+    path: Path | None  # postprocess.json, once written
     oof: OOFSet
 
 
@@ -299,7 +325,14 @@ def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> Tun
     parameters tuned on each half score the other, and the two results are averaged.
     """
     oof = load_oof(cfg, on_progress)
-    classes = list(cfg.data.classes)
+    result = tune_oof(oof, list(cfg.data.classes), seed)
+    path = WorkDir(cfg.workdir).write_postprocess(result.post.to_json())
+    result.path = path
+    return result
+
+
+def tune_oof(oof: OOFSet, classes: list[str], seed: int = 0) -> TuneResult:
+    """``tune`` on statistics already collected (``load_oof``, or a blend's); writes nothing."""
     everything = np.arange(len(oof.ids))
     choice, before, after = _search(oof, everything)
     order = np.random.default_rng(seed).permutation(len(oof.ids))
@@ -320,13 +353,12 @@ def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> Tun
     post = PostProcess(
         classes, params, float(before.mean()), float(after.mean()), ha - hb, len(oof.ids), list(oof.resolution)
     )
-    path = WorkDir(cfg.workdir).write_postprocess(post.to_json())
     return TuneResult(
         post,
         dict(zip(classes, before.tolist(), strict=True)),
         dict(zip(classes, after.tolist(), strict=True)),
         hb,
         ha,
-        path,
+        None,
         oof,
     )

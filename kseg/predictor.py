@@ -249,3 +249,30 @@ class Predictor:
                 norm[y : y + tile_h, x : x + tile_w] += weights
         assert total is not None  # there is always at least one window
         return (total / norm)[:, :height, :width].contiguous()
+
+
+class BlendPredictor:
+    """Several predictors (runs with their own sizes, scales and normalisation) whose probabilities of
+    each whole image are averaged with fixed weights: a ``kseg blend``.
+
+    Args:
+        members: ``(predictor, weight)`` pairs; weights are normalised to sum to 1.
+    """
+
+    def __init__(self, members: list[tuple[Predictor, float]]):
+        total = sum(w for _, w in members)
+        self.members = [(p, w / total) for p, w in members if w > 0]
+        first = self.members[0][0]
+        self.device, self.views, self.batch = first.device, first.views, first.batch
+        self.models = [m for p, _ in self.members for m in p.models]
+
+    def predict(self, images: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Yield each image's blended probabilities at its own size. Shape: as ``Predictor.predict``."""
+        total: list[torch.Tensor] = []
+        for predictor, weight in self.members:
+            for i, probs in enumerate(predictor.predict(images)):
+                if i == len(total):
+                    total.append(probs * weight)
+                else:
+                    total[i] += probs * weight
+        yield from total

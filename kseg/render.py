@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from rich.console import Console
 from rich.markup import escape
@@ -220,6 +220,36 @@ def submission_written(result: Any) -> None:
     )
 
 
+def submission_logged(recorded: Any) -> None:
+    """``kseg submit``: the upload, and the log row."""
+    if recorded.uploaded:
+        values = recorded.entry.values
+        say(f"uploaded to [bold]{escape(values['competition'])}[/] with message {values['message']!r}")
+        if recorded.public_score:
+            say(f"public score: [bold]{escape(recorded.public_score)}[/]")
+        else:
+            say("public score not ready yet: 'kseg submissions --refresh --competition SLUG' fills it in later")
+    cv = recorded.entry.values["cv"] or "n/a"
+    say(f"logged in {escape(str(recorded.log))} (sha256 {recorded.entry.sha256[:12]}..., CV {cv})")
+
+
+def submission_log(table: Any, path: Path) -> None:
+    """``kseg submissions``: one row per submission, CV beside the public score."""
+    if table.empty:
+        say(f"{escape(str(path))}: no submissions logged yet ('kseg submit' adds one row per file)")
+        return
+    out = Table(title=str(path), title_justify="left")
+    columns = {"time": "time", "file": "file", "sha256": "sha256", "tta": "TTA", "postprocess": "post"}
+    columns.update(cv="CV", public_score="public", message="message")
+    for key, title in columns.items():
+        numeric = key in ("cv", "public_score")
+        out.add_column(title, justify="right" if numeric else "left", overflow="fold", min_width=6 if numeric else None)
+    for _, row in table.iterrows():
+        out.add_row(*[escape(str(row[k])[:8] if k == "sha256" else str(row[k])) for k in columns])
+    console.print(out)
+    say("runs, folds, config hashes and full sha256 sums are in the file")
+
+
 def score_result(result: Any, what: Path, as_json: bool = False) -> None:
     """``kseg score``: the score, then Dice / IoU / empty-row share per class (or both as one JSON line)."""
     if as_json:
@@ -240,8 +270,16 @@ def score_result(result: Any, what: Path, as_json: bool = False) -> None:
     console.print(table)
 
 
+class TrainCallbacks(TypedDict):
+    """The progress callbacks ``train_fold`` takes, as keyword arguments."""
+
+    on_step: Callable[[int, int, int, float, float], None]
+    on_epoch: Callable[[Any], None]
+    on_note: Callable[[str], None]
+
+
 @contextlib.contextmanager
-def training_progress(fold: int, epochs: int, quiet: bool) -> Iterator[dict[str, Callable[..., None]]]:
+def training_progress(fold: int, epochs: int, quiet: bool) -> Iterator[TrainCallbacks]:
     """Callbacks for ``train_fold``: a transient bar per epoch (loss, images/s, ETA), a line per epoch,
     dim notes. Yields ``{"on_step": ..., "on_epoch": ..., "on_note": ...}``."""
     columns = (
@@ -276,19 +314,37 @@ def training_progress(fold: int, epochs: int, quiet: bool) -> Iterator[dict[str,
             progress.console.print(f"[dim]{escape(text)}[/]", highlight=False)
 
     with progress:
-        yield {"on_step": on_step, "on_epoch": on_epoch, "on_note": on_note}
+        yield TrainCallbacks(on_step=on_step, on_epoch=on_epoch, on_note=on_note)
 
 
-def training_results(results: list[Any]) -> None:
-    """``kseg train``: one row per fold, and the CV when several folds were trained."""
+def training_results(results: list[Any], folds: list[int] | None = None) -> None:
+    """``kseg train``: one row per fold, and the CV when several folds were trained; what a time limit
+    left to do, and how to continue."""
     table = Table(title="training", title_justify="left")
     for column in ("fold", "best epoch", "val Dice (best)", "epochs", "outputs"):
         table.add_column(column, justify="right" if column != "outputs" else "left")
     for r in results:
-        stop = " (early stop)" if r.stopped_early else ""
-        table.add_row(str(r.fold), str(r.best_epoch), f"{r.best_score:.4f}", f"{r.epochs_done}{stop}", str(r.dir))
+        stop = " (early stop)" if r.stopped_early else " (time limit)" if r.stopped_by_time else ""
+        best = str(r.best_epoch)
+        if r.average is not None and r.average.kept:
+            best = "average of " + ",".join(map(str, r.average.epochs))
+        table.add_row(str(r.fold), best, f"{r.best_score:.4f}", f"{r.epochs_done}{stop}", str(r.dir))
     console.print(table)
-    if len(results) > 1:
+    for r in results:
+        if r.average is not None and not r.average.kept:
+            say(
+                f"fold {r.fold}: the average of epochs {','.join(map(str, r.average.epochs))} scored "
+                f"{r.average.score:.4f}, below the best epoch; best.pt is the best epoch"
+            )
+    done = [r.fold for r in results if not r.stopped_by_time]
+    left = [f for f in (folds or []) if f not in done]
+    if left:
+        which = "all" if len(folds or []) > 1 else str(left[0])
+        say(
+            f"[yellow]time limit reached[/] (train.time_limit): fold(s) {', '.join(map(str, left))} not finished; "
+            f"continue with 'kseg train --fold {which} --resume'"
+        )
+    elif len(results) > 1:
         scores = [r.best_score for r in results]
         say(f"CV (mean of fold bests): [bold]{sum(scores) / len(scores):.4f}[/]")
 
@@ -306,6 +362,34 @@ def inference_result(result: Any, n_models: int, mode: str, post_available: bool
         say("post-processing: off (--no-postprocess)")
     for item in result.skipped:
         err_console.print(f"[yellow]skipped[/] {escape(item)}", highlight=False)
+
+
+def pseudo_labels(labels: Any, threshold: float) -> None:
+    """``kseg pseudo``: where one fold's pseudo-labels are and how much of them was kept."""
+    how = "reused" if labels.reused else "made"
+    say(
+        f"fold {labels.fold}: pseudo-labels of {len(labels.rows)} images {how} by fold {labels.fold}'s own model "
+        f"in {escape(str(labels.folder))}; {labels.kept:.1%} of the pixels reach {threshold:g} (the rest is ignored)"
+    )
+
+
+def blend_result(result: Any) -> None:
+    """``kseg blend``: each run's weight and OOF score, the blend's, and the held-out check."""
+    table = Table(title=f"blend of {len(result.runs)} runs ({result.n_images} OOF images)", title_justify="left")
+    for column in ("run", "weight", "OOF Dice"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for path, weight, score in zip(result.runs, result.weights, result.run_scores, strict=True):
+        table.add_row(escape(str(path)), f"{weight:.2f}", f"{score:.4f}")
+    table.add_row("[bold]blend[/]", "", f"[bold]{result.score:.4f}[/]")
+    console.print(table)
+    post = result.tuned.post
+    say(
+        f"held-out halves (weights chosen on one half, scored on the other): blend {result.holdout_blend:.4f} vs "
+        f"best single run {result.holdout_best_run:.4f}\n"
+        f"post-processing tuned on the blend: OOF {post.oof_score_before:.4f} -> {post.oof_score_after:.4f} "
+        f"in-sample ({post.holdout_gain:+.4f} on held-out halves)\n"
+        f"wrote {escape(str(result.path))}: 'kseg infer' and 'kseg export' now use the blend"
+    )
 
 
 def tune_result(result: Any) -> None:

@@ -204,6 +204,9 @@ class TrainConfig(Section):
     clip_grad: float | None = Field(None, gt=0)
     ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
     patience: int | None = Field(None, ge=1)
+    average: int | None = Field(None, ge=2)  # after training, average the weights of this many epochs
+    average_rule: Literal["best", "last"] = "best"  # which epochs: the best by validation Dice, or the last
+    time_limit: float | None = Field(None, gt=0)  # seconds: stop at the first epoch end past it (resumable)
     sampling: Literal["uniform", "rare"] = "uniform"
     cache: bool = False  # keep decoded (rescaled) training images in memory: small data sets, num_workers 0
     seed: int = 42
@@ -211,6 +214,15 @@ class TrainConfig(Section):
     log: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # experiment trackers, none by default
     wandb_project: str = "kseg"
     wandb_mode: Literal["online", "offline", "disabled"] = "online"
+
+    @model_validator(mode="after")
+    def _average_within_epochs(self) -> TrainConfig:
+        if self.average is not None and self.average > self.epochs:
+            raise ValueError(
+                f"average {self.average} asks for more epochs than train.epochs {self.epochs}; "
+                f"use at most {self.epochs}"
+            )
+        return self
 
     @field_validator("loss")
     @classmethod
@@ -318,6 +330,14 @@ class InferConfig(Section):
         return value
 
 
+class PseudoConfig(Section):
+    """`kseg pseudo`: pseudo-labels of unlabelled images (the test set by default), and training on them."""
+
+    threshold: float = Field(0.9, ge=0, le=1)  # a pixel keeps its label when the top probability reaches this
+    share: float = Field(0.25, gt=0, lt=1)  # share of every training batch given to pseudo-labelled images
+    workdir: Path | None = None  # the new run's work folder (default: <workdir>-pseudo)
+
+
 class SubmissionConfig(Section):
     """The competition's submission file format."""
 
@@ -352,6 +372,7 @@ class Config(Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     tile: TileConfig = Field(default_factory=TileConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
+    pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
 
     @model_validator(mode="before")

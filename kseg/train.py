@@ -10,19 +10,34 @@ Outputs under ``<workdir>/fold<N>/`` are named by ``kseg.workdir``: ``best.pt``,
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
 from kseg import distributed
+from kseg.averaging import AverageResult, average_weights, recalibrate_batchnorm
+from kseg.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config
-from kseg.errors import KsegError
+from kseg.dataset import PseudoRows
+from kseg.errors import KsegError, TrainError
 from kseg.evaluation import EpochStats
 from kseg.foldrun import FoldResult, FoldRun, NoteCallback, StepCallback
+from kseg.predictor import Predictor
+from kseg.runtime import seed_everything
 from kseg.split import fold_tables
 from kseg.tracking import open_trackers
 from kseg.workdir import WorkDir
 
-__all__ = ["EpochStats", "FoldResult", "FoldRun", "fold_tables", "folds_to_train", "train_fold"]
+__all__ = [
+    "AverageResult",
+    "EpochStats",
+    "FoldResult",
+    "FoldRun",
+    "average_fold",
+    "fold_tables",
+    "folds_to_train",
+    "train_fold",
+]
 
 
 def folds_to_train(cfg: Config, fold: str) -> list[int]:
@@ -44,6 +59,9 @@ def train_fold(
     on_step: StepCallback | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_note: NoteCallback | None = None,
+    *,
+    deadline: float | None = None,
+    pseudo: PseudoRows | None = None,
 ) -> FoldResult:
     """Train one fold.
 
@@ -55,9 +73,14 @@ def train_fold(
         on_step: Progress ``callback(epoch, step, steps, loss, images_per_s)``.
         on_epoch: Called with each epoch's figures, after its checkpoints are written.
         on_note: Called with one-line notes (device, precision, weights, resume point).
+        deadline: A ``time.monotonic()`` instant (default: ``train.time_limit`` seconds from now): the
+            run stops at the first epoch end past it, resumable (``FoldResult.stopped_by_time``).
+        pseudo: Pseudo-labelled images to train on as well (``kseg pseudo``); never validated on.
     """
     note = on_note or (lambda _msg: None)
-    run = FoldRun(cfg, fold, resume=resume, on_step=on_step, on_note=note)
+    if deadline is None and cfg.train.time_limit is not None:
+        deadline = time.monotonic() + cfg.train.time_limit
+    run = FoldRun(cfg, fold, resume=resume, on_step=on_step, on_note=note, pseudo=pseudo)
     processes = f", {run.world} processes" if run.world > 1 else ""
     note(
         f"fold {fold}: {len(run.train_rows)} train / {len(run.val_rows)} validation images on {run.device} "
@@ -65,19 +88,51 @@ def train_fold(
     )
     if run.weights_note:
         note(run.weights_note)
+    if pseudo is not None:
+        note(f"pseudo-labelled: {len(pseudo.rows)} images, {pseudo.share:.0%} of each batch (never validated on)")
     run.prepare_outputs()
-    start = run.progress.epoch
-    if start >= cfg.train.epochs:
+    if run.progress.epoch >= cfg.train.epochs:
         note(
-            f"fold {fold} has already trained {start} epochs (train.epochs is {cfg.train.epochs}); "
+            f"fold {fold} has already trained {run.progress.epoch} epochs (train.epochs is {cfg.train.epochs}); "
             "raise train.epochs to train on"
         )
     if run.pasted:
         note("copy-paste classes: " + ", ".join(cfg.data.classes[c] for c in run.pasted))
-    trackers = open_trackers(cfg, fold, run.work) if run.main else []
-    stopped_early = False
+    stopped_early, out_of_time = _epochs(run, on_epoch, note, deadline)
+    result = run.result(stopped_early)
+    result.stopped_by_time = out_of_time
+    if out_of_time:
+        note(
+            f"time limit reached after epoch {len(run.progress.history)} of {cfg.train.epochs} (train.time_limit "
+            f"{cfg.train.time_limit:g} s): fold{fold}/last.pt is saved; continue with "
+            f"'kseg train --fold {fold} --resume'"
+        )
+    elif cfg.train.average is not None and run.main and average_is_due(run):
+        if deadline is not None and time.monotonic() >= deadline:
+            result.stopped_by_time = True
+            note(
+                f"time limit reached (train.time_limit {cfg.train.time_limit:g} s) before checkpoint averaging; "
+                f"'kseg train --fold {fold} --resume' averages the epochs"
+            )
+            distributed.barrier(run.world)
+            return result
+        result.average = average_fold(run, note)
+        if result.average.kept:
+            result.best_score = result.average.score
+    elif cfg.train.average is not None and run.main:
+        result.average = AverageResult.from_json(run.work.read_average(fold))
+    distributed.barrier(run.world)
+    return result
+
+
+def _epochs(
+    run: FoldRun, on_epoch: Callable[[EpochStats], None] | None, note: NoteCallback, deadline: float | None
+) -> tuple[bool, bool]:
+    """Train the remaining epochs; returns ``(stopped early, stopped by the time limit)``."""
+    cfg = run.cfg
+    trackers = open_trackers(cfg, run.fold, run.work) if run.main else []
     try:
-        for epoch in range(start, cfg.train.epochs):
+        for epoch in range(run.progress.epoch, cfg.train.epochs):
             started = time.perf_counter()
             train_loss, images_per_s = run.train_epoch(epoch)
             stats = run.validate(epoch, train_loss, images_per_s, started) if run.main else None
@@ -94,10 +149,71 @@ def train_fold(
                     on_epoch(stats)
             distributed.barrier(run.world)
             if cfg.train.patience and run.progress.bad_epochs >= cfg.train.patience:
-                stopped_early = True
                 note(f"early stop: no better validation Dice for {run.progress.bad_epochs} epochs (train.patience)")
-                break
+                return True, False
+            # every rank reads its own clock: the decision is shared so that no rank waits alone
+            late = deadline is not None and time.monotonic() >= deadline
+            if distributed.broadcast(late, run.rank, run.world) and epoch + 1 < cfg.train.epochs:
+                return False, True
     finally:
         for tracker in trackers:
             tracker.close()
-    return run.result(stopped_early)
+    return False, False
+
+
+def average_is_due(run: FoldRun) -> bool:
+    """Whether the fold's history has no current average yet (none, or one made before more epochs)."""
+    done = AverageResult.from_json(run.work.read_average(run.fold))
+    history = run.progress.history
+    return len(history) >= 2 and (
+        done is None or done.after_epoch != len(history) or done.epochs != run.averaged_epochs()
+    )
+
+
+def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResult:
+    """Average the kept epochs' weights, re-estimate batch norm on training images, validate the average
+    like an epoch and, when it beats every epoch, make it the fold's ``best.pt`` (and ``oof.npy``).
+    Writes ``average.json`` either way (rank 0 only)."""
+    cfg, work, fold = run.cfg, run.work, run.fold
+    epochs = run.averaged_epochs()
+    missing = [e for e in epochs if not work.snapshot(fold, e).is_file()]
+    if missing:
+        raise TrainError(
+            f"{work.snapshot(fold, missing[0])} is missing, so train.average cannot take epoch {missing[0]}; "
+            f"train fold {fold} again without --resume to average its epochs"
+        )
+    started = time.perf_counter()
+    model = copy.deepcopy(unwrap(run.eval_model))
+    model.load_state_dict(average_weights([load_checkpoint(work.snapshot(fold, e))["model"] for e in epochs]))
+    after = len(run.progress.history)
+    seed_everything(cfg.train.seed * 1000 + after)
+    bn_batches = recalibrate_batchnorm(model, iter(run.loader(after)), run.device)
+    predictor = Predictor([model], run.predictor.options, run.device, run.amp)
+    stats = run.score(predictor, after, float("nan"), float("nan"), started)
+    result = AverageResult(
+        epochs,
+        cfg.train.average_rule,
+        stats.val_dice,
+        run.progress.best_score,
+        stats.best,
+        bn_batches,
+        after,
+        stats.row(),
+    )
+    names = []
+    if stats.best:  # later epochs of a resumed run must beat the average to replace it
+        run.progress.best_score = stats.val_dice
+        save_checkpoint(work.staged(fold, "last.pt"), run.state(after - 1))
+        state = run.state(after - 1)
+        state.update(model=unwrap(model).state_dict(), averaged_epochs=epochs)
+        save_checkpoint(work.staged(fold, "best.pt"), state)
+        names += ["best.pt", "oof.npy", "last.pt"] if work.staged(fold, "oof.npy").exists() else ["best.pt", "last.pt"]
+    work.write_average(fold, result.__dict__, staged=True)
+    work.commit(fold, [*names, "average.json"])
+    if note:
+        verdict = "kept as best.pt" if stats.best else "best.pt stays the best epoch"
+        note(
+            f"average of epochs {', '.join(map(str, epochs))}: validation Dice {stats.val_dice:.4f} vs "
+            f"{result.best_epoch_score:.4f} for the best epoch; {verdict}"
+        )
+    return result

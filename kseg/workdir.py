@@ -14,8 +14,11 @@
         oof.npy            uint8 probabilities (N, K, H, W) of best.pt    kseg train
         oof_masks.npy      true labels (N, H, W) at data.image_size       kseg train
         oof.csv            ImageID,height,width of the OOF rows           kseg train
+        epoch<NNN>.pt      weights of the epochs train.average will take  kseg train
+        average.json       the averaged checkpoint's epochs and scores    kseg train
         tensorboard/       tracker logs (train.log)                       kseg train
       postprocess.json     tuned thresholds and minimum areas             kseg tune
+      blend.json           runs, weights, scores, tuned post-processing   kseg blend
       report/              folds.csv, classes.csv, confusion.png, ...     kseg report
       audit/               audit.md, duplicates.csv, ...                  kseg audit
       predictions/         <ImageID>.png, predictions.csv, inference.json kseg infer (submission.predictions)
@@ -42,6 +45,7 @@ FOLDS_NAME = "folds.csv"
 STATS_NAME = "class_pixels.csv"
 CONFIG_NAME = "config.yaml"
 POSTPROCESS_NAME = "postprocess.json"
+BLEND_NAME = "blend.json"
 AUDIT_DIR = "audit"
 DUPLICATES_NAME = "duplicates.csv"
 REPORT_DIR = "report"
@@ -76,6 +80,10 @@ class WorkDir:
     @property
     def postprocess_json(self) -> Path:
         return self.root / POSTPROCESS_NAME
+
+    @property
+    def blend_json(self) -> Path:
+        return self.root / BLEND_NAME
 
     @property
     def report_dir(self) -> Path:
@@ -123,6 +131,18 @@ class WorkDir:
 
     def journal(self, fold: int) -> Path:
         return self.fold_dir(fold) / "commit.json"
+
+    def snapshot(self, fold: int, epoch: int) -> Path:
+        """One epoch's weights, kept while ``train.average`` may take them."""
+        return self.fold_dir(fold) / f"epoch{epoch:03d}.pt"
+
+    def snapshot_epochs(self, fold: int) -> list[int]:
+        """Epochs (1-based) whose weights are kept in ``fold<N>/``, ascending."""
+        names = (p.name for p in self.fold_dir(fold).glob("epoch*.pt"))
+        return sorted(int(n[5:-3]) for n in names if n[5:-3].isdigit())
+
+    def average_json(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "average.json"
 
     def oof_masks(self, fold: int) -> Path:
         return self.fold_dir(fold) / "oof_masks.npy"
@@ -229,6 +249,19 @@ class WorkDir:
         journal.unlink()
         return True
 
+    def write_average(self, fold: int, info: dict[str, Any], staged: bool = False) -> None:
+        path = self.staged(fold, "average.json") if staged else self.average_json(fold)
+        atomic_write_text(path, json.dumps(info, indent=2))
+
+    def read_average(self, fold: int) -> dict[str, Any] | None:
+        """``average.json`` of a fold, or ``None`` when absent or unreadable."""
+        path = self.average_json(fold)
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
     def read_oof(self, fold: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         """``(probabilities (N, K, H, W), true labels (N, H, W), ids table)``, arrays memory-mapped.
 
@@ -250,6 +283,30 @@ class WorkDir:
     def read_postprocess(self) -> str | None:
         path = self.postprocess_json
         return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    # ------------------------------------------------------------------------------ blend.json
+
+    def write_blend(self, info: dict[str, Any]) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.blend_json, json.dumps(info, indent=2))
+        return self.blend_json
+
+    def read_blend(self) -> dict[str, Any] | None:
+        """``blend.json`` (``kseg blend``), or ``None`` when there is none.
+
+        Raises:
+            KsegError: The file exists but is not a kseg blend.
+        """
+        path = self.blend_json
+        if not path.is_file():
+            return None
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise KsegError(f"{path} cannot be read ({exc}); run 'kseg blend' again or delete it") from None
+        if not isinstance(info, dict) or info.get("format") != "kseg-blend":
+            raise KsegError(f"{path} is not a kseg blend file; run 'kseg blend' again or delete it")
+        return info
 
     # ---------------------------------------------------------------------------- audit files
 

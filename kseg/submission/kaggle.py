@@ -15,7 +15,7 @@ def kaggle_api():
         from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError:
         raise SubmissionError(
-            "uploading needs the kaggle package; install it with pip install 'kseg[kaggle]'"
+            "talking to Kaggle needs the kaggle package; install it with pip install 'kseg[kaggle]'"
         ) from None
     api = KaggleApi()
     try:

@@ -77,26 +77,29 @@ class WriteResult:
     report: ValidationReport
     seconds: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    predictions: Path | None = None  # the folder the label maps came from
+    postprocess: str = "none"  # what post-processed them: "kseg infer", "probabilities", "areas", "off", "none"
 
 
 def _postprocess_plan(
     cfg: Config, directory: Path, image_ids: list[str], enabled: bool
-) -> tuple[PostProcess | None, bool, str]:
-    """How ``write_submission`` post-processes: returns ``(PostProcess or None, use probabilities, note)``."""
+) -> tuple[PostProcess | None, bool, str, str]:
+    """How ``write_submission`` post-processes: returns ``(PostProcess or None, use probabilities, note,
+    short label for the submission log)``."""
     info = read_inference_info(directory)
     if info is not None and info.get("postprocess") is not None:
         note = "post-processing: applied by kseg infer"
         if not enabled:
             note += " (run 'kseg infer --no-postprocess' to leave it out)"
-        return None, False, note
+        return None, False, note, "kseg infer"
     if not enabled:
-        return None, False, "post-processing: off (--no-postprocess)"
+        return None, False, "post-processing: off (--no-postprocess)", "off"
     post = load_postprocess(cfg)
     if post is None or post.identity:
-        return None, False, "post-processing: none (no postprocess.json, or nothing to change)"
+        return None, False, "post-processing: none (no postprocess.json, or nothing to change)", "none"
     tuned = WorkDir(cfg.workdir).postprocess_json
     if all(prediction_file(directory, i, "probs").is_file() for i in image_ids):
-        return post, True, f"post-processing: {tuned} applied to the saved probabilities"
+        return post, True, f"post-processing: {tuned} applied to the saved probabilities", "probabilities"
     return (
         post,
         False,
@@ -104,6 +107,7 @@ def _postprocess_plan(
             f"post-processing: minimum areas of {tuned} applied to the label maps "
             "(its thresholds need probabilities: let kseg infer apply it, or run kseg infer --probs)"
         ),
+        "areas",
     )
 
 
@@ -149,7 +153,7 @@ def write_submission(
     empty, checked = check_manifest(directory, fmt.image_ids, required=required, fill_empty=fill_empty)
     predicted = [i for i in fmt.image_ids if i not in empty]
     paths = dict(zip(predicted, find_predictions(directory, predicted), strict=True))
-    post, use_probs, note = _postprocess_plan(cfg, directory, predicted, postprocess)
+    post, use_probs, note, label = _postprocess_plan(cfg, directory, predicted, postprocess)
     note = f"{checked}\n{note}"
     timings["format"] = time.perf_counter() - t0
 
@@ -194,4 +198,6 @@ def write_submission(
         report=report,
         seconds=timings,
         note=note,
+        predictions=Path(directory),
+        postprocess=label,
     )

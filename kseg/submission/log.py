@@ -1,0 +1,266 @@
+"""The submission log: ``log.csv`` next to the submission file, one row per ``kseg submit``.
+
+A competitor with twenty uploads needs to know which config, runs, folds, TTA views and post-processing
+made each file, and what CV promised for it next to what the leaderboard said. Each row holds the file's
+sha256, so a file on disk (or on Kaggle) can be matched to its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kseg.config import Config
+from kseg.errors import SubmissionError
+from kseg.io import atomic_write_text
+from kseg.submission import kaggle
+from kseg.workdir import WorkDir, read_inference_info
+
+LOG_NAME = "log.csv"
+COLUMNS = [
+    "time",
+    "file",
+    "sha256",
+    "config_hash",
+    "runs",
+    "folds",
+    "tta",
+    "postprocess",
+    "cv",
+    "cv_kind",
+    "competition",
+    "message",
+    "public_score",
+]
+
+
+def log_path(submission: Path) -> Path:
+    """The log of the folder a submission file is written to."""
+    return Path(submission).parent / LOG_NAME
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_hash(cfg: Config) -> str:
+    """A short fingerprint of the resolved config (every default spelled out)."""
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_log(path: Path) -> pd.DataFrame:
+    """The log as a table (empty when the file does not exist).
+
+    Raises:
+        SubmissionError: The file is not a kseg submission log.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise SubmissionError(f"{path} cannot be read as a submission log ({exc}); move it away") from None
+    if list(table.columns) != COLUMNS:
+        raise SubmissionError(
+            f"{path} is not kseg's submission log (its columns are {', '.join(map(str, table.columns[:4]))}...); "
+            f"move it away, or write the submission to another folder with --out"
+        )
+    return table
+
+
+def _write_log(path: Path, table: pd.DataFrame) -> None:
+    buffer = io.StringIO()
+    table[COLUMNS].to_csv(buffer, index=False)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def cv_estimate(cfg: Config, post_applied: bool) -> tuple[float, str]:
+    """What cross-validation promises for a submission of this work folder: the blend's out-of-fold score
+    (``blend.json``), else the tuned out-of-fold score (``postprocess.json``, raw when not applied), else
+    the mean of the folds' best validation Dice; NaN when nothing was trained."""
+    work = WorkDir(cfg.workdir)
+    blend = work.read_blend()
+    if blend is not None:
+        key = "oof_tuned" if post_applied else "oof"
+        return float(blend["blend"][key]), f"blend out-of-fold ({'tuned' if post_applied else 'raw'})"
+    text = work.read_postprocess()
+    if text is not None:
+        tree = json.loads(text)
+        key = "oof_score_after" if post_applied else "oof_score_before"
+        return float(tree[key]), f"out-of-fold ({'tuned, in-sample' if post_applied else 'raw'})"
+    scores = [float(work.read_metrics(f)["val_dice"].max()) for f in work.folds_with("metrics.csv")]
+    if scores:
+        return float(np.mean(scores)), "mean of fold bests"
+    return float("nan"), "none"
+
+
+@dataclass
+class LogEntry:
+    """One row of ``log.csv``."""
+
+    values: dict[str, str]
+
+    @property
+    def sha256(self) -> str:
+        return self.values["sha256"]
+
+
+def make_entry(cfg: Config, submission: Path, predictions: Path, postprocess: str) -> LogEntry:
+    """The log row of a submission file just written from ``predictions`` (a ``kseg infer`` folder)."""
+    info = read_inference_info(predictions) or {}
+    applied = postprocess not in ("off", "none")
+    cv, kind = cv_estimate(cfg, applied)
+    values = {
+        "time": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "file": Path(submission).name,
+        "sha256": file_sha256(submission),
+        "config_hash": config_hash(cfg),
+        "runs": str(info.get("source", "label maps made outside kseg")),
+        "folds": " ".join(map(str, info.get("folds", []))),
+        "tta": str(info.get("tta", "")),
+        "postprocess": postprocess,
+        "cv": "" if np.isnan(cv) else f"{cv:.4f}",
+        "cv_kind": kind,
+        "competition": "",
+        "message": "",
+        "public_score": "",
+    }
+    return LogEntry(values)
+
+
+def append_entry(path: Path, entry: LogEntry) -> Path:
+    """Add one row to the log (written whole, atomically)."""
+    table = read_log(path)
+    table = pd.concat([table, pd.DataFrame([entry.values])], ignore_index=True)
+    _write_log(path, table)
+    return Path(path)
+
+
+def _field(item: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(item, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _utc(value: Any) -> datetime | None:
+    """A naive UTC datetime from the API's date (a datetime or ISO text), or ``None``."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def public_scores(api: Any, competition: str) -> list[tuple[str, str, datetime | None, str]]:
+    """``(file name, description, date, public score)`` of the competition's scored submissions, as the
+    Kaggle API lists them (``competition_submissions``)."""
+    scores = []
+    for item in api.competition_submissions(competition):
+        score = _field(item, "publicScore", "public_score")
+        status = str(_field(item, "status") or "")
+        if score in (None, "") or "complete" not in status.lower():
+            continue
+        name = Path(str(_field(item, "fileName", "file_name") or "")).name
+        date = _field(item, "date")
+        scores.append(
+            (name, str(_field(item, "description") or ""), date if isinstance(date, datetime) else None, str(score))
+        )
+    return scores
+
+
+def _match(row: pd.Series, scores: list[tuple[str, str, datetime | None, str]]) -> str | None:
+    """The public score of the first scored upload of this row's file and message made after the row's time
+    (a minute's grace for clocks), or ``None``."""
+    logged = datetime.strptime(row["time"], "%Y-%m-%d %H:%M:%S")
+    candidates = [
+        (date or logged, score)
+        for name, message, date, score in scores
+        if name == row["file"] and message == row["message"] and (date is None or (date - logged).total_seconds() > -60)
+    ]
+    return min(candidates)[1] if candidates else None
+
+
+def fill_public_scores(path: Path, api: Any, competition: str) -> int:
+    """Fill the empty ``public_score`` cells of the log's uploads to ``competition`` from Kaggle; returns
+    how many were filled (nothing is written when none)."""
+    table = read_log(path)
+    scores = public_scores(api, competition)
+    filled = 0
+    for i, row in table.iterrows():
+        if row["competition"] != competition or row["public_score"]:
+            continue
+        score = _match(row, scores)
+        if score is not None:
+            table.loc[i, "public_score"] = score
+            filled += 1
+    if filled:
+        _write_log(path, table)
+    return filled
+
+
+@dataclass
+class Recorded:
+    """What ``record_submission`` did."""
+
+    log: Path
+    entry: LogEntry
+    uploaded: bool = False
+    public_score: str = ""
+
+
+def record_submission(
+    cfg: Config,
+    submission: Path,
+    predictions: Path | None,
+    postprocess: str,
+    *,
+    competition: str = "",
+    message: str = "",
+    api: Any = None,
+) -> Recorded:
+    """Log a submission file just written, uploading it first when ``competition`` is given.
+
+    The row is appended even when the upload fails (then without competition and message), so every
+    file ``kseg submit`` wrote is in the log. The public score is asked for once after an upload; it is
+    often not ready yet: ``kseg submissions --refresh`` fills it later.
+
+    Raises:
+        SubmissionError: The log is not kseg's (checked before anything is uploaded), or the upload failed.
+    """
+    path = log_path(submission)
+    read_log(path)
+    entry = make_entry(cfg, submission, predictions or Path(submission).parent, postprocess)
+    done = Recorded(path, entry)
+    try:
+        if competition:
+            api = api or kaggle.kaggle_api()
+            kaggle.upload_submission(Path(submission), cfg, competition, message, api)
+            entry.values.update(competition=competition, message=message)
+            done.uploaded = True
+    finally:
+        append_entry(path, entry)
+    if done.uploaded:
+        try:
+            if fill_public_scores(path, api, competition):
+                done.public_score = str(read_log(path)["public_score"].iloc[-1])
+        except Exception:  # the score is a courtesy: the upload itself succeeded
+            pass
+    return done
