@@ -310,6 +310,18 @@ def score(
     render.score_result(result, what, as_json)
 
 
+def _deadline(cfg: Config) -> float | None:
+    """``train.time_limit`` from now, one budget for every fold of the command."""
+    limit = cfg.train.time_limit
+    return time.monotonic() + limit if limit is not None else None
+
+
+def _out_of_time(results: list, deadline: float | None) -> bool:
+    """Whether the next fold must not start: the last one stopped at the limit, or the limit has passed."""
+    late = deadline is not None and time.monotonic() >= deadline
+    return bool(results) and (results[-1].stopped_by_time or late)
+
+
 @app.command()
 def train(
     config: ConfigOpt = None,
@@ -328,12 +340,10 @@ def train(
     results: list[FoldResult] = []
     with handled(debug):
         cfg = _config(config, set_)
-        limit = cfg.train.time_limit
-        deadline = time.monotonic() + limit if limit is not None else None  # one budget for every fold
+        deadline = _deadline(cfg)
         folds = folds_to_train(cfg, fold)
         for f in folds:
-            late = deadline is not None and time.monotonic() >= deadline
-            if results and (results[-1].stopped_by_time or late):
+            if _out_of_time(results, deadline):
                 break
             # --fold all --resume: folds never started start now; a single fold must have its last.pt
             again = resume and (len(folds) == 1 or WorkDir(cfg.workdir).last(f).is_file())
@@ -502,10 +512,9 @@ def pseudo(
         run_cfg = prepare_run(cfg)
         table = list_images(images) if images is not None else competition_test_images(cfg)
         folds = folds_to_train(cfg, fold)
-        limit = cfg.train.time_limit
-        deadline = time.monotonic() + limit if limit is not None else None
+        deadline = _deadline(cfg)
         for f in folds:
-            if results and (results[-1].stopped_by_time or (deadline is not None and time.monotonic() >= deadline)):
+            if _out_of_time(results, deadline):
                 break
             with render.progress_bar(f"pseudo-label fold {f}") as update:
                 labels = label_fold(

@@ -59,3 +59,19 @@ def dubai_config(dubai: Path, workdir: Path, *overrides: str, classes_json: bool
             f"data.palette={[c['color'] for c in listed]}",
         ]
     return load_config(REPO / "configs" / "dubai-aerial.yaml", [*extra, *overrides])
+
+
+# A small, fast training setup on CPU for the synthetic competition (resnet18, no worker processes).
+FAST = [
+    "train.num_workers=0",
+    "train.lr=0.001",
+    "train.batch_size=4",
+    "model.encoder_name=resnet18",
+    "train.augment.brightness_contrast=0",
+    "infer.batch_size=4",
+]
+
+
+def fast_config(root: Path, *extra: str) -> Config:
+    """The competition's ``kseg.yaml`` under ``FAST`` and ``extra`` overrides."""
+    return load_config(root / "kseg.yaml", [*FAST, *extra])

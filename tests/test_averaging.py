@@ -7,26 +7,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST as SHARED
+from conftest import fast_config
 from torch import nn
 
 from kseg.averaging import average_weights, epochs_to_average, recalibrate_batchnorm
 from kseg.cli import app
-from kseg.config import load_config
 from kseg.errors import ConfigError
 from kseg.split import make_folds
 from kseg.train import train_fold
 
-FAST = [
-    "train.num_workers=0",
-    "train.lr=0.001",
-    "train.batch_size=4",
-    "model.encoder_name=resnet18",
-    "train.augment.brightness_contrast=0",
-]
+FAST = SHARED
 
 
-def _cfg(root: Path, *extra: str):
-    return load_config(root / "kseg.yaml", [*FAST, *extra])
+def _cfg(root: Path, *more: str):
+    return fast_config(root, *more)
 
 
 @pytest.fixture(scope="module")

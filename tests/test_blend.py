@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FAST as SHARED
+from conftest import fast_config
 from PIL import Image
 
 from kseg.blend import BlendError, RunOOF, blend_runs, check_compatible, search_weights, weight_grid
@@ -18,18 +20,11 @@ from kseg.metrics import row_dice
 from kseg.split import make_folds
 from kseg.train import train_fold
 
-FAST = [
-    "train.num_workers=0",
-    "train.lr=0.001",
-    "train.batch_size=4",
-    "model.encoder_name=resnet18",
-    "infer.batch_size=4",
-    "train.epochs=2",
-]
+FAST = [*SHARED, "train.epochs=2"]
 
 
-def _cfg(root: Path, *extra: str):
-    return load_config(root / "kseg.yaml", [*FAST, *extra])
+def _cfg(root: Path, *more: str):
+    return fast_config(root, "train.epochs=2", *more)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST as SHARED
+from conftest import fast_config
 from PIL import Image
 
 from kseg.cli import app
@@ -21,18 +23,11 @@ from kseg.infer import run_predictor
 from kseg.split import fold_tables, make_folds
 from kseg.train import train_fold
 
-FAST = [
-    "train.num_workers=0",
-    "train.lr=0.001",
-    "train.batch_size=4",
-    "model.encoder_name=resnet18",
-    "infer.batch_size=4",
-    "train.epochs=1",
-]
+FAST = [*SHARED, "train.epochs=1"]
 
 
-def _cfg(root: Path, *extra: str):
-    return load_config(root / "kseg.yaml", [*FAST, *extra])
+def _cfg(root: Path, *more: str):
+    return fast_config(root, "train.epochs=1", *more)
 
 
 @pytest.fixture(scope="module")
