@@ -20,6 +20,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+TRAINING_ONLY = ("optimizer", "scheduler", "scaler", "rng", "raw_model")
+
+
+def inference_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A training state without what only resuming needs (optimiser moments, schedule, RNG, the raw
+    weights behind an EMA): ``best.pt`` keeps the weights, config, classes and history, a third of the
+    size of ``last.pt`` with Adam."""
+    return {k: v for k, v in state.items() if k not in TRAINING_ONLY}
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically: a kill leaves the previous file or the new one, never half of one."""
     try:

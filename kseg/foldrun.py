@@ -24,7 +24,7 @@ from torch import nn
 
 from kseg import __version__, distributed
 from kseg.averaging import AverageResult, epochs_to_average
-from kseg.checkpoint import checkpoint_mismatch, load_checkpoint, save_checkpoint, unwrap
+from kseg.checkpoint import checkpoint_mismatch, inference_state, load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config, save_resolved
 from kseg.data import MaskSpec
 from kseg.dataset import (
@@ -419,7 +419,7 @@ class FoldRun:
         )
 
     def state(self, epoch: int) -> dict[str, Any]:
-        """Everything ``last.pt`` needs for an exact resume (and ``best.pt`` for inference)."""
+        """Everything ``last.pt`` needs for an exact resume (``best.pt`` keeps its ``inference_state``)."""
         p = self.progress
         state = {
             "model": self.eval_model.state_dict() if self.ema is not None else unwrap(self.model).state_dict(),
@@ -452,7 +452,7 @@ class FoldRun:
         state = self.state(epoch)
         names = ["last.pt", "metrics.csv"]
         if best:
-            save_checkpoint(self.work.staged(self.fold, "best.pt"), state)
+            save_checkpoint(self.work.staged(self.fold, "best.pt"), inference_state(state))
             names.insert(0, "best.pt")
             if self.work.staged(self.fold, "oof.npy").exists():
                 names.insert(1, "oof.npy")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from kseg import distributed
 from kseg.averaging import AverageResult, average_weights, recalibrate_batchnorm
-from kseg.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from kseg.checkpoint import inference_state, load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config
 from kseg.dataset import PseudoRows
 from kseg.errors import KsegError, TrainError
@@ -204,7 +204,7 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
     if stats.best:  # later epochs of a resumed run must beat the average to replace it
         run.progress.best_score = stats.val_dice
         save_checkpoint(work.staged(fold, "last.pt"), run.state(after - 1))
-        state = run.state(after - 1)
+        state = inference_state(run.state(after - 1))
         state.update(model=unwrap(model).state_dict(), averaged_epochs=epochs)
         save_checkpoint(work.staged(fold, "best.pt"), state)
         names += ["best.pt", "oof.npy", "last.pt"] if work.staged(fold, "oof.npy").exists() else ["best.pt", "last.pt"]

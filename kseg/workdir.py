@@ -8,7 +8,7 @@
       class_pixels.csv     '# spec' line, then per-image class pixels     kseg split (scan cache)
       fold<N>/
         config.yaml        resolved config of the fold's run              kseg train
-        best.pt, last.pt   best epoch / resumable state                   kseg train
+        best.pt, last.pt   best epoch (weights) / resumable state         kseg train
         metrics.csv        one row per epoch                              kseg train
         curves.png         loss and Dice curves                           kseg train
         oof.npy            uint8 probabilities (N, K, H, W) of best.pt    kseg train
@@ -28,6 +28,7 @@ A predictions folder may live anywhere (``kseg infer --out``); its files are nam
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -225,8 +226,19 @@ class WorkDir:
         atomic_write_text(self.oof_csv(fold), table[[ID, "height", "width"]].to_csv(index=False))
 
     def open_oof(self, fold: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A fresh memory-mapped staged ``oof.npy`` to fill; ``commit`` puts it in place."""
-        return np.lib.format.open_memmap(self.staged(fold, "oof.npy"), mode="w+", dtype=np.uint8, shape=shape)
+        """A fresh memory-mapped staged ``oof.npy`` to fill; ``commit`` puts it in place.
+
+        Its disk space is reserved first: a memory map written on a full disk kills the process with a bus
+        error, while a failed reservation is an ``OSError`` that names the file."""
+        path = self.staged(fold, "oof.npy")
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            reserve_space(path)
+        except OSError:
+            del array
+            path.unlink(missing_ok=True)
+            raise
+        return array
 
     def commit(self, fold: int, names: list[str]) -> None:
         """Put an epoch's staged files (``<name>.next``, each complete) in place together.
@@ -354,3 +366,18 @@ def read_inference_info(directory: Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     return info if isinstance(info, dict) else None
+
+
+def reserve_space(path: Path) -> None:
+    """Allocate the disk blocks of a (sparse) file now, so a full disk shows as an ``OSError`` here rather
+    than as a bus error when a memory map of it is written later. A no-op where the system cannot."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without it: keep the sparse file
+                return
+            raise OSError(exc.errno, exc.strerror, str(path)) from None

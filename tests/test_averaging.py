@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -25,11 +26,12 @@ def _cfg(root: Path, *more: str):
 
 
 @pytest.fixture(scope="module")
-def split_comp(comp_template, tmp_path_factory) -> Path:
+def split_comp(comp_template, tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("avg") / "comp"
     shutil.copytree(comp_template, root)
     make_folds(_cfg(root))
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 
 
 def _copy(split_comp: Path, tmp_path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def _cfg(root: Path, *more: str):
 
 
 @pytest.fixture(scope="module")
-def two_runs(comp_template, tmp_path_factory) -> Path:
+def two_runs(comp_template, tmp_path_factory) -> Iterator[Path]:
     """A synthetic competition with two runs on the same folds: a UNet in work/, an FPN in work_fpn/."""
     root = tmp_path_factory.mktemp("blend") / "comp"
     shutil.copytree(comp_template, root)
@@ -38,7 +39,8 @@ def two_runs(comp_template, tmp_path_factory) -> Path:
     for fold in range(3):
         train_fold(_cfg(root), fold)
         train_fold(_cfg(root, f"workdir={root / 'work_fpn'}", "model.arch=FPN", "train.seed=7"), fold)
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 
 
 def _copy(two_runs: Path, tmp_path: Path) -> Path:

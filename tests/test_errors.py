@@ -132,3 +132,22 @@ def test_a_failed_checkpoint_write_is_an_os_error_naming_the_checkpoint(tmp_path
         checkpoint.save_checkpoint(tmp_path / "best.pt", {"epoch": 1})
     assert caught.value.filename == str(tmp_path / "best.pt")
     assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor its temporary file
+
+
+def test_a_full_disk_for_the_oof_array_is_one_error_not_a_bus_error(runner, comp, monkeypatch):
+    """The OOF memory map's blocks are reserved up front: on a full disk that reservation fails with a
+    sentence, where writing the sparse map would have killed the process with SIGBUS."""
+    import errno
+    import os
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    config = str(comp / "kseg.yaml")
+    assert runner.invoke(app, ["split", "-c", config]).exit_code == 0
+    overrides = [x for item in [*FAST, "train.num_workers=0"] for x in ("--set", item)]
+    text = _one_error_line(runner.invoke(app, ["train", "-c", config, "--fold", "0", *overrides]))
+    assert "oof.npy" in text and "No space left on device" in text and "free disk space" in text
+    fold = comp / "work" / "fold0"
+    assert not list(fold.glob("oof.npy*")) and not (fold / "best.pt").exists()

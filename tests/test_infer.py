@@ -1,5 +1,6 @@
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,15 @@ def _cfg(root: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def trained_comp(comp_template, tmp_path_factory) -> Path:
+def trained_comp(comp_template, tmp_path_factory) -> Iterator[Path]:
     """A synthetic competition with folds 0 and 1 trained for one epoch."""
     root = tmp_path_factory.mktemp("infer") / "comp"
     shutil.copytree(comp_template, root)
     make_folds(_cfg(root))
     for fold in (0, 1):
         train_fold(_cfg(root, "train.epochs=1"), fold)
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 
 
 class Pointwise(nn.Module):

@@ -3,6 +3,7 @@
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,14 @@ def _cfg(root: Path, *more: str):
 
 
 @pytest.fixture(scope="module")
-def trained(comp_template, tmp_path_factory) -> Path:
+def trained(comp_template, tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("pseudo") / "comp"
     shutil.copytree(comp_template, root)
     make_folds(_cfg(root))
     for fold in range(3):
         train_fold(_cfg(root, f"train.seed={fold}"), fold)
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 
 
 def test_every_batch_holds_the_set_share_of_pseudo_labelled_images():

@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,12 @@ def _cfg(root: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def split_comp(comp_template, tmp_path_factory) -> Path:
+def split_comp(comp_template, tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("train") / "comp"
     shutil.copytree(comp_template, root)
     make_folds(_cfg(root))
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,13 @@ def test_outputs_exist_and_load(trained, split_comp):
     assert not (d / "oof.npy.next").exists() and not (d / "commit.json").exists()
     best = torch.load(d / "best.pt", map_location="cpu", weights_only=False)
     assert best["epoch"] == trained.best_epoch
-    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "config", "history"):
+    for key in ("model", "config", "classes", "history", "best_score"):
         assert key in best
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best)  # resuming reads last.pt only
+    last = torch.load(d / "last.pt", map_location="cpu", weights_only=False)
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "config", "history"):
+        assert key in last
+    assert (d / "best.pt").stat().st_size < (d / "last.pt").stat().st_size / 2
     metrics = pd.read_csv(d / "metrics.csv")
     assert list(metrics.columns[:5]) == ["epoch", "lr", "train_loss", "val_loss", "val_dice"]
     assert {"dice_car", "iou_car"} <= set(metrics.columns)
@@ -332,9 +339,11 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
     straight = _copy(split_comp, tmp_path / "a")
     interrupted = _copy(split_comp, tmp_path / "b")
     full = train_fold(_cfg(straight, "train.epochs=3", "train.ema=0.9"), 1)
+    last = torch.load(straight / "work" / "fold1" / "last.pt", weights_only=False)
+    assert last["ema_decay"] == 0.9 and last["ema_updates"] > 0
+    assert any(not torch.equal(last["model"][k], last["raw_model"][k]) for k in last["model"])
     state = torch.load(straight / "work" / "fold1" / "best.pt", weights_only=False)
-    assert state["ema_decay"] == 0.9 and state["ema_updates"] > 0
-    assert any(not torch.equal(state["model"][k], state["raw_model"][k]) for k in state["model"])
+    assert state["ema_decay"] == 0.9 and "raw_model" not in state  # inference loads the EMA weights only
 
     cfg = _cfg(straight, "train.ema=0.9")
     model, _ = build_model(cfg.model, 6)
