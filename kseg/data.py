@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kseg.config import DataConfig
 from kseg.errors import DataError
+from kseg.labels import RleSource, image_keys, make_ref, read_rle_labels
 from kseg.workdir import ID  # noqa: E402  (re-exported: the id column of every table)
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -47,6 +48,7 @@ class MaskSpec:
         ignore_index: Label written for ignored pixels.
         unknown: ``error`` or ``ignore`` for values / colours that map to no class.
         colors: ``(packed_rgb, label)`` pairs for colour masks; label may be ``ignore_index``.
+        rle: The runs table, for ``rle`` masks (a mask "path" is then a reference into it).
     """
 
     format: str
@@ -54,6 +56,7 @@ class MaskSpec:
     ignore_index: int
     unknown: str
     colors: tuple[tuple[int, int], ...] = ()
+    rle: RleSource | None = None
 
     @classmethod
     def from_config(cls, data: DataConfig) -> MaskSpec:
@@ -62,7 +65,10 @@ class MaskSpec:
             for k, colours in enumerate(data.palette):
                 pairs += [(int(c[1:], 16), k) for c in colours]
         pairs += [(int(c[1:], 16), data.ignore_index) for c in data.ignore_colors]
-        return cls(data.mask_format, len(data.classes), data.ignore_index, data.unknown_labels, tuple(sorted(pairs)))
+        rle = RleSource.from_config(data) if data.mask_format == "rle" else None
+        return cls(
+            data.mask_format, len(data.classes), data.ignore_index, data.unknown_labels, tuple(sorted(pairs)), rle
+        )
 
     @property
     def marker(self) -> int:
@@ -153,6 +159,8 @@ def decode_mask(array: np.ndarray, spec: MaskSpec, path: Path | str = "mask") ->
         ``(labels, unknown)``: labels ``(H, W)`` uint8 with unknown values set to ``ignore_index``, and
         ``{raw value or packed colour: pixel count}`` of what matched no class.
     """
+    if spec.format == "rle":  # decoded from runs: class indices already
+        return array, {}
     if spec.format == "index":
         if array.ndim == 3:
             if (
@@ -209,7 +217,9 @@ def unknown_error(path: Path | str, unknown: dict[int, int], spec: MaskSpec) -> 
 
 
 def read_mask_raw(path: Path, spec: MaskSpec) -> np.ndarray:
-    """Raw mask pixels in the form ``decode_mask`` expects."""
+    """Raw mask pixels in the form ``decode_mask`` expects (class indices for ``rle`` masks)."""
+    if spec.rle is not None:
+        return read_rle_labels(str(path), spec.rle)
     image = _open(path, "mask")
     if spec.format == "color":
         return np.asarray(image.convert("RGB"))
@@ -286,6 +296,8 @@ def _csv_table(data: DataConfig, which: str) -> pd.DataFrame:
     table = _read_id_csv(root, csv_name, data.id_column)
     image_t = data.image_template if which == "train" else (data.test_image_template or data.image_template)
     mask_t = data.mask_template if which == "train" else data.test_mask_template
+    if data.mask_format == "rle":
+        mask_t = None  # training masks come from the runs table (list_samples); no hidden test masks
     rows = table.to_dict("records")
     table["image"] = [str(root / _format(image_t, {**r, "id": r[ID]}, "image_template")) for r in rows]
     _check_exist(table["image"], "image", f"check data.root and data.image_template ({image_t!r})")
@@ -348,8 +360,14 @@ def _glob_table(data: DataConfig, which: str) -> pd.DataFrame:
         images.insert(0, ID, _make_ids(images, names, data.id_template))
         _check_unique(images[ID], f"data.test_image_pattern {data.test_image_pattern!r}")
         return images
-    assert data.image_pattern and data.mask_pattern  # DataConfig requires both for layout: glob
+    assert data.image_pattern  # DataConfig requires it for layout: glob
     images = _discover(root, data.image_pattern, "image")
+    if data.mask_format == "rle":  # the masks are rows of the runs table (list_samples)
+        names = [c for c in images.columns if c != "image"]
+        images.insert(0, ID, _make_ids(images, names, data.id_template))
+        _check_unique(images[ID], f"data.image_pattern {data.image_pattern!r}")
+        return images
+    assert data.mask_pattern
     masks = _discover(root, data.mask_pattern, "mask")
     names = [c for c in images.columns if c != "image"]
     mask_names = [c for c in masks.columns if c != "mask"]
@@ -392,6 +410,8 @@ def list_samples(data: DataConfig, which: str = "train") -> pd.DataFrame:
     if not data.root.exists():
         raise DataError(f"data.root {data.root} does not exist; point it at the competition's data folder")
     table = _csv_table(data, which) if data.layout == "csv" else _glob_table(data, which)
+    if which == "train" and data.mask_format == "rle":
+        table.insert(list(table.columns).index("image") + 1, "mask", _rle_refs(table, data))
     if data.exclude:
         relative = [
             Path(p).relative_to(data.root).as_posix() if Path(p).is_relative_to(data.root) else p
@@ -402,6 +422,14 @@ def list_samples(data: DataConfig, which: str = "train") -> pd.DataFrame:
         if table.empty:
             raise DataError(f"data.exclude {data.exclude} leaves no {which} image; narrow the patterns")
     return table.reset_index(drop=True)
+
+
+def _rle_refs(table: pd.DataFrame, data: DataConfig) -> list[str]:
+    """Each training image's mask reference into the runs table (its size read from the image header)."""
+    source = RleSource.from_config(data)
+    keys = image_keys([Path(p).name for p in table["image"]], table[ID].tolist(), source)
+    sizes = [image_size(Path(p)) for p in table["image"]]
+    return [make_ref(source.csv, h, w, key) for (h, w), key in zip(sizes, keys, strict=True)]
 
 
 def palette_rgb(data: DataConfig) -> np.ndarray:

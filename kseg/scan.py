@@ -29,6 +29,7 @@ from kseg.data import (
     unknown_error,
 )
 from kseg.errors import DataError
+from kseg.labels import mask_file
 from kseg.parallel import parallel_map
 from kseg.progress import Progress
 from kseg.workdir import WorkDir
@@ -64,7 +65,7 @@ def scan_one(item: tuple) -> dict:
 
 
 def _file_keys(path: str) -> tuple[int, int]:
-    st = os.stat(path)
+    st = os.stat(mask_file(path))  # an RLE mask reference: its table
     return st.st_mtime_ns, st.st_size
 
 

@@ -75,6 +75,28 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RleLabelsConfig(Section):
+    """Training masks as a table of runs (``data.mask_format: rle``): no mask files.
+
+    ``wide``: one row per image and class, the class in the id (``0011165.jpg_Fish``: the last
+    ``separator`` splits image and class). ``long``: the image in ``id_column``, the class in
+    ``class_column``; a missing (image, class) row is an empty mask. The image part names an image by its
+    file name (``0011165.jpg``) or by its id."""
+
+    csv: str = "train.csv"  # under data.root
+    form: Literal["wide", "long"] = "wide"
+    id_column: str = "ImageId"
+    encoded_column: str = "EncodedPixels"
+    class_column: str | None = None  # long form: the row's class
+    separator: str = "_"  # wide form: image + separator + class
+    class_key: Literal["name", "index"] = "name"  # a class is written as its name or as a number
+    index_base: int = 0  # class_key index: the number written for data.classes[0]
+    order: Literal["column", "row"] = "column"  # pixel numbering: down columns (Kaggle's usual) or along rows
+    first_index: Literal[0, 1] = 1  # the number of the first pixel
+    empty: str = ""  # the token of an empty mask (besides a blank cell), e.g. "-1"
+    background: str | None = None  # the class of pixels no run covers (default: data.classes[0])
+
+
 class DataConfig(Section):
     """Where the competition's files are and how to read them."""
 
@@ -98,7 +120,8 @@ class DataConfig(Section):
     test_image_pattern: str | None = None
     id_template: str | None = None
     # masks
-    mask_format: Literal["index", "color"] = "index"
+    mask_format: Literal["index", "color", "rle"] = "index"
+    rle: RleLabelsConfig = Field(default_factory=RleLabelsConfig)  # mask_format: rle
     palette: list[PaletteEntry] | None = None
     ignore_colors: list[Color] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)  # glob patterns (relative to root) of files to leave out
@@ -153,9 +176,22 @@ class DataConfig(Section):
             raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}; give one per channel")
         if any(v <= 0 for v in self.std):
             raise ValueError("std values must be positive")
-        if self.layout == "glob" and not (self.image_pattern and self.mask_pattern):
-            raise ValueError("layout 'glob' needs image_pattern and mask_pattern, e.g. '{tile}/images/{name}.jpg'")
+        if self.layout == "glob" and not self.image_pattern:
+            raise ValueError("layout 'glob' needs image_pattern, e.g. '{tile}/images/{name}.jpg'")
+        if self.layout == "glob" and not self.mask_pattern and self.mask_format != "rle":
+            raise ValueError("layout 'glob' needs mask_pattern, e.g. '{tile}/masks/{name}.png' (or mask_format: rle)")
+        if self.mask_format == "rle":
+            self._check_rle()
         return self
+
+    def _check_rle(self) -> None:
+        rle = self.rle
+        if rle.form == "long" and not rle.class_column:
+            raise ValueError("rle.form 'long' needs rle.class_column, the column that holds each row's class")
+        if rle.background is not None and rle.background not in self.classes:
+            raise ValueError(f"rle.background {rle.background!r} is not one of classes {self.classes}")
+        if rle.class_key == "index" and rle.index_base < 0:
+            raise ValueError("rle.index_base must be 0 or more")
 
 
 class ModelConfig(Section):

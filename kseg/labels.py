@@ -1,0 +1,219 @@
+"""Training masks from a table of runs (``data.mask_format: rle``), decoded on the fly, no mask files.
+
+A sample's ``mask`` column holds a reference ``<table>::<H>x<W>::<key>``: the table's path, the image's
+size (runs do not carry it) and the image's key in the table. ``read_rle_labels`` turns it into an
+``(H, W)`` label map; each process reads the table once (``rle_index``) and keeps its rows by image.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kseg.errors import DataError
+from kseg.rle import decode_labels, parse_rows
+from kseg.schema import DataConfig
+
+REF_SEPARATOR = "::"
+
+
+@dataclass(frozen=True)
+class RleSource:
+    """How to read one runs table; small, hashable and picklable (it travels with ``MaskSpec``)."""
+
+    csv: str
+    form: str
+    id_column: str
+    encoded_column: str
+    class_column: str | None
+    separator: str
+    class_key: str
+    index_base: int
+    order: str
+    first_index: int
+    empty: str
+    classes: tuple[str, ...]
+    fill: int
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> RleSource:
+        rle = data.rle
+        return cls(
+            str(data.root / rle.csv),
+            rle.form,
+            rle.id_column,
+            rle.encoded_column,
+            rle.class_column,
+            rle.separator,
+            rle.class_key,
+            rle.index_base,
+            rle.order,
+            rle.first_index,
+            rle.empty,
+            tuple(data.classes),
+            data.classes.index(rle.background) if rle.background else 0,
+        )
+
+    def class_of(self, text: str, where: str) -> int:
+        """The class index a cell names (by name or number), or a ``DataError`` naming ``where``."""
+        if self.class_key == "name":
+            if text in self.classes:
+                return self.classes.index(text)
+            fix = f"add it to data.classes ({', '.join(self.classes)})"
+        else:
+            k = int(text) - self.index_base if text.strip().lstrip("-").isdigit() else -1
+            if 0 <= k < len(self.classes):
+                return k
+            last = self.index_base + len(self.classes) - 1
+            fix = f"classes are numbered {self.index_base} to {last} (data.rle.index_base)"
+        raise DataError(f"{where} names class {text!r}, which is not in the config; {fix}")
+
+
+@dataclass(frozen=True)
+class RleRows:
+    """One image's rows of the table: the class, the runs and the table row (1-based, after the header)."""
+
+    classes: tuple[int, ...]
+    encoded: tuple[str, ...]
+    lines: tuple[int, ...]
+
+
+def make_ref(table: str, height: int, width: int, key: str) -> str:
+    return f"{table}{REF_SEPARATOR}{height}x{width}{REF_SEPARATOR}{key}"
+
+
+def split_ref(ref: str) -> tuple[str, tuple[int, int], str]:
+    """``(table path, (H, W), key)`` of a reference made by ``make_ref``."""
+    table, size, key = str(ref).split(REF_SEPARATOR, 2)
+    height, width = size.split("x")
+    return table, (int(height), int(width)), key
+
+
+def mask_file(ref: str) -> str:
+    """The file a mask reference reads: the table for an RLE reference, else the path itself."""
+    return str(ref).split(REF_SEPARATOR, 1)[0]
+
+
+def _read_table(source: RleSource) -> pd.DataFrame:
+    path = Path(source.csv)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; check data.root and data.rle.csv")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV ({exc}); fix or re-download it") from None
+    needed = [source.id_column, source.encoded_column] + ([source.class_column] if source.form == "long" else [])
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path} has no column {missing[0]!r} (columns: {', '.join(table.columns)}); set data.rle.id_column, "
+            "encoded_column or class_column"
+        )
+    return table
+
+
+@functools.lru_cache(maxsize=2)
+def rle_index(source: RleSource) -> dict[str, RleRows]:
+    """The table's non-empty rows grouped by image key (read once per process)."""
+    table = _read_table(source)
+    ids = table[source.id_column].tolist()
+    encoded = table[source.encoded_column].str.strip().tolist()
+    cells = table[source.class_column].tolist() if source.form == "long" else [None] * len(ids)
+    grouped: dict[str, list[tuple[int, str, int]]] = {}
+    for line, (image_id, cell, runs) in enumerate(zip(ids, cells, encoded, strict=True), start=2):
+        where = f"{source.csv} line {line} ({source.id_column} {image_id!r})"
+        if cell is None:
+            image, sep, cell = image_id.rpartition(source.separator)
+            if not sep or not image:
+                raise DataError(
+                    f"{where} has no {source.separator!r} between image and class; set data.rle.separator, "
+                    "or data.rle.form: long with data.rle.class_column"
+                )
+        else:
+            image = image_id
+        k = source.class_of(cell, where)
+        if runs in ("", source.empty):
+            grouped.setdefault(image, [])
+            continue
+        grouped.setdefault(image, []).append((k, runs, line))
+    return {
+        key: RleRows(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
+        for key, rows in grouped.items()
+    }
+
+
+def _runs(source: RleSource, rows: RleRows, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Starts (1-based), lengths and classes of one image's rows, each row checked on its own."""
+    numbers, row_of, bad = parse_rows(list(rows.encoded))
+    column = source.encoded_column
+    if len(bad):
+        raise DataError(
+            f"{source.csv} line {rows.lines[bad[0]]}, column {column}: {rows.encoded[bad[0]][:40]!r} is not "
+            "space-separated numbers; fix the row or set data.rle.empty to the table's empty token"
+        )
+    counts = np.bincount(row_of, minlength=len(rows.lines))
+    for r, line in enumerate(rows.lines):
+        values = numbers[row_of == r]
+        starts, lengths = values[0::2] + (1 - source.first_index), values[1::2]
+        if counts[r] % 2 or (lengths < 1).any() or (starts < 1).any():
+            problem = "an odd number of values" if counts[r] % 2 else "a start or length out of range"
+            raise DataError(f"{source.csv} line {line}, column {column}: {problem}; each run is 'start length'")
+        if len(starts) and (starts + lengths - 1).max() > size:
+            raise DataError(
+                f"{source.csv} line {line}, column {column}: a run ends at pixel {(starts + lengths - 1).max()} "
+                f"past the image's {size} pixels; check data.rle.order and data.rle.first_index"
+            )
+        ends = np.sort(starts) + lengths[np.argsort(starts)]
+        if (np.sort(starts)[1:] < ends[:-1]).any():
+            raise DataError(f"{source.csv} line {line}, column {column}: runs overlap; each pixel may appear once")
+    pair_row = row_of[0::2]
+    return numbers[0::2] + (1 - source.first_index), numbers[1::2], np.asarray(rows.classes)[pair_row]
+
+
+def read_rle_labels(ref: str, source: RleSource) -> np.ndarray:
+    """The ``(H, W)`` uint8 label map of a mask reference: pixels no run covers get the background class."""
+    _, (height, width), key = split_ref(ref)
+    rows = rle_index(source).get(key)
+    if rows is None or not rows.encoded:
+        return np.full((height, width), source.fill, dtype=np.uint8)
+    starts, lengths, classes = _runs(source, rows, height * width)
+    try:
+        return decode_labels(starts, lengths, classes, (height, width), source.order, source.fill)  # type: ignore[arg-type]
+    except ValueError:
+        lines = ", ".join(map(str, rows.lines))
+        raise DataError(
+            f"{source.csv} lines {lines} (image {key!r}) give one pixel two classes; classes that overlap need "
+            "a multi-label mode, which kseg does not have yet"
+        ) from None
+
+
+def image_keys(names: list[str], ids: list[str], source: RleSource) -> list[str]:
+    """Each image's key in the table: its file name, or its id where the table names images by id.
+
+    Raises:
+        DataError: If a row of the table names no image (with its line and the fix).
+    """
+    index = rle_index(source)
+    known = set(names) | set(ids)
+    stray = [key for key in index if key not in known]
+    if stray:
+        line = _first_line(source, stray[0])
+        raise DataError(
+            f"{source.csv} line {line} names image {stray[0]!r}, which is not among the {len(names)} training "
+            f"images ({len(stray)} such key(s)); remove those rows, or fix data.image_pattern / data.image_template"
+        )
+    return [name if name in index else image_id for name, image_id in zip(names, ids, strict=True)]
+
+
+def _first_line(source: RleSource, key: str) -> int:
+    rows = rle_index(source)[key]
+    if rows.lines:
+        return rows.lines[0]
+    table = _read_table(source)  # an image listed with empty rows only: find its first row
+    column = table[source.id_column]
+    hits = column == key if source.form == "long" else column.str.startswith(key + source.separator)
+    return int(np.flatnonzero(hits.to_numpy())[0]) + 2
