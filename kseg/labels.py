@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kseg.errors import DataError
-from kseg.rle import decode_labels, parse_rows
+from kseg.rle import decode_labels, encode_labels, parse_rows
 from kseg.schema import DataConfig
 
 REF_SEPARATOR = "::"
@@ -217,3 +217,37 @@ def _first_line(source: RleSource, key: str) -> int:
     column = table[source.id_column]
     hits = column == key if source.form == "long" else column.str.startswith(key + source.separator)
     return int(np.flatnonzero(hits.to_numpy())[0]) + 2
+
+
+def _shift(runs: str, first_index: int) -> str:
+    if first_index == 1 or not runs:
+        return runs
+    values = np.array(runs.split(), dtype=np.int64)
+    values[0::2] -= 1
+    return " ".join(map(str, values))
+
+
+def rle_table(labels: dict[str, np.ndarray], source: RleSource) -> pd.DataFrame:
+    """The runs table of label maps in the source's form (the inverse of ``read_rle_labels``).
+
+    Wide: one row per image and class other than the background, empty masks as ``source.empty``. Long:
+    the non-empty rows only. Classes are written by name or by number as the source says.
+    """
+    rows = []
+    for key, label_map in labels.items():
+        encoded = encode_labels(label_map, len(source.classes), source.order)  # type: ignore[arg-type]
+        for k, name in enumerate(source.classes):
+            if k == source.fill:
+                continue
+            cell = name if source.class_key == "name" else str(k + source.index_base)
+            runs = _shift(encoded[k], source.first_index)
+            if source.form == "wide":
+                rows.append(
+                    {source.id_column: f"{key}{source.separator}{cell}", source.encoded_column: runs or source.empty}
+                )
+            elif runs:
+                rows.append({source.id_column: key, source.class_column: cell, source.encoded_column: runs})
+    columns = [source.id_column, source.encoded_column]
+    if source.form == "long":
+        columns.insert(1, str(source.class_column))
+    return pd.DataFrame(rows, columns=columns)

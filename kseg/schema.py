@@ -93,7 +93,7 @@ class RleLabelsConfig(Section):
     index_base: int = 0  # class_key index: the number written for data.classes[0]
     order: Literal["column", "row"] = "column"  # pixel numbering: down columns (Kaggle's usual) or along rows
     first_index: Literal[0, 1] = 1  # the number of the first pixel
-    empty: str = ""  # the token of an empty mask (besides a blank cell), e.g. "-1"
+    empty: Token = ""  # the token of an empty mask (besides a blank cell), e.g. "-1"
     background: str | None = None  # the class of pixels no run covers (default: data.classes[0])
 
 
