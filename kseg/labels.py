@@ -246,7 +246,7 @@ def rle_table(labels: dict[str, np.ndarray], source: RleSource) -> pd.DataFrame:
                     {source.id_column: f"{key}{source.separator}{cell}", source.encoded_column: runs or source.empty}
                 )
             elif runs:
-                rows.append({source.id_column: key, source.class_column: cell, source.encoded_column: runs})
+                rows.append({source.id_column: key, str(source.class_column): cell, source.encoded_column: runs})
     columns = [source.id_column, source.encoded_column]
     if source.form == "long":
         columns.insert(1, str(source.class_column))
