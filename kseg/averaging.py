@@ -17,18 +17,20 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from kseg.metrics import epoch_score
+
 BN_BATCHES = 100  # training batches that re-estimate the batch-norm statistics of an average (at most)
 
 
 def epochs_to_average(history: list[dict[str, Any]], k: int, rule: str) -> list[int]:
-    """The epochs (1-based, ascending) whose weights the average takes: the ``k`` best by ``val_dice``
+    """The epochs (1-based, ascending) whose weights the average takes: the ``k`` best by the metric
     (``rule="best"``; the earlier epoch wins a tie) or the last ``k`` (``rule="last"``)."""
     epochs = [int(row["epoch"]) for row in history]
     if rule == "last":
         return sorted(epochs[-k:])
     if rule != "best":
         raise ValueError(f"rule {rule!r} is neither 'best' nor 'last'")
-    ranked = sorted(history, key=lambda row: (-float(row["val_dice"]), int(row["epoch"])))
+    ranked = sorted(history, key=lambda row: (-epoch_score(row), int(row["epoch"])))
     return sorted(int(row["epoch"]) for row in ranked[:k])
 
 

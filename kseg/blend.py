@@ -23,7 +23,7 @@ from torch import nn
 from kseg.config import Config
 from kseg.ensemble import run_config
 from kseg.errors import KsegError
-from kseg.metrics import row_dice
+from kseg.metrics import class_scores
 from kseg.postprocess import OOFBuilder, TuneResult, tune_oof
 from kseg.progress import Progress
 from kseg.workdir import ID, WorkDir
@@ -134,11 +134,12 @@ def _image_probs(runs: list[RunOOF], fold: int, i: int, size: tuple[int, int]) -
     return torch.stack(out)
 
 
-def _row_dice(probs: torch.Tensor, grid: torch.Tensor, truth: torch.Tensor, k: int, chunk: int = 16) -> np.ndarray:
-    """Mean row Dice of one image under each weight vector, ``chunk`` vectors at a time.
+def _row_counts(probs: torch.Tensor, grid: torch.Tensor, truth: torch.Tensor, k: int, chunk: int = 16) -> np.ndarray:
+    """Pixel counts of one image under each weight vector, ``chunk`` vectors at a time.
 
     Shape:
-        probs ``(R, K, H, W)``, grid ``(C, R)``, truth ``(H, W)`` int64; returns ``(C,)``.
+        probs ``(R, K, H, W)``, grid ``(C, R)``, truth ``(H, W)`` int64; returns ``(C, 3, K)``
+        (intersection, predicted and true pixels per class).
     """
     scored = truth < k
     labels = truth[scored]
@@ -152,48 +153,53 @@ def _row_dice(probs: torch.Tensor, grid: torch.Tensor, truth: torch.Tensor, k: i
         pred = torch.bincount((predicted + offset).flatten(), minlength=len(weights) * k).view(-1, k)
         hit = predicted == labels[None]
         inter = torch.bincount((predicted + offset)[hit], minlength=len(weights) * k).view(-1, k)
-        dice = row_dice(inter.numpy(), pred.numpy(), np.broadcast_to(true, (len(weights), k)))
-        out.append(dice.mean(1))
+        out.append(np.stack([inter.numpy(), pred.numpy(), np.broadcast_to(true, (len(weights), k))], axis=1))
     return np.concatenate(out)
 
 
 @dataclass
 class SearchResult:
-    """Per-image scores of every weight vector, and what was chosen."""
+    """Per-image pixel counts under every weight vector, and what was chosen."""
 
     grid: np.ndarray  # (C, R)
-    scores: np.ndarray  # (N, C) mean row Dice of each image under each weight vector
+    counts: np.ndarray  # (N, C, 3, K) intersection, predicted, true pixels of each image under each vector
     ids: list[str]
     folds: np.ndarray
+    metric: str = "row_dice"
     best: int = 0
 
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """The metric of each weight vector over the images ``rows``. Shape ``(C,)``."""
+        c = self.counts[rows]
+        return class_scores(c[:, :, 0], c[:, :, 1], c[:, :, 2], self.metric).mean(-1)
+
     def choose(self, rows: np.ndarray) -> int:
-        """The weight vector with the best mean over ``rows`` (ties: the first on the grid)."""
-        return int(np.argmax(self.scores[rows].mean(0)))
+        """The weight vector with the best metric over ``rows`` (ties: the first on the grid)."""
+        return int(np.argmax(self.scores(rows)))
 
     def single(self, run: int) -> int:
         """The grid row that is run ``run`` alone."""
         return int(np.flatnonzero(self.grid[:, run] == 1.0)[0])
 
 
-def search_weights(runs: list[RunOOF], on_progress: Progress | None = None) -> SearchResult:
+def search_weights(runs: list[RunOOF], metric: str = "row_dice", on_progress: Progress | None = None) -> SearchResult:
     """Score every weight vector of ``weight_grid`` on every OOF image (at the first run's resolution)."""
     grid = weight_grid(len(runs))
     grid_t = torch.from_numpy(grid).float()
     first = runs[0]
     k = first.cfg.n_classes
     total = sum(len(ids) for ids in first.ids.values())
-    scores, ids, folds = [], [], []
+    counts, ids, folds = [], [], []
     for f, fold_ids in first.ids.items():
         size = tuple(first.probs[f].shape[2:])
         for i, image_id in enumerate(fold_ids):
             truth = torch.from_numpy(np.asarray(first.masks[f][i]).astype(np.int64))
-            scores.append(_row_dice(_image_probs(runs, f, i, size), grid_t, truth, k))
+            counts.append(_row_counts(_image_probs(runs, f, i, size), grid_t, truth, k))
             ids.append(image_id)
             folds.append(f)
             if on_progress:
                 on_progress(len(ids), total)
-    result = SearchResult(grid, np.stack(scores), ids, np.array(folds))
+    result = SearchResult(grid, np.stack(counts), ids, np.array(folds), metric)
     result.best = result.choose(np.arange(len(ids)))
     return result
 
@@ -218,7 +224,7 @@ class BlendResult:
 
     runs: list[Path]
     weights: list[float]
-    run_scores: list[float]  # each run's OOF mean row Dice
+    run_scores: list[float]  # each run's OOF metric (submission.metric)
     score: float  # the blend's, in-sample
     holdout_blend: float  # weights chosen on one half, scored on the other (mean of both ways)
     holdout_best_run: float  # the best single run chosen on one half, scored on the other
@@ -226,6 +232,7 @@ class BlendResult:
     path: Path
     n_images: int
     notes: list[str] = field(default_factory=list)
+    metric: str = "row_dice"
 
 
 def _holdout(search: SearchResult, seed: int) -> tuple[float, float]:
@@ -237,9 +244,9 @@ def _holdout(search: SearchResult, seed: int) -> tuple[float, float]:
     singles = [search.single(r) for r in range(search.grid.shape[1])]
     blend, single = [], []
     for fit, check in (halves, halves[::-1]):
-        blend.append(search.scores[check, search.choose(fit)].mean())
-        best_single = max(singles, key=lambda c: search.scores[fit, c].mean())
-        single.append(search.scores[check, best_single].mean())
+        on_fit, on_check = search.scores(fit), search.scores(check)
+        blend.append(on_check[search.choose(fit)])
+        single.append(on_check[max(singles, key=lambda c: on_fit[c])])
     return float(np.mean(blend)), float(np.mean(single))
 
 
@@ -253,12 +260,13 @@ def blend_runs(cfg: Config, paths: list[Path], seed: int = 0, on_progress: Progr
             f"the config's classes {cfg.data.classes} differ from the runs' {runs[0].cfg.data.classes}; "
             "blend with the competition's config"
         )
-    search = search_weights(runs, on_progress)
+    search = search_weights(runs, cfg.submission.metric, on_progress)
     weights = search.grid[search.best]
     holdout_blend, holdout_single = _holdout(search, seed)
-    tuned = tune_oof(blended_statistics(runs, weights).build(), list(cfg.data.classes), seed)
-    run_scores = [float(search.scores[:, search.single(r)].mean()) for r in range(len(runs))]
-    score = float(search.scores[:, search.best].mean())
+    tuned = tune_oof(blended_statistics(runs, weights).build(), list(cfg.data.classes), seed, cfg.submission.metric)
+    everything = search.scores(np.arange(len(search.ids)))
+    run_scores = [float(everything[search.single(r)]) for r in range(len(runs))]
+    score = float(everything[search.best])
     info = {
         "format": BLEND_FORMAT,
         "version": 1,
@@ -290,4 +298,5 @@ def blend_runs(cfg: Config, paths: list[Path], seed: int = 0, on_progress: Progr
         tuned,
         path,
         len(search.ids),
+        metric=search.metric,
     )

@@ -34,6 +34,7 @@ class EpochStats:
     pixel_accuracy: float = float("nan")
     class_precision: dict[str, float] = field(default_factory=dict)
     class_recall: dict[str, float] = field(default_factory=dict)
+    val_score: float = float("nan")  # the configured metric (submission.metric); equals val_dice by default
 
     def row(self) -> dict[str, float]:
         out = {
@@ -42,6 +43,7 @@ class EpochStats:
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
             "val_dice": self.val_dice,
+            "val_score": self.val_score,
             "val_pixel_accuracy": self.pixel_accuracy,
         }
         out.update({f"dice_{k}": v for k, v in self.class_dice.items()})

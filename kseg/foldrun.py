@@ -40,7 +40,7 @@ from kseg.errors import TrainError
 from kseg.evaluation import EpochStats, evaluate, oof_truth, summarize
 from kseg.io import remove_stale
 from kseg.losses import loss_from_config
-from kseg.metrics import pixel_metrics
+from kseg.metrics import metric_score, pixel_metrics
 from kseg.models import build_model
 from kseg.optim import build_optimizer, build_scheduler
 from kseg.plotting import training_curves
@@ -79,6 +79,7 @@ class FoldResult:
     notes: list[str] = field(default_factory=list)
     stopped_by_time: bool = False  # train.time_limit passed: resume to finish
     average: AverageResult | None = None  # train.average: the averaged checkpoint's figures
+    metric: str = "row_dice"  # what best_score is (submission.metric)
 
 
 def with_pseudo_rows(train: pd.DataFrame, val: pd.DataFrame, pseudo: pd.DataFrame) -> pd.DataFrame:
@@ -375,7 +376,7 @@ class FoldRun:
         """Score the held-out fold (rank 0); keeps its OOF probabilities when the epoch is the best so far."""
         stats = self.score(self.predictor, epoch + 1, train_loss, images_per_s, started)
         if stats.best:
-            self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = stats.val_dice, epoch + 1, 0
+            self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = stats.val_score, epoch + 1, 0
         else:
             self.progress.bad_epochs += 1
         return stats
@@ -394,7 +395,8 @@ class FoldRun:
         val_loss, counts = evaluate(
             predictor, self.val_rows, self.spec, self.val_loss_fn, channels=cfg.model.in_channels, oof=oof
         )
-        score, class_dice, class_iou = summarize(counts, self.classes)
+        dice, class_dice, class_iou = summarize(counts, self.classes)
+        score = metric_score(counts, cfg.submission.metric)[0]  # what chooses the best epoch
         accuracy, precision, recall = pixel_metrics(counts)
         improved = score > self.progress.best_score
         if oof is not None:
@@ -407,7 +409,7 @@ class FoldRun:
             self.optimizer.param_groups[0]["lr"],
             train_loss,
             val_loss,
-            score,
+            dice,
             class_dice,
             class_iou,
             images_per_s,
@@ -416,6 +418,7 @@ class FoldRun:
             accuracy,
             dict(zip(self.classes, precision.tolist(), strict=True)),
             dict(zip(self.classes, recall.tolist(), strict=True)),
+            score,
         )
 
     def state(self, epoch: int) -> dict[str, Any]:
@@ -497,4 +500,5 @@ class FoldRun:
             weights_from=self.weights_from,
             device=str(self.device),
             precision=self.precision,
+            metric=self.cfg.submission.metric,
         )

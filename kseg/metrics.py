@@ -1,9 +1,10 @@
 """The competition metric and friends.
 
-Kaggle's segmentation metric here is the mean over submission rows (one row per image and class) of
-the Dice coefficient between the predicted and the true mask of that row, where a row whose predicted
-and true masks are both empty scores 1. Everything below works from pixel counts per row, so the same
-code scores a CSV (``kseg score``) and a validation epoch.
+The default metric (``submission.metric: row_dice``) is the mean over submission rows (one row per image
+and class) of the Dice coefficient between the predicted and the true mask of that row, where a row whose
+predicted and true masks are both empty scores 1. ``row_iou`` is the same with IoU (an image-level mean
+IoU); ``dataset_iou`` pools each class's pixels over all images first. Everything below works from pixel
+counts per row, so the same code scores a CSV (``kseg score``) and a validation epoch.
 """
 
 from __future__ import annotations
@@ -31,6 +32,52 @@ def row_iou(intersection: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np
     intersection, pred, truth = (np.asarray(a, dtype=np.float64) for a in (intersection, pred, truth))
     union = pred + truth - intersection
     return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+
+
+METRICS = ("row_dice", "row_iou", "dataset_iou")
+METRIC_NAMES = {"row_dice": "mean row Dice", "row_iou": "mean row IoU", "dataset_iou": "dataset mean IoU"}
+
+
+def class_scores(intersection: np.ndarray, pred: np.ndarray, truth: np.ndarray, metric: str) -> np.ndarray:
+    """Each class's share of the competition metric, from per-row pixel counts reduced over axis 0.
+
+    ``row_dice`` / ``row_iou``: the mean over images of each (image, class) row's Dice / IoU, 1 where both
+    masks are empty. ``dataset_iou``: pixels pooled over all images, ``sum |P & T| / sum |P | T|`` per class
+    (1 for a class absent from every prediction and truth). The metric is the mean over classes.
+
+    Shape:
+        Inputs ``(N, ...)`` pixel counts (rows first); returns ``(...)`` float64.
+    """
+    if metric == "row_dice":
+        return row_dice(intersection, pred, truth).mean(0)
+    if metric == "row_iou":
+        return row_iou(intersection, pred, truth).mean(0)
+    if metric == "dataset_iou":
+        inter = np.asarray(intersection, dtype=np.float64).sum(0)
+        union = np.asarray(pred, dtype=np.float64).sum(0) + np.asarray(truth, dtype=np.float64).sum(0) - inter
+        return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
+def metric_score(counts: np.ndarray, metric: str = "row_dice") -> tuple[float, np.ndarray]:
+    """The metric over ``(N, 3, K)`` counts (intersection, predicted, true pixels), and per class ``(K,)``.
+
+    No rows score 1 (nothing to get wrong), as an empty submission of an empty test set would."""
+    counts = np.asarray(counts)
+    if counts.shape[0] == 0:
+        return 1.0, np.ones(counts.shape[-1])
+    per_class = class_scores(counts[:, 0], counts[:, 1], counts[:, 2], metric)
+    if metric == "dataset_iou":
+        return float(per_class.mean()), per_class
+    rows = (row_dice if metric == "row_dice" else row_iou)(counts[:, 0], counts[:, 1], counts[:, 2])
+    return float(rows.mean()), per_class  # the flat mean: the same bits as the mean over rows elsewhere
+
+
+def epoch_score(row: dict) -> float:
+    """An epoch's score under the configured metric (``val_score``; histories written before it have
+    ``val_dice`` only, which was the metric then)."""
+    score = float(row.get("val_score", float("nan")))
+    return score if score == score else float(row["val_dice"])
 
 
 def label_counts(pred: np.ndarray, truth: np.ndarray, n_classes: int, ignore_index: int | None = None) -> np.ndarray:

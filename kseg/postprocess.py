@@ -30,7 +30,7 @@ import torch
 from kseg.config import Config
 from kseg.data import ID
 from kseg.errors import TuneError
-from kseg.metrics import row_dice
+from kseg.metrics import class_scores
 from kseg.progress import Progress
 from kseg.workdir import POSTPROCESS_NAME, WorkDir
 
@@ -264,30 +264,32 @@ def class_table(oof: OOFSet, k: int) -> tuple[np.ndarray, np.ndarray]:
     return area, inter
 
 
-def _dice_grid(area: np.ndarray, inter: np.ndarray, truth: np.ndarray, n_pixels: np.ndarray) -> np.ndarray:
-    """Row Dice for every (threshold, min area) pair.
+def _score_grid(
+    area: np.ndarray, inter: np.ndarray, truth: np.ndarray, n_pixels: np.ndarray, metric: str
+) -> np.ndarray:
+    """One class's metric for every (threshold, min area) pair.
 
     Shape:
-        area, inter ``(N, T)``; truth, n_pixels ``(N,)``; returns ``(N, T, A)``.
+        area, inter ``(N, T)``; truth, n_pixels ``(N,)``; returns ``(T, A)``.
     """
     minimum = AREA_FRACTIONS[None, None, :] * n_pixels[:, None, None]
     emptied = area[:, :, None] < minimum
     a = np.where(emptied, 0, area[:, :, None])
     i = np.where(emptied, 0, inter[:, :, None])
-    return row_dice(i, a, np.broadcast_to(truth[:, None, None], a.shape))
+    return class_scores(i, a, np.broadcast_to(truth[:, None, None], a.shape), metric)
 
 
-def _search(oof: OOFSet, rows: np.ndarray) -> tuple[dict[int, tuple[int, int]], np.ndarray, np.ndarray]:
+def _search(oof: OOFSet, rows: np.ndarray, metric: str) -> tuple[dict[int, tuple[int, int]], np.ndarray, np.ndarray]:
     """Best (threshold index, area index) per class on the chosen images.
 
     Returns:
-        ``(choice per class, dice before (K,), dice after (K,))``, dice as means over the chosen rows.
+        ``(choice per class, score before (K,), score after (K,))``: each class's share of the metric.
     """
     k_count = oof.hist.shape[1]
     choice, before, after = {}, np.zeros(k_count), np.zeros(k_count)
     for k in range(k_count):
         area, inter = class_table(oof, k)
-        grid = _dice_grid(area[rows], inter[rows], oof.truth_area[rows, k], oof.n_pixels[rows]).mean(0)
+        grid = _score_grid(area[rows], inter[rows], oof.truth_area[rows, k], oof.n_pixels[rows], metric)
         t, a = np.unravel_index(np.argmax(grid), grid.shape)
         best = (int(t), int(a)) if grid[t, a] > grid[0, 0] else (0, 0)  # ties keep the identity
         choice[k] = best
@@ -295,14 +297,13 @@ def _search(oof: OOFSet, rows: np.ndarray) -> tuple[dict[int, tuple[int, int]], 
     return choice, before, after
 
 
-def _score(oof: OOFSet, rows: np.ndarray, choice: dict[int, tuple[int, int]]) -> float:
+def _score(oof: OOFSet, rows: np.ndarray, choice: dict[int, tuple[int, int]], metric: str) -> float:
     scores = []
     for k, (t, a) in choice.items():
         area, inter = class_table(oof, k)
-        scores.append(
-            _dice_grid(area[rows][:, [t]], inter[rows][:, [t]], oof.truth_area[rows, k], oof.n_pixels[rows])[:, 0, a]
-        )
-    return float(np.mean(np.stack(scores)))
+        grid = _score_grid(area[rows][:, [t]], inter[rows][:, [t]], oof.truth_area[rows, k], oof.n_pixels[rows], metric)
+        scores.append(grid[0, a])
+    return float(np.mean(scores))
 
 
 @dataclass
@@ -316,34 +317,35 @@ class TuneResult:
     holdout_after: float
     path: Path | None  # postprocess.json, once written
     oof: OOFSet
+    metric: str = "row_dice"
 
 
 def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> TuneResult:
-    """Search per-class thresholds and minimum areas that maximise the OOF mean row Dice.
+    """Search per-class thresholds and minimum areas that maximise the OOF metric (``submission.metric``).
 
     The in-sample gain is reported next to a held-out one: the OOF images are split in two halves; the
     parameters tuned on each half score the other, and the two results are averaged.
     """
     oof = load_oof(cfg, on_progress)
-    result = tune_oof(oof, list(cfg.data.classes), seed)
+    result = tune_oof(oof, list(cfg.data.classes), seed, cfg.submission.metric)
     path = WorkDir(cfg.workdir).write_postprocess(result.post.to_json())
     result.path = path
     return result
 
 
-def tune_oof(oof: OOFSet, classes: list[str], seed: int = 0) -> TuneResult:
+def tune_oof(oof: OOFSet, classes: list[str], seed: int = 0, metric: str = "row_dice") -> TuneResult:
     """``tune`` on statistics already collected (``load_oof``, or a blend's); writes nothing."""
     everything = np.arange(len(oof.ids))
-    choice, before, after = _search(oof, everything)
+    choice, before, after = _search(oof, everything, metric)
     order = np.random.default_rng(seed).permutation(len(oof.ids))
     halves = [np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])]
     holdout_before, holdout_after = [], []
     if min(len(h) for h in halves):
         identity = {k: (0, 0) for k in range(len(classes))}
         for fit, check in (halves, halves[::-1]):
-            tuned, _, _ = _search(oof, fit)
-            holdout_before.append(_score(oof, check, identity))
-            holdout_after.append(_score(oof, check, tuned))
+            tuned, _, _ = _search(oof, fit, metric)
+            holdout_before.append(_score(oof, check, identity, metric))
+            holdout_after.append(_score(oof, check, tuned, metric))
     hb = float(np.mean(holdout_before)) if holdout_before else float("nan")
     ha = float(np.mean(holdout_after)) if holdout_after else float("nan")
     params = {
@@ -361,4 +363,5 @@ def tune_oof(oof: OOFSet, classes: list[str], seed: int = 0) -> TuneResult:
         ha,
         None,
         oof,
+        metric,
     )

@@ -26,6 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from kseg.config import Config
+from kseg.metrics import METRIC_NAMES
 from kseg.progress import Progress as ProgressCallback
 
 console = Console()
@@ -257,7 +258,7 @@ def score_result(result: Any, what: Path, as_json: bool = False) -> None:
         return
     say(
         f"{escape(str(what))}: score [bold]{result.score:.4f}[/] "
-        f"(mean Dice over {len(result.rows)} rows; 1 when both masks are empty)"
+        f"({_metric_name(result)} over {len(result.rows)} rows; 1 when both masks are empty)"
     )
     table = Table()
     table.add_column("class")
@@ -276,6 +277,17 @@ class TrainCallbacks(TypedDict):
     on_step: Callable[[int, int, int, float, float], None]
     on_epoch: Callable[[Any], None]
     on_note: Callable[[str], None]
+
+
+def _metric_name(result: Any) -> str:
+    """How a result's metric is written (``submission.metric``)."""
+    return METRIC_NAMES.get(getattr(result, "metric", "row_dice"), "score")
+
+
+def _other_metric(stats: Any) -> str:
+    """The configured metric next to the Dice, where it is another one."""
+    same = stats.val_score != stats.val_score or abs(stats.val_score - stats.val_dice) < 1e-12
+    return "" if same else f"  val score [bold]{stats.val_score:.4f}[/]"
 
 
 @contextlib.contextmanager
@@ -304,7 +316,7 @@ def training_progress(fold: int, epochs: int, quiet: bool) -> Iterator[TrainCall
         mark = " [green]best[/]" if stats.best else ""
         progress.console.print(
             f"fold {fold} epoch {stats.epoch:>3}/{epochs}  train loss {stats.train_loss:.4f}  "
-            f"val loss {stats.val_loss:.4f}  val Dice [bold]{stats.val_dice:.4f}[/]  "
+            f"val loss {stats.val_loss:.4f}  val Dice [bold]{stats.val_dice:.4f}[/]{_other_metric(stats)}  "
             f"{stats.images_per_s:.1f} img/s  {stats.seconds:.0f} s{mark}",
             highlight=False,
         )
@@ -321,7 +333,8 @@ def training_results(results: list[Any], folds: list[int] | None = None) -> None
     """``kseg train``: one row per fold, and the CV when several folds were trained; what a time limit
     left to do, and how to continue."""
     table = Table(title="training", title_justify="left")
-    for column in ("fold", "best epoch", "val Dice (best)", "epochs", "outputs"):
+    name = "Dice" if not results or results[0].metric == "row_dice" else _metric_name(results[0])
+    for column in ("fold", "best epoch", f"val {name} (best)", "epochs", "outputs"):
         table.add_column(column, justify="right" if column != "outputs" else "left")
     for r in results:
         stop = " (early stop)" if r.stopped_early else " (time limit)" if r.stopped_by_time else ""
@@ -376,7 +389,7 @@ def pseudo_labels(labels: Any, threshold: float) -> None:
 def blend_result(result: Any) -> None:
     """``kseg blend``: each run's weight and OOF score, the blend's, and the held-out check."""
     table = Table(title=f"blend of {len(result.runs)} runs ({result.n_images} OOF images)", title_justify="left")
-    for column in ("run", "weight", "OOF Dice"):
+    for column in ("run", "weight", f"OOF {_metric_name(result)}"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for path, weight, score in zip(result.runs, result.weights, result.run_scores, strict=True):
         table.add_row(escape(str(path)), f"{weight:.2f}", f"{score:.4f}")
@@ -400,7 +413,7 @@ def tune_result(result: Any) -> None:
         f"({post.resolution[0]}x{post.resolution[1]})",
         title_justify="left",
     )
-    for column in ("class", "threshold", "min area", "OOF Dice before", "after"):
+    for column in ("class", "threshold", "min area", f"OOF {_metric_name(result)} before", "after"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, params in post.params.items():
         threshold = f"{params.threshold:.2f}" if params.threshold else "argmax"
@@ -410,7 +423,7 @@ def tune_result(result: Any) -> None:
         table.add_row(name, threshold, area, f"{result.class_before[name]:.4f}", after)
     console.print(table)
     say(
-        f"OOF mean row Dice {post.oof_score_before:.4f} -> [bold]{post.oof_score_after:.4f}[/] in-sample "
+        f"OOF {_metric_name(result)} {post.oof_score_before:.4f} -> [bold]{post.oof_score_after:.4f}[/] in-sample "
         f"({post.oof_score_after - post.oof_score_before:+.4f}); tuned on one half and scored on the other: "
         f"{result.holdout_before:.4f} -> {result.holdout_after:.4f} ({post.holdout_gain:+.4f})\n"
         f"wrote {escape(str(result.path))}"
@@ -420,7 +433,8 @@ def tune_result(result: Any) -> None:
 def cv_report(result: Any) -> None:
     """``kseg report``: per-fold and per-class out-of-fold scores, and where the pictures are."""
     post = " (with post-processing)" if result.post is not None else ""
-    folds = Table(title="out-of-fold score per fold (mean row Dice at data.image_size)", title_justify="left")
+    title = f"out-of-fold score per fold ({_metric_name(result)} at data.image_size)"
+    folds = Table(title=title, title_justify="left")
     for column in ("fold", "images", "score", f"score{post}"):
         folds.add_column(column, justify="right")
     for row in result.folds.itertuples(index=False):

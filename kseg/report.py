@@ -17,7 +17,7 @@ from kseg.config import Config
 from kseg.data import ID, MaskSpec, list_samples, palette_rgb
 from kseg.dataset import load_image
 from kseg.io import atomic_write_text
-from kseg.metrics import row_dice, row_iou
+from kseg.metrics import class_scores, row_dice, row_iou
 from kseg.plotting import NO_CLASS_COLOUR, colorize, pyplot, save_figure, to_uint8
 from kseg.postprocess import THRESHOLDS, OOFSet, PostProcess, apply, class_table, load, load_oof
 from kseg.progress import Progress
@@ -36,6 +36,7 @@ class Report:
     confusion_png: Path
     worst_png: Path
     post: PostProcess | None
+    metric: str = "row_dice"
 
 
 def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tuple[np.ndarray, ...]:
@@ -59,25 +60,33 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
 
 
 def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) -> Report:
-    """Per-fold and overall OOF scores, per-class Dice / IoU, confusion matrix and worst images."""
+    """Per-fold and overall OOF scores (``submission.metric``), per-class Dice / IoU, confusion matrix and
+    worst images (by their mean row Dice)."""
     oof = load_oof(cfg, on_progress)
     post = load(cfg)
     classes = list(cfg.data.classes)
-    before = row_dice(*_row_counts(oof, None, classes))
+    metric = cfg.submission.metric
+    raw = _row_counts(oof, None, classes)
     inter, pred, truth = _row_counts(oof, post, classes)
-    after = row_dice(inter, pred, truth)
+    before, after = row_dice(*raw), row_dice(inter, pred, truth)
     iou = row_iou(inter, pred, truth)
+
+    def score(counts: tuple[np.ndarray, ...], rows: np.ndarray) -> float:
+        i, p, t = (c[rows] for c in counts)
+        return float(class_scores(i, p, t, metric).mean())
+
     folds = pd.DataFrame(
         [
             {
                 "fold": int(f),
                 "images": int((oof.folds == f).sum()),
-                "score": float(before[oof.folds == f].mean()),
-                "score_postprocessed": float(after[oof.folds == f].mean()),
+                "score": score(raw, oof.folds == f),
+                "score_postprocessed": score((inter, pred, truth), oof.folds == f),
             }
             for f in np.unique(oof.folds)
         ]
     )
+    everything = np.ones(len(oof.ids), dtype=bool)
     per_class = pd.DataFrame(
         {
             "class": classes,
@@ -97,7 +106,15 @@ def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) 
     confusion_png = _plot_confusion(oof.confusion, classes, out / "confusion.png")
     worst_png = _plot_worst(cfg, worst_table, post, out / "worst.png")
     return Report(
-        folds, per_class, float(before.mean()), float(after.mean()), worst_table, confusion_png, worst_png, post
+        folds,
+        per_class,
+        score(raw, everything),
+        score((inter, pred, truth), everything),
+        worst_table,
+        confusion_png,
+        worst_png,
+        post,
+        metric,
     )
 
 

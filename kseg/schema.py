@@ -384,6 +384,7 @@ class SubmissionConfig(Section):
     pixel_order: Literal["column", "row"] = "column"
     empty_token: Token = ""
     id_format: str = "{id}_{k}"
+    metric: Literal["row_dice", "row_iou", "dataset_iou"] = "row_dice"  # what best epochs, tune, blend, score use
     check_overlap: bool = True
     require_manifest: bool = True  # submit only predictions kseg infer wrote whole (false: label maps made elsewhere)
     resize_predictions: bool = False  # resize label maps of another size (nearest) instead of refusing them

@@ -22,6 +22,7 @@ from kseg.dataset import PseudoRows
 from kseg.errors import KsegError, TrainError
 from kseg.evaluation import EpochStats
 from kseg.foldrun import FoldResult, FoldRun, NoteCallback, StepCallback
+from kseg.metrics import epoch_score
 from kseg.predictor import Predictor
 from kseg.runtime import seed_everything
 from kseg.split import fold_tables
@@ -140,7 +141,7 @@ def _epochs(
                 run.progress.history.append(stats.row())
             run.share_progress()
             if run.scheduler is not None and not run.per_step:
-                run.scheduler.step(run.progress.history[-1]["val_dice"])
+                run.scheduler.step(epoch_score(run.progress.history[-1]))
             if stats is not None:
                 run.save(epoch, stats.best)
                 for tracker in trackers:
@@ -193,7 +194,7 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
     result = AverageResult(
         epochs,
         cfg.train.average_rule,
-        stats.val_dice,
+        stats.val_score,
         run.progress.best_score,
         stats.best,
         bn_batches,
@@ -202,7 +203,7 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
     )
     names = []
     if stats.best:  # later epochs of a resumed run must beat the average to replace it
-        run.progress.best_score = stats.val_dice
+        run.progress.best_score = stats.val_score
         save_checkpoint(work.staged(fold, "last.pt"), run.state(after - 1))
         state = inference_state(run.state(after - 1))
         state.update(model=unwrap(model).state_dict(), averaged_epochs=epochs)
@@ -213,7 +214,8 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
     if note:
         verdict = "kept as best.pt" if stats.best else "best.pt stays the best epoch"
         note(
-            f"average of epochs {', '.join(map(str, epochs))}: validation Dice {stats.val_dice:.4f} vs "
+            f"average of epochs {', '.join(map(str, epochs))}: validation {cfg.submission.metric} "
+            f"{stats.val_score:.4f} vs "
             f"{result.best_epoch_score:.4f} for the best epoch; {verdict}"
         )
     return result

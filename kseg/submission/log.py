@@ -21,6 +21,7 @@ import pandas as pd
 from kseg.config import Config
 from kseg.errors import SubmissionError
 from kseg.io import atomic_write_text
+from kseg.metrics import epoch_score
 from kseg.submission import kaggle
 from kseg.workdir import WorkDir, read_inference_info
 
@@ -101,7 +102,7 @@ def cv_estimate(cfg: Config, post_applied: bool) -> tuple[float, str]:
         tree = json.loads(text)
         key = "oof_score_after" if post_applied else "oof_score_before"
         return float(tree[key]), f"out-of-fold ({'tuned, in-sample' if post_applied else 'raw'})"
-    scores = [float(work.read_metrics(f)["val_dice"].max()) for f in work.folds_with("metrics.csv")]
+    scores = [max(map(epoch_score, work.read_metrics(f).to_dict("records"))) for f in work.folds_with("metrics.csv")]
     if scores:
         return float(np.mean(scores)), "mean of fold bests"
     return float("nan"), "none"

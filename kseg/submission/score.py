@@ -13,7 +13,7 @@ from kseg import rle
 from kseg.config import Config
 from kseg.data import ID, MaskSpec, list_samples, read_mask
 from kseg.errors import DataError, SubmissionError
-from kseg.metrics import label_counts, row_dice, row_iou
+from kseg.metrics import class_scores, label_counts, row_dice, row_iou
 from kseg.submission.format import SubmissionFormat, load_format
 from kseg.submission.validate import validate_file
 from kseg.submission.write import read_prediction
@@ -24,7 +24,8 @@ class ScoreResult:
     """The local competition score of a submission.
 
     Attributes:
-        score: Mean over rows of Dice (1 for a row whose prediction and truth are both empty).
+        score: ``submission.metric``: by default the mean over rows of Dice (1 for a row whose prediction and
+            truth are both empty).
         per_class: ``{class: {"dice", "iou", "empty_share", "rows"}}``; ``empty_share`` is the share of the
             class's rows whose true mask is empty.
         rows: Per row: ``ImageID``, class, intersection, predicted and true pixels, Dice.
@@ -33,6 +34,7 @@ class ScoreResult:
     score: float
     per_class: dict[str, dict[str, float]]
     rows: pd.DataFrame
+    metric: str = "row_dice"
 
 
 def _truth_paths(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> list[Path]:
@@ -85,7 +87,6 @@ def score_file(path: Path, cfg: Config, truth_dir: Path | None = None) -> ScoreR
                 f"{shape[0]}x{shape[1]}; check submission.size"
             )
     parsed = report.parsed
-    n_rows = len(fmt.ids)
     inter, pred, true = _row_counts(parsed, fmt, truths)
     dice = row_dice(inter, pred, true)
     iou = row_iou(inter, pred, true)
@@ -110,7 +111,8 @@ def score_file(path: Path, cfg: Config, truth_dir: Path | None = None) -> ScoreR
         },
         index=pd.Index(fmt.ids, name="row_id"),
     )
-    return ScoreResult(float(dice.mean()) if n_rows else 1.0, per_class, rows)
+    metric = cfg.submission.metric
+    return ScoreResult(rows_metric(metric, inter, pred, true, fmt.row_class), per_class, rows, metric)
 
 
 def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult:
@@ -155,7 +157,24 @@ def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult
             "empty_share": float((table["true_pixels"][sel] == 0).mean()),
             "rows": int(sel.sum()),
         }
-    return ScoreResult(float(table["dice"].mean()), per_class, table)
+    inter, pred_px, true_px = (table[c].to_numpy() for c in ("intersection", "pred_pixels", "true_pixels"))
+    score = rows_metric(cfg.submission.metric, inter, pred_px, true_px, table["class"].to_numpy())
+    return ScoreResult(score, per_class, table, cfg.submission.metric)
+
+
+def rows_metric(metric: str, inter: np.ndarray, pred: np.ndarray, true: np.ndarray, row_class: np.ndarray) -> float:
+    """The metric over submission rows (any classes, any number of rows each): row metrics average the
+    rows; ``dataset_iou`` pools each class's rows, then averages the classes. No rows score 1."""
+    if len(inter) == 0:
+        return 1.0
+    if metric != "dataset_iou":
+        return float(class_scores(inter, pred, true, metric))
+    classes = np.unique(row_class)
+    return float(
+        np.mean(
+            [class_scores(inter[row_class == c], pred[row_class == c], true[row_class == c], metric) for c in classes]
+        )
+    )
 
 
 def _row_counts(parsed: pd.DataFrame, fmt: SubmissionFormat, truths: list[np.ndarray]) -> np.ndarray:
