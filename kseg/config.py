@@ -97,6 +97,33 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
+# keys whose values are paths: typed after --set they are relative to the current folder, as every other
+# path on a command line is; written in the file they are relative to the file's folder
+PATH_KEYS = ("workdir", "data.root", "submission.path", "submission.predictions", "pseudo.workdir")
+
+
+def anchor_override_paths(tree: dict, overrides: list[str], cwd: Path) -> dict:
+    """Make the relative paths that ``--set`` gave (``PATH_KEYS``, a weights file) absolute against ``cwd``."""
+    given = {item.partition("=")[0].strip() for item in overrides}
+    for key in given & {*PATH_KEYS, "model.encoder_weights"}:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if (
+            not isinstance(value, str)
+            or not value
+            or value.startswith("pip:")
+            or Path(value).expanduser().is_absolute()
+        ):
+            continue
+        if key == "model.encoder_weights" and not is_weights_file(value):
+            continue  # a name such as imagenet, not a file
+        _set_dotted(tree, key, str(cwd / value))
+    return tree
+
+
 def _section_model(loc: tuple) -> type[BaseModel] | None:
     model: type[BaseModel] | None = Config
     for part in loc:
@@ -228,7 +255,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
         raise ConfigError(
             f"config {file} must be a mapping of keys (workdir:, data:, ...), not a {type(tree).__name__}"
         )
-    apply_overrides(tree, overrides)
+    anchor_override_paths(apply_overrides(tree, overrides), overrides, Path.cwd())
     return build_config(tree, file.parent, source=str(file), overrides=overrides)
 
 

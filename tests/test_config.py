@@ -18,6 +18,23 @@ def test_loads_synth_config_and_resolves_paths_against_its_folder(comp, tmp_path
     assert cfg.data.image_size == (64, 96)
 
 
+def test_paths_given_with_set_are_relative_to_the_current_folder(comp, tmp_path, monkeypatch):
+    # the README's second run: kseg train -c configs/x.yaml --set workdir=runs/fpn, then kseg blend runs/fpn
+    monkeypatch.chdir(tmp_path)
+    sets = ["workdir=runs/fpn", "submission.path=out/sub.csv", "submission.predictions=preds", "data.root=."]
+    cfg = load_config(comp / "kseg.yaml", [*sets, "model.encoder_weights=w/enc.pth"])
+    assert cfg.workdir == tmp_path / "runs" / "fpn"
+    assert cfg.submission.path == tmp_path / "out" / "sub.csv"
+    assert cfg.submission.predictions == tmp_path / "preds"
+    assert cfg.data.root == tmp_path
+    assert cfg.model.encoder_weights == str(tmp_path / "w" / "enc.pth")
+    # absolute paths, weights names and packages are kept as they are; the file's own paths still follow the file
+    kept = load_config(comp / "kseg.yaml", [f"workdir={comp / 'w2'}", "model.encoder_weights=pip:some-package"])
+    assert kept.workdir == comp / "w2" and kept.model.encoder_weights == "pip:some-package"
+    assert load_config(comp / "kseg.yaml", ["model.encoder_weights=imagenet"]).model.encoder_weights == "imagenet"
+    assert load_config(comp / "kseg.yaml", ["split.n_folds=3"]).workdir == (comp / "work").resolve()
+
+
 def test_finds_kseg_yaml_in_current_folder(comp, monkeypatch):
     monkeypatch.chdir(comp)
     assert load_config(None).data.root == comp.resolve()

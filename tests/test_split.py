@@ -136,8 +136,8 @@ def test_scan_in_parallel_matches_serial(comp_template, tmp_path):
     from kseg.synth import make_competition
 
     make_competition(tmp_path, n_train=80, n_test=1, height=32, width=32, n_classes=4, seed=1)
-    serial = scan_masks(load_config(tmp_path / "kseg.yaml", ["split.workers=1", "workdir=w1"]))
-    parallel = scan_masks(load_config(tmp_path / "kseg.yaml", ["split.workers=2", "workdir=w2"]))
+    serial = scan_masks(load_config(tmp_path / "kseg.yaml", ["split.workers=1", f"workdir={tmp_path / 'w1'}"]))
+    parallel = scan_masks(load_config(tmp_path / "kseg.yaml", ["split.workers=2", f"workdir={tmp_path / 'w2'}"]))
     pd.testing.assert_frame_equal(serial.table, parallel.table)
     assert serial.class_pixels.sum() == 80 * 32 * 32
 
