@@ -107,7 +107,7 @@ def anchor_override_paths(tree: dict, overrides: list[str], cwd: Path) -> dict:
     given = {item.partition("=")[0].strip() for item in overrides}
     for key in given & {*PATH_KEYS, "model.encoder_weights"}:
         *parents, leaf = key.split(".")
-        node = tree
+        node: Any = tree
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         value = node.get(leaf) if isinstance(node, dict) else None
