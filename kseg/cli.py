@@ -284,7 +284,11 @@ def score(
     set_: SetOpt = None,
     truth: Annotated[
         Path | None,
-        typer.Option("--truth", help="Folder of true masks <ImageID>.png (default: data.test_mask_template)."),
+        typer.Option(
+            "--truth",
+            help="Folder of true masks <ImageID>.png, or a solution CSV in the submission's layout "
+            "(default: data.test_mask_template).",
+        ),
     ] = None,
     predictions: Annotated[
         Path | None, typer.Option("--predictions", help="Score a folder of predicted label maps instead of a CSV.")
@@ -292,7 +296,7 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", help='Print {"score": ..., "per_class": {...}} only.')] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Score a submission (or a folder of label maps) with the competition metric: mean row Dice."""
+    """Score a submission (or a folder of label maps) with the competition metric (submission.metric)."""
     from kseg.submission import score_file, score_label_maps
 
     with handled(debug):

@@ -254,12 +254,15 @@ def submission_log(table: Any, path: Path) -> None:
 def score_result(result: Any, what: Path, as_json: bool = False) -> None:
     """``kseg score``: the score, then Dice / IoU / empty-row share per class (or both as one JSON line)."""
     if as_json:
-        print(json.dumps({"score": result.score, "per_class": result.per_class}))
+        parts = {"by_usage": result.by_usage} if result.by_usage else {}
+        print(json.dumps({"score": result.score, "per_class": result.per_class, **parts}))
         return
     say(
         f"{escape(str(what))}: score [bold]{result.score:.4f}[/] "
         f"({_metric_name(result)} over {len(result.rows)} rows; 1 when both masks are empty)"
     )
+    if result.by_usage:
+        say("  " + ", ".join(f"{escape(part)} [bold]{value:.4f}[/]" for part, value in result.by_usage.items()))
     table = Table()
     table.add_column("class")
     for column in ("Dice", "IoU", "empty rows", "rows"):

@@ -6,6 +6,7 @@ Loading, ``--set`` overrides and path resolution live in ``kseg.config``, which 
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -374,6 +375,9 @@ class PseudoConfig(Section):
     workdir: Path | None = None  # the new run's work folder (default: <workdir>-pseudo)
 
 
+ID_FIELDS = ("id", "file", "k", "name")  # what submission.id_format can name
+
+
 class SubmissionConfig(Section):
     """The competition's submission file format."""
 
@@ -392,8 +396,23 @@ class SubmissionConfig(Section):
     @field_validator("id_format")
     @classmethod
     def _id_format_fields(cls, value: str) -> str:
-        if "{id}" not in value or "{k}" not in value:
-            raise ValueError(f"{value!r} must contain both {{id}} and {{k}}, e.g. '{{id}}_{{k}}'")
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not a format ({exc}); write fields in braces, e.g. '{{id}}_{{k}}'"
+            ) from None
+        unknown = sorted(fields - set(ID_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"{value!r} has the field {{{unknown[0]}}}; the fields are {{id}} (image id), {{file}} (image "
+                "file name), {k} (class index) and {name} (class name)"
+            )
+        if not fields & {"id", "file"} or not fields & {"k", "name"}:
+            raise ValueError(
+                f"{value!r} must contain both an image field ({{id}} or {{file}}) and a class field ({{k}} or "
+                "{name}), e.g. '{id}_{k}' or '{file}_{name}'"
+            )
         return value
 
 

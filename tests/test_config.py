@@ -143,6 +143,7 @@ def test_override_into_a_value_is_refused(comp):
         ("data.palette=['#000000']", "palette has 1 entries but classes has 6"),
         ("data.mask_format=color", "needs a palette"),  # palette removed below
         ("submission.id_format='{id}'", "must contain both"),
+        ("submission.id_format='{id}_{klass}'", "has the field {klass}; the fields are {id}"),
         ("submission.id_format={id}", "quote the value"),
     ],
 )

@@ -2,7 +2,8 @@
 the file's bytes (header, then ``id,rle`` per row).
 
 Each id names a test image and a class through ``submission.id_format`` (``{id}_{k}`` by default: image
-id, underscore, class index). Masks are run-length encoded at each test image's original size (or
+id, underscore, class index; ``{file}`` is the image's file name and ``{name}`` the class name, as in
+``0011165.jpg_Fish``). Masks are run-length encoded at each test image's original size (or
 ``submission.size``) with the conventions of ``kseg.rle``.
 """
 
@@ -60,9 +61,11 @@ def load_format(cfg: Config, test: pd.DataFrame | None = None) -> SubmissionForm
     image_ids = test[ID].tolist()
     sub = cfg.submission
     expected: dict[str, tuple[int, int]] = {}
-    for i, image_id in enumerate(image_ids):
+    classes = list(cfg.data.classes)
+    for i, (image_id, image) in enumerate(zip(image_ids, test["image"], strict=True)):
+        file = Path(image).name
         for k in range(cfg.n_classes):
-            expected[sub.id_format.format(id=image_id, k=k)] = (i, k)
+            expected[sub.id_format.format(id=image_id, file=file, k=k, name=classes[k])] = (i, k)
     if len(expected) != len(image_ids) * cfg.n_classes:
         raise SubmissionError(
             f"submission.id_format {sub.id_format!r} gives the same id to two (image, class) pairs; "

@@ -1,9 +1,9 @@
-"""The competition metric computed locally: mean over rows of Dice, 1 when both masks are empty."""
+"""The competition metric computed locally (``submission.metric``), against true masks or a solution file."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from kseg.data import ID, MaskSpec, list_samples, read_mask
 from kseg.errors import DataError, SubmissionError
 from kseg.metrics import class_scores, label_counts, row_dice, row_iou
 from kseg.submission.format import SubmissionFormat, load_format
+from kseg.submission.solution import IGNORED, coverage, read_solution, run_overlaps
 from kseg.submission.validate import validate_file
 from kseg.submission.write import read_prediction
 
@@ -29,19 +30,25 @@ class ScoreResult:
         per_class: ``{class: {"dice", "iou", "empty_share", "rows"}}``; ``empty_share`` is the share of the
             class's rows whose true mask is empty.
         rows: Per row: ``ImageID``, class, intersection, predicted and true pixels, Dice.
+        by_usage: Against a solution file with a ``Usage`` column: the score of each part (``Public``,
+            ``Private``); ``Ignored`` rows are left out of every figure.
     """
 
     score: float
     per_class: dict[str, dict[str, float]]
     rows: pd.DataFrame
     metric: str = "row_dice"
+    by_usage: dict[str, float] = field(default_factory=dict)
 
 
 def _truth_paths(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> list[Path]:
     if truth_dir is not None:
         truth_dir = Path(truth_dir)
         if not truth_dir.is_dir():
-            raise SubmissionError(f"truth folder {truth_dir} does not exist; pass --truth DIR with <ImageID>.png masks")
+            raise SubmissionError(
+                f"truth folder {truth_dir} does not exist; pass --truth DIR with <ImageID>.png masks, "
+                "or --truth SOLUTION.csv"
+            )
         paths = [truth_dir / f"{i}.png" for i in fmt.image_ids]
         missing = [p for p in paths if not p.is_file()]
         if missing:
@@ -52,8 +59,8 @@ def _truth_paths(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> 
         return paths
     if not cfg.data.test_mask_template:
         raise SubmissionError(
-            "no true masks to score against: pass --truth DIR (masks named <ImageID>.png) or set "
-            "data.test_mask_template"
+            "no true masks to score against: pass --truth DIR (masks named <ImageID>.png), --truth SOLUTION.csv "
+            "or set data.test_mask_template"
         )
     try:
         test = list_samples(cfg.data, "test")
@@ -62,20 +69,12 @@ def _truth_paths(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> 
     return [Path(p) for p in test["mask"]]
 
 
-def score_file(path: Path, cfg: Config, truth_dir: Path | None = None) -> ScoreResult:
-    """Score a submission file locally, as Kaggle does, against true masks.
+def is_solution(truth: Path | None) -> bool:
+    """Whether ``--truth`` names a solution file (a CSV in the submission's layout), not a folder of masks."""
+    return truth is not None and not Path(truth).is_dir() and (Path(truth).is_file() or Path(truth).suffix == ".csv")
 
-    Pixels whose true label is ``data.ignore_index`` are left out (Kaggle's own truth has none).
 
-    Raises:
-        SubmissionError: If the file is invalid (Kaggle would reject it) or truth is missing.
-    """
-    fmt = load_format(cfg)
-    report = validate_file(path, cfg, fmt, keep_runs=True)
-    if not report.ok:
-        raise SubmissionError(
-            f"{path} is not a valid submission ({report.first()}); run 'kseg validate {path}' to see every problem"
-        )
+def _mask_counts(cfg: Config, fmt: SubmissionFormat, runs: pd.DataFrame, truth_dir: Path | None) -> np.ndarray:
     truth_paths = _truth_paths(cfg, fmt, truth_dir)
     spec = MaskSpec.from_config(cfg.data)
     with ThreadPoolExecutor(8) as pool:
@@ -86,13 +85,48 @@ def score_file(path: Path, cfg: Config, truth_dir: Path | None = None) -> ScoreR
                 f"true mask of {image_id!r} is {truth.shape[0]}x{truth.shape[1]} but the submission's masks are "
                 f"{shape[0]}x{shape[1]}; check submission.size"
             )
-    parsed = report.parsed
-    inter, pred, true = _row_counts(parsed, fmt, truths)
+    return _row_counts(runs, fmt, truths)
+
+
+def score_file(path: Path, cfg: Config, truth: Path | None = None) -> ScoreResult:
+    """Score a submission file locally, as Kaggle does.
+
+    Args:
+        path: The submission.
+        cfg: The experiment config (format and metric).
+        truth: A folder of true masks ``<ImageID>.png`` (default: ``data.test_mask_template``), or a solution
+            file in the submission's own layout (``read_solution``). Pixels of a true mask whose label is
+            ``data.ignore_index`` are left out (Kaggle's own truth has none).
+
+    Raises:
+        SubmissionError: If the file is invalid (Kaggle would reject it) or truth is missing.
+    """
+    fmt = load_format(cfg)
+    report = validate_file(path, cfg, fmt, keep_runs=True)
+    if not report.ok:
+        raise SubmissionError(
+            f"{path} is not a valid submission ({report.first()}); run 'kseg validate {path}' to see every problem"
+        )
+    assert report.parsed is not None
+    usage = np.full(len(fmt.ids), "", dtype=object)
+    if truth is not None and is_solution(truth):
+        true_runs, usage = read_solution(Path(truth), fmt, cfg.submission.check_overlap)
+        counts = run_overlaps(report.parsed, true_runs, fmt)
+    else:
+        counts = _mask_counts(cfg, fmt, report.parsed, truth)
+    return _file_result(counts, fmt, cfg.submission.metric, usage)
+
+
+def _file_result(counts: np.ndarray, fmt: SubmissionFormat, metric: str, usage: np.ndarray) -> ScoreResult:
+    """The score, per class and per ``Usage`` part, of a file's ``(3, R)`` row counts (``Ignored`` rows out)."""
+    keep = usage != IGNORED
+    inter, pred, true = (c[keep] for c in counts)
+    row_class, row_image, usage = fmt.row_class[keep], fmt.row_image[keep], usage[keep]
     dice = row_dice(inter, pred, true)
     iou = row_iou(inter, pred, true)
     per_class = {}
     for c, name in enumerate(fmt.classes):
-        sel = fmt.row_class == c
+        sel = row_class == c
         if sel.any():
             per_class[name] = {
                 "dice": float(dice[sel].mean()),
@@ -102,17 +136,24 @@ def score_file(path: Path, cfg: Config, truth_dir: Path | None = None) -> ScoreR
             }
     rows = pd.DataFrame(
         {
-            ID: [fmt.image_ids[i] for i in fmt.row_image],
-            "class": fmt.row_class,
+            ID: [fmt.image_ids[i] for i in row_image],
+            "class": row_class,
             "intersection": inter,
             "pred_pixels": pred,
             "true_pixels": true,
             "dice": dice,
         },
-        index=pd.Index(fmt.ids, name="row_id"),
+        index=pd.Index(np.asarray(fmt.ids, dtype=object)[keep], name="row_id"),
     )
-    metric = cfg.submission.metric
-    return ScoreResult(rows_metric(metric, inter, pred, true, fmt.row_class), per_class, rows, metric)
+    by_usage = {
+        str(part): rows_metric(
+            metric, inter[usage == part], pred[usage == part], true[usage == part], row_class[usage == part]
+        )
+        for part in sorted(set(usage.tolist()) - {""})
+    }
+    if by_usage:
+        rows["usage"] = usage
+    return ScoreResult(rows_metric(metric, inter, pred, true, row_class), per_class, rows, metric, by_usage)
 
 
 def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult:
@@ -204,18 +245,7 @@ def _row_counts(parsed: pd.DataFrame, fmt: SubmissionFormat, truths: list[np.nda
         true_area[i] = np.bincount(label[label < k], weights=length[label < k], minlength=k)[:k]
     t_start = np.concatenate(t_pos) if t_pos else np.zeros(0, np.int64)
     t_stop = np.concatenate(t_end) if t_end else np.zeros(0, np.int64)
-    by_pos = np.argsort(t_start, kind="stable")
-    t_start, t_stop = t_start[by_pos], t_stop[by_pos]
-    cum = np.zeros(len(t_start) + 1, dtype=np.int64)
-    np.cumsum(t_stop - t_start, out=cum[1:])
-
-    def covered_before(points: np.ndarray) -> np.ndarray:
-        """Number of true pixels (of any plane) at coordinates below each point."""
-        j = np.searchsorted(t_stop, points, side="right")
-        partial = np.zeros(len(points), dtype=np.int64)
-        inside = j < len(t_start)
-        partial[inside] = np.clip(points[inside] - t_start[j[inside]], 0, None)
-        return cum[j] + partial
+    covered_before = coverage(t_start, t_stop)
 
     srow = parsed["sample_row"].to_numpy()
     start = parsed["start"].to_numpy() - 1
