@@ -387,33 +387,60 @@ class SubmissionConfig(Section):
     size: Literal["original"] | Size = "original"
     pixel_order: Literal["column", "row"] = "column"
     empty_token: Token = ""
-    id_format: str = "{id}_{k}"
+    layout: Literal["wide", "long"] = "wide"  # wide: id and mask; long: image, mask and class columns
+    rows: Literal["all", "nonempty"] = "all"  # nonempty: rows of empty masks left out (a missing row is empty)
+    classes: list[str] | None = None  # the classes that get rows (default: all; in the wide layout the sample's)
+    id_format: str | None = None  # wide: the row id ('{id}_{k}'); long: the image column ('{id}')
+    class_format: str = "{k}"  # long: the class column ('{k}' index or '{name}')
     metric: Literal["row_dice", "row_iou", "dataset_iou"] = "row_dice"  # what best epochs, tune, blend, score use
     check_overlap: bool = True
     require_manifest: bool = True  # submit only predictions kseg infer wrote whole (false: label maps made elsewhere)
     resize_predictions: bool = False  # resize label maps of another size (nearest) instead of refusing them
 
-    @field_validator("id_format")
-    @classmethod
-    def _id_format_fields(cls, value: str) -> str:
-        try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        except ValueError as exc:
+    @model_validator(mode="after")
+    def _id_fields(self) -> SubmissionConfig:
+        if self.id_format is None:
+            self.id_format = "{id}_{k}" if self.layout == "wide" else "{id}"
+        image, klass = _format_fields(self.id_format, "submission.id_format")
+        if self.layout == "wide" and (not image or not klass):
             raise ValueError(
-                f"{value!r} is not a format ({exc}); write fields in braces, e.g. '{{id}}_{{k}}'"
-            ) from None
-        unknown = sorted(fields - set(ID_FIELDS))
-        if unknown:
-            raise ValueError(
-                f"{value!r} has the field {{{unknown[0]}}}; the fields are {{id}} (image id), {{file}} (image "
-                "file name), {k} (class index) and {name} (class name)"
+                f"submission.id_format {self.id_format!r} must contain both an image field ({{id}} or {{file}}) "
+                "and a class field ({k} or {name}), e.g. '{id}_{k}' or '{file}_{name}'"
             )
-        if not fields & {"id", "file"} or not fields & {"k", "name"}:
+        if self.layout == "long" and (not image or klass):
             raise ValueError(
-                f"{value!r} must contain both an image field ({{id}} or {{file}}) and a class field ({{k}} or "
-                "{name}), e.g. '{id}_{k}' or '{file}_{name}'"
+                f"submission.id_format {self.id_format!r} names the image column of the long layout: an image "
+                "field ({id} or {file}) and no class field (the class has its own column: class_format)"
             )
-        return value
+        image, klass = _format_fields(self.class_format, "submission.class_format")
+        if image or not klass:
+            raise ValueError(
+                f"submission.class_format {self.class_format!r} must name the class ({{k}} or {{name}}) and "
+                "nothing else"
+            )
+        return self
+
+    @property
+    def row_id(self) -> str:
+        """``id_format`` with its layout's default filled in."""
+        return self.id_format or ("{id}_{k}" if self.layout == "wide" else "{id}")
+
+
+def _format_fields(value: str, key: str) -> tuple[bool, bool]:
+    """Whether a row-id format names the image (``{id}``/``{file}``) and the class (``{k}``/``{name}``)."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as exc:
+        raise ValueError(
+            f"{key} {value!r} is not a format ({exc}); write fields in braces, e.g. '{{id}}_{{k}}'"
+        ) from None
+    unknown = sorted(fields - set(ID_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"{key} {value!r} has the field {{{unknown[0]}}}; the fields are {{id}} (image id), {{file}} (image "
+            "file name), {k} (class index) and {name} (class name)"
+        )
+    return bool(fields & {"id", "file"}), bool(fields & {"k", "name"})
 
 
 class Config(Section):
@@ -442,6 +469,16 @@ class Config(Section):
             raise ValueError(
                 f"model.in_channels is {self.model.in_channels} but data.mean / data.std give "
                 f"{len(self.data.mean)} channel(s); give one mean and std per input channel"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _submitted_classes(self) -> Config:
+        unknown = [c for c in self.submission.classes or [] if c not in self.data.classes]
+        if unknown:
+            raise ValueError(
+                f"submission.classes names {unknown[0]!r}, which is not in data.classes "
+                f"({', '.join(self.data.classes)}); list the classes that get submission rows by those names"
             )
         return self
 

@@ -26,9 +26,12 @@ from kseg.rle import Order
 class SubmissionFormat:
     """What a valid submission of this competition looks like.
 
+    The rows are a grid of (image, class) pairs; a file need not list them all (``nonempty``), and in the
+    long layout a row is named by two cells, image and class, whose key here is ``"<image>,<class>"``.
+
     Attributes:
-        header: Column names, as in the sample.
-        ids: Row ids in the sample's order.
+        header: Column names, as in the sample (long layout: image, mask, class).
+        ids: Row keys in the sample's order (wide: the id; long: ``grid_key(image, class)``).
         image_ids: Test image ids.
         image_paths: Test image files.
         row_image: Index into ``image_ids`` of each row. Shape ``(R,)``.
@@ -37,6 +40,9 @@ class SubmissionFormat:
         order: Pixel order of the RLE.
         empty: Token written for an empty mask.
         classes: Class names.
+        layout: ``wide`` (id, mask) or ``long`` (image, mask, class).
+        nonempty: Rows of empty masks are left out; a missing row is an empty mask.
+        cells: Long layout: the image and class cells of each row.
     """
 
     header: list[str]
@@ -50,66 +56,112 @@ class SubmissionFormat:
     empty: str
     classes: list[str]
     source: str = "the sample submission"
+    layout: str = "wide"
+    nonempty: bool = False
+    cells: list[tuple[str, str]] | None = None
 
     def row_index(self) -> dict[str, int]:
         return {row_id: i for i, row_id in enumerate(self.ids)}
 
 
+def grid_key(image: str, klass: str) -> str:
+    """The key of a long-layout row: its image and class cells."""
+    return f"{image},{klass}"
+
+
+def _grid(cfg: Config, test: pd.DataFrame) -> dict[str, tuple[int, int, str, str]]:
+    """Every (image, class) row of the competition: key -> (image index, class index, image cell, class cell)."""
+    sub = cfg.submission
+    classes = list(cfg.data.classes)
+    submitted = [classes.index(c) for c in sub.classes] if sub.classes else range(len(classes))
+    grid: dict[str, tuple[int, int, str, str]] = {}
+    for i, (image_id, image) in enumerate(zip(test[ID].tolist(), test["image"], strict=True)):
+        names = {"id": image_id, "file": Path(image).name}
+        for k in submitted:
+            if sub.layout == "wide":
+                key = cell = sub.row_id.format(**names, k=k, name=classes[k])
+                klass = str(k)
+            else:
+                cell = sub.row_id.format(**names)
+                klass = sub.class_format.format(k=k, name=classes[k])
+                key = grid_key(cell, klass)
+            grid[key] = (i, k, cell, klass)
+    if len(grid) != len(test) * len(submitted):
+        field = "id_format" if sub.layout == "wide" else "id_format / class_format"
+        raise SubmissionError(
+            f"submission.{field} {sub.row_id!r} gives the same row to two (image, class) pairs; "
+            "make it unambiguous, e.g. '{id}_{k}'"
+        )
+    return grid
+
+
+def _read_sample(cfg: Config, width: int) -> pd.DataFrame | None:
+    """The sample submission (``None`` when ``submission.sample`` is null), with at least ``width`` columns."""
+    sample_path = cfg.sample_path
+    if sample_path is None:
+        return None
+    if not sample_path.is_file():
+        raise SubmissionError(
+            f"sample submission {sample_path} does not exist; set submission.sample (relative to data.root), "
+            "or null to write every test image and class"
+        )
+    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False, na_filter=False)
+    if len(sample.columns) < width:
+        need = "an id and a mask column" if width == 2 else "image, mask and class columns (submission.layout: long)"
+        raise SubmissionError(f"{sample_path} has {len(sample.columns)} column(s); a sample submission has {need}")
+    return sample
+
+
+def _sample_rows(cfg: Config, sample: pd.DataFrame, grid: dict) -> list[str] | None:
+    """The sample's own row order where it lists every row (wide layout, all rows); else ``None``, after
+    checking that the sample names only test images and classes."""
+    sub, path = cfg.submission, cfg.sample_path
+    first = sample.columns[0]
+    if sub.layout == "long":
+        known = {cell for _, _, cell, _ in grid.values()}
+        unknown = [x for x in sample[first] if x not in known]
+        what = f"names no test image under submission.id_format {sub.row_id!r}"
+    else:
+        unknown = [x for x in sample[first] if x not in grid]
+        what = f"is no test image and class under submission.id_format {sub.row_id!r}"
+    if unknown:
+        raise SubmissionError(
+            f"{path} id {unknown[0]!r} ({len(unknown)} such) {what} and the {len(grid)} rows of the test set; "
+            "fix submission.id_format or the test set"
+        )
+    if sub.layout == "long" or sub.rows == "nonempty":
+        return None
+    dup = sample[first][sample[first].duplicated()]
+    if len(dup):
+        raise SubmissionError(f"{path} lists id {dup.iloc[0]!r} twice; fix the sample file")
+    return sample[first].tolist()
+
+
 def load_format(cfg: Config, test: pd.DataFrame | None = None) -> SubmissionFormat:
     """The submission format of ``cfg``'s competition, from its sample submission and test set."""
     test = list_samples(cfg.data, "test") if test is None else test
-    image_ids = test[ID].tolist()
     sub = cfg.submission
-    expected: dict[str, tuple[int, int]] = {}
-    classes = list(cfg.data.classes)
-    for i, (image_id, image) in enumerate(zip(image_ids, test["image"], strict=True)):
-        file = Path(image).name
-        for k in range(cfg.n_classes):
-            expected[sub.id_format.format(id=image_id, file=file, k=k, name=classes[k])] = (i, k)
-    if len(expected) != len(image_ids) * cfg.n_classes:
-        raise SubmissionError(
-            f"submission.id_format {sub.id_format!r} gives the same id to two (image, class) pairs; "
-            "make it unambiguous, e.g. '{id}_{k}'"
-        )
-    sample_path = cfg.sample_path
-    if sample_path is not None:
-        if not sample_path.is_file():
-            raise SubmissionError(
-                f"sample submission {sample_path} does not exist; set submission.sample (relative to data.root), "
-                "or null to write every test image and class"
-            )
-        sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False, na_filter=False)
-        header = list(sample.columns)
-        if len(header) < 2:
-            raise SubmissionError(
-                f"{sample_path} has {len(header)} column(s); a sample submission has an id and a mask column"
-            )
-        ids = sample[header[0]].tolist()
-        dup = sample[header[0]][sample[header[0]].duplicated()]
-        if len(dup):
-            raise SubmissionError(f"{sample_path} lists id {dup.iloc[0]!r} twice; fix the sample file")
-        unknown = [x for x in ids if x not in expected]
-        if unknown:
-            raise SubmissionError(
-                f"{sample_path} id {unknown[0]!r} ({len(unknown)} such) is no test image and class under "
-                f"submission.id_format {sub.id_format!r} and {len(image_ids)} test images of data.test_csv; "
-                "fix submission.id_format or the test set"
-            )
-        source = str(sample_path)
+    grid = _grid(cfg, test)
+    width = 2 if sub.layout == "wide" else 3
+    sample = _read_sample(cfg, width)
+    ids = _sample_rows(cfg, sample, grid) if sample is not None else None
+    if sample is not None:
+        header, source = list(sample.columns), str(cfg.sample_path)
     else:
-        header = [ID, "EncodedPixels"]
-        ids = list(expected)
-        source = "submission.id_format"
-    pairs = np.array([expected[x] for x in ids], dtype=np.int64).reshape(-1, 2)
+        header = [ID, "EncodedPixels", "ClassId"][:width]
+        source = "submission.id_format" if sub.layout == "wide" else "submission.id_format and class_format"
+    ids = list(grid) if ids is None else ids
+    rows = [grid[x] for x in ids]
+    pairs = np.array([(i, k) for i, k, _, _ in rows], dtype=np.int64).reshape(-1, 2)
     if sub.size == "original":
         with ThreadPoolExecutor(8) as pool:
             shapes = np.array(list(pool.map(lambda p: image_size(Path(p)), test["image"])), dtype=np.int64)
     else:
-        shapes = np.tile(np.array(sub.size, dtype=np.int64), (len(image_ids), 1))
+        shapes = np.tile(np.array(sub.size, dtype=np.int64), (len(test), 1))
     return SubmissionFormat(
         header=header,
         ids=ids,
-        image_ids=image_ids,
+        image_ids=test[ID].tolist(),
         image_paths=test["image"].tolist(),
         row_image=pairs[:, 0],
         row_class=pairs[:, 1],
@@ -118,6 +170,9 @@ def load_format(cfg: Config, test: pd.DataFrame | None = None) -> SubmissionForm
         empty=sub.empty_token,
         classes=list(cfg.data.classes),
         source=source,
+        layout=sub.layout,
+        nonempty=sub.rows == "nonempty",
+        cells=[(cell, klass) for _, _, cell, klass in rows] if sub.layout == "long" else None,
     )
 
 
@@ -127,10 +182,25 @@ def _csv_field(text: str) -> str:
     return text
 
 
-def format_csv(header: list[str], ids: list[str], masks: list[bytes], empty: str = "") -> bytes:
-    """The submission file's bytes: header, then ``id,rle`` per row (``empty`` for an empty mask)."""
+def format_csv(
+    header: list[str], ids: list[str], masks: list[bytes], empty: str = "", classes: list[str] | None = None
+) -> bytes:
+    """The submission file's bytes: header, then ``id,rle`` per row (``empty`` for an empty mask), or
+    ``image,rle,class`` in the long layout (``classes`` given)."""
     empty_b = empty.encode("ascii")
     parts = [(",".join(_csv_field(h) for h in header) + "\n").encode()]
-    for row_id, mask in zip(ids, masks, strict=True):
-        parts.append(_csv_field(row_id).encode() + b"," + (mask or empty_b) + b"\n")
+    tails = [b"\n"] * len(ids) if classes is None else [b"," + _csv_field(c).encode() + b"\n" for c in classes]
+    for row_id, mask, tail in zip(ids, masks, tails, strict=True):
+        parts.append(_csv_field(row_id).encode() + b"," + (mask or empty_b) + tail)
     return b"".join(parts)
+
+
+def format_rows(fmt: SubmissionFormat, masks: list[bytes]) -> bytes:
+    """The file of ``fmt`` for one encoded mask per grid row: rows of empty masks left out where the layout
+    says so, the long layout's image and class cells written apart."""
+    keep = [i for i, m in enumerate(masks) if m or not fmt.nonempty]
+    if fmt.cells is None:
+        return format_csv(fmt.header, [fmt.ids[i] for i in keep], [masks[i] for i in keep], fmt.empty)
+    images = [fmt.cells[i][0] for i in keep]
+    classes = [fmt.cells[i][1] for i in keep]
+    return format_csv(fmt.header, images, [masks[i] for i in keep], fmt.empty, classes)

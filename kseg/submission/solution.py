@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kseg.errors import SubmissionError
-from kseg.submission.format import SubmissionFormat, format_csv
+from kseg.submission.format import SubmissionFormat, format_csv, grid_key
 from kseg.submission.validate import validate_bytes
 
 USAGE = "Usage"
@@ -49,7 +49,8 @@ def read_solution(path: Path, fmt: SubmissionFormat, check_overlap: bool) -> tup
         )
     ids = table[fmt.header[0]].tolist()
     masks = [text.encode() for text in table[fmt.header[1]]]
-    report = validate_bytes(format_csv(fmt.header, ids, masks), fmt, check_overlap, keep_runs=True)
+    classes = table[fmt.header[2]].tolist() if fmt.layout == "long" else None
+    report = validate_bytes(format_csv(fmt.header, ids, masks, classes=classes), fmt, check_overlap, keep_runs=True)
     if not report.ok:
         raise SubmissionError(
             f"solution file {path} does not fit the submission format ({report.first()}; line numbers count "
@@ -58,7 +59,8 @@ def read_solution(path: Path, fmt: SubmissionFormat, check_overlap: bool) -> tup
     usage = np.full(len(fmt.ids), "", dtype=object)
     if USAGE in table.columns:
         index = fmt.row_index()
-        usage[[index[x] for x in ids]] = table[USAGE].str.strip().to_numpy()
+        keys = ids if classes is None else [grid_key(i, c) for i, c in zip(ids, classes, strict=True)]
+        usage[[index[x] for x in keys]] = table[USAGE].str.strip().to_numpy()
     assert report.parsed is not None
     return report.parsed, usage
 

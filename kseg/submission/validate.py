@@ -14,7 +14,7 @@ import pandas as pd
 from kseg import rle
 from kseg.config import Config
 from kseg.errors import SubmissionError
-from kseg.submission.format import SubmissionFormat, load_format
+from kseg.submission.format import SubmissionFormat, grid_key, load_format
 
 
 @dataclass
@@ -212,7 +212,8 @@ def validate_bytes(
 ) -> ValidationReport:
     """Check a submission's bytes against the competition's format.
 
-    Checks: the header equals the sample's; ids equal the sample's, without duplicates; every mask is
+    Checks: the header equals the sample's; ids equal the sample's (a subset where ``fmt.nonempty``; in
+    the long layout an id is the image and class cells), without duplicates; every mask is
     ``start length`` pairs of positive integers, starts ascending, runs not overlapping and inside the
     image's ``H x W``; optionally, no pixel is claimed by two classes of one image. Masks are checked
     a few images at a time, in parallel, so arrays stay small.
@@ -233,9 +234,11 @@ def validate_bytes(
     if header != fmt.header:
         line = f"line 1 is {clip(','.join(header))} but should be {','.join(fmt.header)!r}"
         problems.append(Problem("header", f"write the header exactly as in {fmt.source}", 1, [line]))
-        if len(header) < 2:
+        if len(header) < len(fmt.header):
             return ValidationReport(len(table), problems)
     ids = table[header[0]].tolist()
+    if fmt.layout == "long":  # a row is named by its image and class cells
+        ids = [grid_key(image, klass) for image, klass in zip(ids, table[header[2]].tolist(), strict=True)]
     sample_row = np.array([fmt.row_index().get(x, -1) for x in ids], dtype=np.int64)
     problems += _id_problems(ids, sample_row, fmt)
     texts = table[header[1]].tolist()
@@ -260,7 +263,7 @@ def _id_problems(ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat) 
         examples = [f"line {_line(r)}: {clip(ids[r])}" for r in unknown[:EXAMPLES]]
         problems.append(Problem("unknown ids", f"use only the ids of {fmt.source}", len(unknown), examples))
     present = set(ids)
-    missing = [x for x in fmt.ids if x not in present]
+    missing = [] if fmt.nonempty else [x for x in fmt.ids if x not in present]
     if missing:
         examples = [repr(x) for x in missing[:EXAMPLES]]
         problems.append(Problem("missing ids", f"write one row for every id of {fmt.source}", len(missing), examples))

@@ -17,7 +17,7 @@ from kseg.io import atomic_write_bytes, remove_stale
 from kseg.postprocess import NO_CLASS, PostProcess, apply, apply_to_labels
 from kseg.postprocess import load as load_postprocess
 from kseg.progress import Progress
-from kseg.submission.format import format_csv, load_format
+from kseg.submission.format import format_rows, load_format
 from kseg.submission.predictions import check_manifest, find_predictions
 from kseg.submission.validate import ValidationReport, validate_bytes
 from kseg.workdir import WorkDir, default_predictions, prediction_file, read_inference_info
@@ -176,7 +176,7 @@ def write_submission(
     t0 = time.perf_counter()
     encoded = rle.encode_batch(maps, cfg.n_classes, order=fmt.order)
     masks = [encoded[i][k] for i, k in zip(fmt.row_image.tolist(), fmt.row_class.tolist(), strict=True)]
-    data = format_csv(fmt.header, fmt.ids, masks, fmt.empty)
+    data = format_rows(fmt, masks)
     timings["encode"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -191,10 +191,10 @@ def write_submission(
     timings["write"] = time.perf_counter() - t0
     return WriteResult(
         path=target,
-        n_rows=len(fmt.ids),
+        n_rows=report.n_rows,
         n_images=len(fmt.image_ids),
         n_bytes=len(data),
-        empty_rows=sum(1 for m in masks if not m),
+        empty_rows=0 if fmt.nonempty else sum(1 for m in masks if not m),
         report=report,
         seconds=timings,
         note=note,
