@@ -279,6 +279,13 @@ class RuntimeConfig(Section):
     num_workers: int | None = Field(None, ge=0)  # data loader processes (default: CPU count, at most 8)
     pin_memory: bool | None = None  # default: on with CUDA
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, value: Any) -> Any:
+        return (
+            "off" if value is False else value
+        )  # YAML 1.1 reads a bare `off` (amp: off, --set runtime.amp=off) as false
+
 
 # keys that moved from train.* to runtime.*: older configs keep working
 RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "num_workers", "pin_memory")

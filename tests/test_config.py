@@ -215,3 +215,13 @@ def test_cli_config_prints_resolved_yaml(runner, comp):
     tree = yaml.safe_load(result.output)
     assert tree["train"]["batch_size"] == 3
     assert Path(tree["data"]["root"]).is_absolute()
+
+
+def test_a_bare_off_for_amp_means_off(comp, tmp_path):
+    # YAML 1.1 reads `off` as false: `--set runtime.amp=off` and `amp: off` in a file must still mean "off"
+    assert load_config(comp / "kseg.yaml", ["runtime.amp=off"]).runtime.amp == "off"
+    text = (comp / "kseg.yaml").read_text().replace("runtime:\n", "runtime:\n  amp: off\n")
+    (comp / "kseg.yaml").write_text(text)
+    assert "amp: off" in text and load_config(comp / "kseg.yaml").runtime.amp == "off"
+    with pytest.raises(ConfigError, match="runtime.amp"):
+        load_config(comp / "kseg.yaml", ["runtime.amp=true"])
