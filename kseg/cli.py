@@ -93,13 +93,25 @@ def synth(
     width: Annotated[int, typer.Option("--width", help="Image width.")] = 96,
     classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 6,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    style: Annotated[
+        str | None,
+        typer.Option(
+            "--style",
+            help="A competition's shape, with the host's solution.csv: drone (label images, ids <image>_<k>) or "
+            "severstal (JPEGs, runs table, long non-empty submission). Default: drone without solution.csv.",
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Write a small synthetic Kaggle-style aerial segmentation competition, with its kseg.yaml."""
+    from kseg.styles import make_styled
     from kseg.synth import make_competition
 
     with handled(debug), render.progress_bar("synth") as update:
-        result = make_competition(out_dir, train, test, height, width, classes, seed, on_progress=update)
+        if style is None:
+            result = make_competition(out_dir, train, test, height, width, classes, seed, on_progress=update)
+        else:
+            result = make_styled(out_dir, style, train, test, height, width, classes, seed, on_progress=update)
     render.say(
         f"wrote {result.n_train} train + {result.n_test} test images, {len(result.classes)} classes, to "
         f"{result.root}\nnext: [bold]cd {result.root} && kseg split[/]  (config: {result.config.name})"
@@ -287,7 +299,7 @@ def score(
         typer.Option(
             "--truth",
             help="Folder of true masks <ImageID>.png, or a solution CSV in the submission's layout "
-            "(default: data.test_mask_template).",
+            "(default: submission.solution, else data.test_mask_template).",
         ),
     ] = None,
     predictions: Annotated[

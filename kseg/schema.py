@@ -389,6 +389,7 @@ class SubmissionConfig(Section):
     """The competition's submission file format."""
 
     sample: str | None = "sample_submission.csv"
+    solution: str | None = None  # the host's truth in the submission's layout (under data.root): kseg score's default
     path: Path = Path("submissions/submission.csv")
     predictions: Path | None = None
     size: Literal["original"] | Size = "original"

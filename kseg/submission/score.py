@@ -94,9 +94,9 @@ def score_file(path: Path, cfg: Config, truth: Path | None = None) -> ScoreResul
     Args:
         path: The submission.
         cfg: The experiment config (format and metric).
-        truth: A folder of true masks ``<ImageID>.png`` (default: ``data.test_mask_template``), or a solution
-            file in the submission's own layout (``read_solution``). Pixels of a true mask whose label is
-            ``data.ignore_index`` are left out (Kaggle's own truth has none).
+        truth: A folder of true masks ``<ImageID>.png``, or a solution file in the submission's own layout
+            (``read_solution``); default ``submission.solution``, else ``data.test_mask_template``. Pixels
+            of a true mask whose label is ``data.ignore_index`` are left out (Kaggle's own truth has none).
 
     Raises:
         SubmissionError: If the file is invalid (Kaggle would reject it) or truth is missing.
@@ -109,6 +109,8 @@ def score_file(path: Path, cfg: Config, truth: Path | None = None) -> ScoreResul
         )
     assert report.parsed is not None
     usage = np.full(len(fmt.ids), "", dtype=object)
+    if truth is None and cfg.submission.solution is not None:
+        truth = cfg.data.root / cfg.submission.solution
     if truth is not None and is_solution(truth):
         true_runs, usage = read_solution(Path(truth), fmt, cfg.submission.check_overlap)
         counts = run_overlaps(report.parsed, true_runs, fmt)
