@@ -1,0 +1,119 @@
+"""Commands that predict: infer, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kseg import render
+from kseg.cli.common import (
+    ConfigOpt,
+    DebugOpt,
+    FoldsOpt,
+    NoPostOpt,
+    SetOpt,
+    app,
+    config_from,
+    handled,
+    numbers,
+)
+from kseg.errors import KsegError
+
+
+@app.command()
+def infer(
+    views: Annotated[
+        str | None,
+        typer.Argument(
+            help="Views for --tta: none, hflip, vflip, flip, rot90, d4 (default: infer.tta).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Test-time augmentation with the config's views (or VIEWS).")
+    ] = False,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Predict this folder (default: the test set).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: <workdir>/predictions).")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="A 'kseg export' file: needs no config.")] = None,
+    folds: FoldsOpt = None,
+    fold_weights: Annotated[str | None, typer.Option("--fold-weights", help="One weight per fold, e.g. 1,1,2.")] = None,
+    color: Annotated[bool, typer.Option("--color", help="Also write <id>_color.png in the palette.")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write <id>_overlay.png (image | blend).")] = False,
+    probs: Annotated[bool, typer.Option("--probs", help="Also write uint8 probabilities <id>.probs.npy.")] = False,
+    stitch: Annotated[
+        Path | None,
+        typer.Option("--stitch", help="Tiles of 'kseg tile': also write the predictions as one GeoTIFF here."),
+    ] = None,
+    no_postprocess: NoPostOpt = False,
+    no_blend: Annotated[
+        bool, typer.Option("--no-blend", help="Predict with this run's folds even where blend.json exists.")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Predict the test set (or --images DIR) with the trained folds (or the blend), optionally with TTA."""
+    from kseg.ensemble import load_bundle, load_ensemble
+    from kseg.infer import OutputOptions, competition_test_images, list_images, run_inference
+    from kseg.tile import tiles_folder
+    from kseg.tta import views as view_set_of
+    from kseg.workdir import default_predictions
+
+    with handled(debug):
+        if views is not None:
+            view_set_of(views)  # a bad name fails before any model is loaded
+        if bundle is not None:
+            if images is None or out is None:
+                raise KsegError("with --bundle, give --images DIR and --out DIR (a bundle carries no data set)")
+            ensemble = load_bundle(bundle, set_ or [])
+        else:
+            cfg = config_from(config, set_)
+            chosen = numbers(folds, "--folds") or cfg.infer.folds
+            weights = numbers(fold_weights, "--fold-weights", float, "1,1,2") or cfg.infer.fold_weights
+            ensemble = load_ensemble(cfg, chosen, weights, use_blend=not no_blend)
+        cfg = ensemble.cfg
+        tiles_dir = tiles_folder(images) if stitch is not None else None
+        if images is not None:
+            if out is None:
+                raise KsegError("--images needs --out DIR for the predicted masks")
+            table = list_images(images)
+        else:
+            table = competition_test_images(cfg)
+        target = out or default_predictions(cfg)
+        view_set = views or (cfg.infer.tta if tta else "none")
+        outputs = OutputOptions(probs=probs, color=color, overlay=overlay)
+        with render.progress_bar("predict") as update:
+            result = run_inference(
+                ensemble, table, target, view_set, outputs=outputs, postprocess=not no_postprocess, on_progress=update
+            )
+    render.inference_result(result, len(ensemble.models), cfg.infer.mode, ensemble.post is not None)
+    if tiles_dir is not None and stitch is not None:
+        from kseg.tile import stitch as stitch_tiles
+
+        with handled(debug):
+            written = stitch_tiles(tiles_dir, result.out, stitch)
+        render.say(f"stitched {result.n_images} tiles into {written}")
+
+
+@app.command()
+def export(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Bundle file to write, e.g. model.kseg.")] = Path("model.kseg"),
+    folds: FoldsOpt = None,
+    half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (half the size).")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Pack the resolved config and the trained folds' best weights into one file for offline inference."""
+    from kseg.ensemble import export_bundle
+
+    with handled(debug):
+        cfg = config_from(config, set_)
+        path = export_bundle(cfg, out, numbers(folds, "--folds"), half)
+    render.say(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); predict anywhere with "
+        f"[bold]kseg infer --bundle {path.name} --images DIR --out DIR[/]"
+    )

@@ -1,0 +1,156 @@
+"""Commands that train and judge runs: train, tune, pseudo, blend, report."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kseg import render
+from kseg.cli.common import (
+    ConfigOpt,
+    DebugOpt,
+    SetOpt,
+    app,
+    config_from,
+    handled,
+)
+from kseg.config import Config
+
+
+def _deadline(cfg: Config) -> float | None:
+    """``train.time_limit`` from now, one budget for every fold of the command."""
+    limit = cfg.train.time_limit
+    return time.monotonic() + limit if limit is not None else None
+
+
+def _out_of_time(results: list, deadline: float | None) -> bool:
+    """Whether the next fold must not start: the last one stopped at the limit, or the limit has passed."""
+    late = deadline is not None and time.monotonic() >= deadline
+    return bool(results) and (results[-1].stopped_by_time or late)
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    fold: Annotated[
+        str, typer.Option("--fold", help="Fold to hold out (0, 1, ...) or 'all' (one after another).")
+    ] = "0",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from <workdir>/fold<N>/last.pt.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a UNet (or any smp model) on the other folds; keep the best epoch by the competition metric."""
+    from kseg.train import FoldResult, folds_to_train, train_fold
+    from kseg.workdir import WorkDir
+
+    quiet = int(os.environ.get("RANK", 0)) != 0  # under torchrun only rank 0 talks
+    results: list[FoldResult] = []
+    with handled(debug):
+        cfg = config_from(config, set_)
+        deadline = _deadline(cfg)
+        folds = folds_to_train(cfg, fold)
+        for f in folds:
+            if _out_of_time(results, deadline):
+                break
+            # --fold all --resume: folds never started start now; a single fold must have its last.pt
+            again = resume and (len(folds) == 1 or WorkDir(cfg.workdir).last(f).is_file())
+            with render.training_progress(f, cfg.train.epochs, quiet) as callbacks:
+                results.append(train_fold(cfg, f, again, **callbacks, deadline=deadline))
+    if not quiet:
+        render.training_results(results, folds)
+
+
+@app.command()
+def tune(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Tune per-class probability thresholds and minimum areas on the out-of-fold predictions."""
+    from kseg.postprocess import tune as tune_postprocess
+
+    with handled(debug):
+        cfg = config_from(config, set_)
+        with render.progress_bar("read OOF") as update:
+            result = tune_postprocess(cfg, on_progress=update)
+    render.tune_result(result)
+
+
+@app.command()
+def pseudo(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Unlabelled images to pseudo-label (default: the test set).")
+    ] = None,
+    fold: Annotated[str, typer.Option("--fold", help="Fold to train again (0, 1, ...) or 'all'.")] = "all",
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Keep pixels whose top probability reaches this (0-1).")
+    ] = None,
+    share: Annotated[
+        float | None, typer.Option("--share", help="Share of every training batch given to them (0-1).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Work folder of the new run (default: <workdir>-pseudo).")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Label with the config's TTA views.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the new run's folds from last.pt.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Pseudo-label the test set with each fold's own model, then train the folds again with them."""
+    from kseg.infer import competition_test_images, list_images
+    from kseg.pseudo import label_fold, prepare_run, pseudo_rows
+    from kseg.train import FoldResult, folds_to_train, train_fold
+
+    options = {"pseudo.threshold": threshold, "pseudo.share": share, "pseudo.workdir": out}
+    overrides = [*(set_ or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
+    results: list[FoldResult] = []
+    with handled(debug):
+        cfg = config_from(config, overrides)
+        run_cfg = prepare_run(cfg)
+        table = list_images(images) if images is not None else competition_test_images(cfg)
+        folds = folds_to_train(cfg, fold)
+        deadline = _deadline(cfg)
+        for f in folds:
+            if _out_of_time(results, deadline):
+                break
+            with render.progress_bar(f"pseudo-label fold {f}") as update:
+                labels = label_fold(
+                    cfg, f, table, run_cfg.workdir, tta=cfg.infer.tta if tta else "none", on_progress=update
+                )
+            render.pseudo_labels(labels, cfg.pseudo.threshold)
+            again = resume and run_cfg.workdir.joinpath(f"fold{f}", "last.pt").is_file()
+            with render.training_progress(f, cfg.train.epochs, False) as callbacks:
+                rows = pseudo_rows(labels, cfg)
+                results.append(train_fold(run_cfg, f, again, **callbacks, deadline=deadline, pseudo=rows))
+    render.training_results(results, folds)
+    render.say(f"the pseudo-labelled run is {run_cfg.workdir}: tune, infer and submit it with --set workdir=...")
+
+
+@app.command()
+def blend(
+    runs: Annotated[list[Path], typer.Argument(help="Work folders of runs trained on the same folds.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Blend runs with weights searched on their out-of-fold predictions; infer and export then use it."""
+    from kseg.blend import blend_runs
+
+    with handled(debug):
+        cfg = config_from(config, set_)
+        with render.progress_bar("score OOF blends") as update:
+            result = blend_runs(cfg, runs, on_progress=update)
+    render.blend_result(result)
+
+
+@app.command()
+def report(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Cross-validation report: per-fold and per-class OOF scores, confusion matrix, worst images."""
+    from kseg.report import cv_report
+
+    with handled(debug):
+        cfg = config_from(config, set_)
+        with render.progress_bar("read OOF") as update:
+            result = cv_report(cfg, on_progress=update)
+    render.cv_report(result)
