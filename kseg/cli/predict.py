@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,9 @@ from kseg.cli.common import (
     numbers,
 )
 from kseg.errors import KsegError
+
+if TYPE_CHECKING:
+    from kseg.ensemble import Ensemble
 
 
 @app.command()
@@ -56,7 +59,6 @@ def infer(
     debug: DebugOpt = False,
 ) -> None:
     """Predict the test set (or --images DIR) with the trained folds (or the blend), optionally with TTA."""
-    from kseg.ensemble import load_bundle, load_ensemble
     from kseg.infer import OutputOptions, competition_test_images, list_images, run_inference
     from kseg.tile import tiles_folder
     from kseg.tta import views as view_set_of
@@ -65,15 +67,9 @@ def infer(
     with handled(debug):
         if views is not None:
             view_set_of(views)  # a bad name fails before any model is loaded
-        if bundle is not None:
-            if images is None or out is None:
-                raise KsegError("with --bundle, give --images DIR and --out DIR (a bundle carries no data set)")
-            ensemble = load_bundle(bundle, set_ or [])
-        else:
-            cfg = config_from(config, set_)
-            chosen = numbers(folds, "--folds") or cfg.infer.folds
-            weights = numbers(fold_weights, "--fold-weights", float, "1,1,2") or cfg.infer.fold_weights
-            ensemble = load_ensemble(cfg, chosen, weights, use_blend=not no_blend)
+        if bundle is not None and (images is None or out is None):
+            raise KsegError("with --bundle, give --images DIR and --out DIR (a bundle carries no data set)")
+        ensemble = _ensemble(bundle, config, set_, folds, fold_weights, no_blend)
         cfg = ensemble.cfg
         tiles_dir = tiles_folder(images) if stitch is not None else None
         if images is not None:
@@ -96,6 +92,25 @@ def infer(
         with handled(debug):
             written = stitch_tiles(tiles_dir, result.out, stitch)
         render.say(f"stitched {result.n_images} tiles into {written}")
+
+
+def _ensemble(
+    bundle: Path | None,
+    config: Path | None,
+    set_: list[str] | None,
+    folds: str | None,
+    fold_weights: str | None,
+    no_blend: bool,
+) -> Ensemble:
+    """The models ``kseg infer`` predicts with: a bundle's, or the config's folds (or its blend)."""
+    from kseg.ensemble import load_bundle, load_ensemble
+
+    if bundle is not None:
+        return load_bundle(bundle, set_ or [])
+    cfg = config_from(config, set_)
+    chosen = numbers(folds, "--folds") or cfg.infer.folds
+    weights = numbers(fold_weights, "--fold-weights", float, "1,1,2") or cfg.infer.fold_weights
+    return load_ensemble(cfg, chosen, weights, use_blend=not no_blend)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from kseg.io import atomic_write_bytes, remove_stale
 from kseg.postprocess import NO_CLASS, PostProcess, apply, apply_to_labels
 from kseg.postprocess import load as load_postprocess
 from kseg.progress import Progress
-from kseg.submission.format import format_rows, load_format
+from kseg.submission.format import SubmissionFormat, format_rows, load_format
 from kseg.submission.predictions import check_manifest, find_predictions
 from kseg.submission.validate import ValidationReport, validate_bytes
 from kseg.workdir import WorkDir, default_predictions, prediction_file, read_inference_info
@@ -123,6 +123,32 @@ def _read_postprocessed(
     return labels if post is None else apply_to_labels(labels, post)
 
 
+def _read_maps(
+    fmt: SubmissionFormat,
+    paths: dict[str, Path],
+    post: PostProcess | None,
+    use_probs: bool,
+    n_classes: int,
+    resize: bool,
+    on_progress: Progress | None,
+) -> list[np.ndarray]:
+    """Every test image's label map at its submission size, in threads (PNG decoding releases the GIL);
+    an image without a prediction (``paths`` lacks it) gets an empty map."""
+    maps: list[np.ndarray] = []
+    with ThreadPoolExecutor(8) as pool:
+        futures = [
+            pool.submit(_read_postprocessed, paths[i], tuple(s), post, use_probs, n_classes, resize)
+            if i in paths
+            else None
+            for i, s in zip(fmt.image_ids, fmt.shapes, strict=True)
+        ]
+        for future, shape in zip(futures, fmt.shapes, strict=True):
+            maps.append(future.result() if future is not None else np.full(tuple(shape), NO_CLASS, np.uint8))
+            if on_progress:
+                on_progress(len(maps), len(futures))
+    return maps
+
+
 def write_submission(
     cfg: Config,
     out: Path | None = None,
@@ -159,18 +185,7 @@ def write_submission(
 
     t0 = time.perf_counter()
     resize = cfg.submission.size != "original" or cfg.submission.resize_predictions  # the config asks for it
-    maps: list[np.ndarray] = []
-    with ThreadPoolExecutor(8) as pool:  # PNG decoding releases the GIL
-        futures = [
-            pool.submit(_read_postprocessed, paths[i], tuple(s), post, use_probs, cfg.n_classes, resize)
-            if i in paths
-            else None
-            for i, s in zip(fmt.image_ids, fmt.shapes, strict=True)
-        ]
-        for future, shape in zip(futures, fmt.shapes, strict=True):
-            maps.append(future.result() if future is not None else np.full(tuple(shape), NO_CLASS, np.uint8))
-            if on_progress:
-                on_progress(len(maps), len(futures))
+    maps = _read_maps(fmt, paths, post, use_probs, cfg.n_classes, resize, on_progress)
     timings["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
