@@ -82,23 +82,13 @@ def train_fold(
     if deadline is None and cfg.train.time_limit is not None:
         deadline = time.monotonic() + cfg.train.time_limit
     run = FoldRun(cfg, fold, resume=resume, on_step=on_step, on_note=note, pseudo=pseudo)
-    processes = f", {run.world} processes" if run.world > 1 else ""
-    note(
-        f"fold {fold}: {len(run.train_rows)} train / {len(run.val_rows)} validation images on {run.device} "
-        f"({run.precision}{processes}); weights: {run.weights_from}"
-    )
-    if run.weights_note:
-        note(run.weights_note)
-    if pseudo is not None:
-        note(f"pseudo-labelled: {len(pseudo.rows)} images, {pseudo.share:.0%} of each batch (never validated on)")
+    _opening_notes(run, pseudo, note)
     run.prepare_outputs()
     if run.progress.epoch >= cfg.train.epochs:
         note(
             f"fold {fold} has already trained {run.progress.epoch} epochs (train.epochs is {cfg.train.epochs}); "
             "raise train.epochs to train on"
         )
-    if run.pasted:
-        note("copy-paste classes: " + ", ".join(cfg.data.classes[c] for c in run.pasted))
     stopped_early, out_of_time = _epochs(run, on_epoch, note, deadline)
     result = run.result(stopped_early)
     result.stopped_by_time = out_of_time
@@ -124,6 +114,21 @@ def train_fold(
         result.average = AverageResult.from_json(run.work.read_average(fold))
     distributed.barrier(run.world)
     return result
+
+
+def _opening_notes(run: FoldRun, pseudo: PseudoRows | None, note: NoteCallback) -> None:
+    """What the fold trains on, where, from which weights, with which extras."""
+    processes = f", {run.world} processes" if run.world > 1 else ""
+    note(
+        f"fold {run.fold}: {len(run.train_rows)} train / {len(run.val_rows)} validation images on {run.device} "
+        f"({run.precision}{processes}); weights: {run.weights_from}"
+    )
+    if run.weights_note:
+        note(run.weights_note)
+    if pseudo is not None:
+        note(f"pseudo-labelled: {len(pseudo.rows)} images, {pseudo.share:.0%} of each batch (never validated on)")
+    if run.pasted:
+        note("copy-paste classes: " + ", ".join(run.cfg.data.classes[c] for c in run.pasted))
 
 
 def _epochs(
