@@ -25,7 +25,7 @@ from kseg.labels import RleSource, rle_table
 from kseg.progress import Progress
 from kseg.submission.format import grid_key, load_format
 from kseg.submission.write import write_submission
-from kseg.synth import SynthResult, make_competition, synth_scene
+from kseg.synth import SynthResult, check_request, make_competition, synth_scene
 
 STYLES = ("drone", "severstal")
 SEVERSTAL_CLASSES = ["background", "defect_1", "defect_2", "defect_3", "defect_4"]
@@ -106,10 +106,7 @@ def _severstal(
     out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, on_progress: Progress | None
 ) -> tuple[SynthResult, dict[str, np.ndarray]]:
     """Images and label maps drawn as the drone style's (five classes), laid out as Severstal's download."""
-    if n_train < 1 or n_test < 1:
-        raise KsegError(f"kseg synth needs at least one train and one test image (got {n_train} and {n_test})")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise KsegError(f"{out_dir} exists and is not a folder; choose another OUT_DIR")
+    check_request(out_dir, n_train, n_test, height, width, 5)
     labels: dict[str, dict[str, np.ndarray]] = {"train": {}, "test": {}}
     total = n_train + n_test
     for split_code, (part, count) in enumerate((("train", n_train), ("test", n_test))):

@@ -261,6 +261,20 @@ submission:
 """
 
 
+def check_request(out_dir: Path, n_train: int, n_test: int, height: int, width: int, n_classes: int) -> None:
+    """Refuse, in one sentence each, what no synthetic competition can be made of."""
+    if n_train < 1 or n_test < 1:
+        raise KsegError(
+            f"kseg synth needs at least one train and one test image (got {n_train} and {n_test}); raise --train/--test"
+        )
+    if not 2 <= n_classes <= 254:
+        raise KsegError(f"--classes {n_classes} is out of range; use 2 to 254")
+    if height < 8 or width < 8:
+        raise KsegError(f"image size {height}x{width} is too small; use --height and --width of at least 8")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KsegError(f"{out_dir} exists and is not a folder; choose another OUT_DIR")
+
+
 def make_competition(
     out_dir: Path,
     n_train: int = 24,
@@ -286,17 +300,8 @@ def make_competition(
         seed: Random seed; the same seed gives the same images.
         on_progress: Optional ``callback(done, total)``.
     """
-    if n_train < 1 or n_test < 1:
-        raise KsegError(
-            f"kseg synth needs at least one train and one test image (got {n_train} and {n_test}); raise --train/--test"
-        )
-    if not 2 <= n_classes <= 254:
-        raise KsegError(f"--classes {n_classes} is out of range; use 2 to 254")
-    if height < 8 or width < 8:
-        raise KsegError(f"image size {height}x{width} is too small; use --height and --width of at least 8")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise KsegError(f"{out_dir} exists and is not a folder; choose another OUT_DIR")
+    check_request(out_dir, n_train, n_test, height, width, n_classes)
     for sub in ("images", "masks", "test_masks"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     train_ids = [f"img_{i:04d}" for i in range(n_train)]
