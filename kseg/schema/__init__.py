@@ -1,0 +1,121 @@
+"""The config's schema: one pydantic model per YAML section (``extra="forbid"``), and ``Config``; the
+sections live in ``fields`` (shared field types), ``data``, ``training`` and ``stages``.
+
+Loading, ``--set`` overrides and path resolution live in ``kseg.config``, which re-exports these names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from kseg.schema.data import DataConfig, RleLabelsConfig
+from kseg.schema.fields import (
+    TTA_VIEWS,
+    WEIGHT_SUFFIXES,
+    Color,
+    PaletteEntry,
+    Section,
+    Size,
+    Token,
+    is_weights_file,
+    parse_color,
+)
+from kseg.schema.stages import (
+    ID_FIELDS,
+    AuditConfig,
+    InferConfig,
+    PseudoConfig,
+    SplitConfig,
+    SubmissionConfig,
+    TileConfig,
+)
+from kseg.schema.training import (
+    RUNTIME_KEYS,
+    AugmentConfig,
+    ModelConfig,
+    RuntimeConfig,
+    TrainConfig,
+    migrate_runtime_keys,
+)
+
+
+class Config(Section):
+    """A whole experiment: one YAML file."""
+
+    workdir: Path = Path("work")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    tile: TileConfig = Field(default_factory=TileConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+    pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
+    submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_runtime_keys(cls, tree: Any) -> Any:
+        return migrate_runtime_keys(tree)
+
+    @model_validator(mode="after")
+    def _channels(self) -> Config:
+        if len(self.data.mean) != self.model.in_channels:
+            raise ValueError(
+                f"model.in_channels is {self.model.in_channels} but data.mean / data.std give "
+                f"{len(self.data.mean)} channel(s); give one mean and std per input channel"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _submitted_classes(self) -> Config:
+        unknown = [c for c in self.submission.classes or [] if c not in self.data.classes]
+        if unknown:
+            raise ValueError(
+                f"submission.classes names {unknown[0]!r}, which is not in data.classes "
+                f"({', '.join(self.data.classes)}); list the classes that get submission rows by those names"
+            )
+        return self
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.data.classes)
+
+    @property
+    def sample_path(self) -> Path | None:
+        if self.submission.sample is None:
+            return None
+        return self.data.root / self.submission.sample
+
+
+__all__ = [
+    "AuditConfig",
+    "AugmentConfig",
+    "Color",
+    "Config",
+    "DataConfig",
+    "ID_FIELDS",
+    "InferConfig",
+    "ModelConfig",
+    "PaletteEntry",
+    "PseudoConfig",
+    "RUNTIME_KEYS",
+    "RleLabelsConfig",
+    "RuntimeConfig",
+    "Section",
+    "Size",
+    "SplitConfig",
+    "SubmissionConfig",
+    "TTA_VIEWS",
+    "TileConfig",
+    "Token",
+    "TrainConfig",
+    "WEIGHT_SUFFIXES",
+    "is_weights_file",
+    "migrate_runtime_keys",
+    "parse_color",
+]
