@@ -25,7 +25,7 @@ from kseg.labels import RleSource, rle_table
 from kseg.progress import Progress
 from kseg.submission.format import grid_key, load_format
 from kseg.submission.write import write_submission
-from kseg.synth import SynthResult, check_request, make_competition, synth_scene
+from kseg.synth import TRAINING_TEMPLATE, SynthResult, check_request, make_competition, round32, synth_scene
 
 STYLES = ("drone", "severstal")
 SEVERSTAL_CLASSES = ["background", "defect_1", "defect_2", "defect_3", "defect_4"]
@@ -49,23 +49,7 @@ data:
     index_base: 0
   classes: [{classes}]
   image_size: [{size_h}, {size_w}]
-model:
-  arch: Unet
-  encoder_name: resnet18
-  encoder_weights: null
-train:
-  epochs: 12
-  batch_size: 8
-  lr: 0.003
-  scheduler: onecycle
-runtime:
-  num_workers: 0
-split:
-  n_folds: 3
-  seed: {seed}
-infer:
-  tta: d4
-submission:
+{training}submission:
   sample: sample_submission.csv
   solution: solution.csv            # the hidden truth: kseg score's default
   path: submissions/submission.csv
@@ -125,8 +109,9 @@ def _severstal(
         SEVERSTAL_CONFIG.format(
             seed=seed,
             classes=", ".join(SEVERSTAL_CLASSES),
-            size_h=max(32, -(-height // 32) * 32),
-            size_w=max(32, -(-width // 32) * 32),
+            size_h=round32(height),
+            size_w=round32(width),
+            training=TRAINING_TEMPLATE.format(seed=seed),
         ),
     )
     cfg = load_config(config)

@@ -218,7 +218,7 @@ class SynthResult:
     classes: list[str]
 
 
-def _round32(n: int) -> int:
+def round32(n: int) -> int:
     return max(32, -(-n // 32) * 32)
 
 
@@ -239,6 +239,13 @@ data:
   classes: [{classes}]
   palette: [{palette}]
   image_size: [{size_h}, {size_w}]
+{training}submission:
+  sample: sample_submission.csv
+  path: submissions/submission.csv
+"""
+
+# the model, training, split and inference sections of every synthetic competition (styles too)
+TRAINING_TEMPLATE = """\
 model:
   arch: Unet
   encoder_name: resnet18
@@ -255,9 +262,6 @@ split:
   seed: {seed}
 infer:
   tta: d4
-submission:
-  sample: sample_submission.csv
-  path: submissions/submission.csv
 """
 
 
@@ -329,8 +333,9 @@ def make_competition(
             seed=seed,
             classes=", ".join(names),
             palette=", ".join("'#{:02X}{:02X}{:02X}'".format(*c) for c in class_colors(n_classes)),
-            size_h=_round32(height),
-            size_w=_round32(width),
+            size_h=round32(height),
+            size_w=round32(width),
+            training=TRAINING_TEMPLATE.format(seed=seed),
         ),
     )
     return SynthResult(out_dir, config, n_train, n_test, names)
