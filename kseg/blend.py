@@ -86,6 +86,12 @@ def check_compatible(runs: list[RunOOF]) -> None:
     if len(runs) > MAX_RUNS:
         raise BlendError(f"{len(runs)} runs is more than a blend searches ({MAX_RUNS}); leave the weakest out")
     first = runs[0]
+    multilabel = [run.path for run in runs if run.cfg.multilabel]
+    if multilabel:
+        raise BlendError(
+            f"run {multilabel[0]} is multilabel (data.multilabel: true), and kseg blend searches weights of "
+            "softmax runs only; ensemble multilabel runs' folds with kseg infer instead"
+        )
     mine = first.folds.sort_values(ID).reset_index(drop=True)
     for run in runs[1:]:
         if list(run.cfg.data.classes) != list(first.cfg.data.classes):
@@ -167,11 +173,13 @@ class SearchResult:
     folds: np.ndarray
     metric: str = "row_dice"
     best: int = 0
+    scored: list[int] | None = None  # the classes the metric averages (default all)
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """The metric of each weight vector over the images ``rows``. Shape ``(C,)``."""
         c = self.counts[rows]
-        return class_scores(c[:, :, 0], c[:, :, 1], c[:, :, 2], self.metric).mean(-1)
+        per_class = class_scores(c[:, :, 0], c[:, :, 1], c[:, :, 2], self.metric)
+        return (per_class if self.scored is None else per_class[:, self.scored]).mean(-1)
 
     def choose(self, rows: np.ndarray) -> int:
         """The weight vector with the best metric over ``rows`` (ties: the first on the grid)."""
@@ -182,7 +190,12 @@ class SearchResult:
         return int(np.flatnonzero(self.grid[:, run] == 1.0)[0])
 
 
-def search_weights(runs: list[RunOOF], metric: str = "row_dice", on_progress: Progress | None = None) -> SearchResult:
+def search_weights(
+    runs: list[RunOOF],
+    metric: str = "row_dice",
+    on_progress: Progress | None = None,
+    scored: list[int] | None = None,
+) -> SearchResult:
     """Score every weight vector of ``weight_grid`` on every OOF image (at the first run's resolution)."""
     grid = weight_grid(len(runs))
     grid_t = torch.from_numpy(grid).float()
@@ -199,7 +212,7 @@ def search_weights(runs: list[RunOOF], metric: str = "row_dice", on_progress: Pr
             folds.append(f)
             if on_progress:
                 on_progress(len(ids), total)
-    result = SearchResult(grid, np.stack(counts), ids, np.array(folds), metric)
+    result = SearchResult(grid, np.stack(counts), ids, np.array(folds), metric, scored=scored)
     result.best = result.choose(np.arange(len(ids)))
     return result
 
@@ -253,6 +266,11 @@ def _holdout(search: SearchResult, seed: int) -> tuple[float, float]:
 def blend_runs(cfg: Config, paths: list[Path], seed: int = 0, on_progress: Progress | None = None) -> BlendResult:
     """Search the blend of ``paths`` (work folders of runs trained on the same folds) on their OOF
     probabilities, tune post-processing on it, and write ``blend.json`` in ``cfg.workdir``."""
+    if cfg.submission.metric == "instance_fbeta":
+        raise BlendError(
+            "kseg blend searches weights by pixel counts, which submission.metric instance_fbeta does not use; "
+            "ensemble the runs' folds with kseg infer instead"
+        )
     runs = [open_run(Path(p)) for p in paths]
     check_compatible(runs)
     if list(cfg.data.classes) != list(runs[0].cfg.data.classes):
@@ -260,10 +278,11 @@ def blend_runs(cfg: Config, paths: list[Path], seed: int = 0, on_progress: Progr
             f"the config's classes {cfg.data.classes} differ from the runs' {runs[0].cfg.data.classes}; "
             "blend with the competition's config"
         )
-    search = search_weights(runs, cfg.submission.metric, on_progress)
+    search = search_weights(runs, cfg.submission.metric, on_progress, cfg.scored_classes)
     weights = search.grid[search.best]
     holdout_blend, holdout_single = _holdout(search, seed)
-    tuned = tune_oof(blended_statistics(runs, weights).build(), list(cfg.data.classes), seed, cfg.submission.metric)
+    statistics = blended_statistics(runs, weights).build()
+    tuned = tune_oof(statistics, list(cfg.data.classes), seed, cfg.submission.metric, cfg.scored_classes)
     everything = search.scores(np.arange(len(search.ids)))
     run_scores = [float(everything[search.single(r)]) for r in range(len(runs))]
     score = float(everything[search.best])

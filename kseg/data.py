@@ -49,6 +49,7 @@ class MaskSpec:
         unknown: ``error`` or ``ignore`` for values / colours that map to no class.
         colors: ``(packed_rgb, label)`` pairs for colour masks; label may be ``ignore_index``.
         rle: The runs table, for ``rle`` masks (a mask "path" is then a reference into it).
+        multilabel: Mask values are class bitmasks (``data.multilabel``), not class indices.
     """
 
     format: str
@@ -57,6 +58,7 @@ class MaskSpec:
     unknown: str
     colors: tuple[tuple[int, int], ...] = ()
     rle: RleSource | None = None
+    multilabel: bool = False
 
     @classmethod
     def from_config(cls, data: DataConfig) -> MaskSpec:
@@ -67,13 +69,24 @@ class MaskSpec:
         pairs += [(int(c[1:], 16), data.ignore_index) for c in data.ignore_colors]
         rle = RleSource.from_config(data) if data.mask_format == "rle" else None
         return cls(
-            data.mask_format, len(data.classes), data.ignore_index, data.unknown_labels, tuple(sorted(pairs)), rle
+            data.mask_format,
+            len(data.classes),
+            data.ignore_index,
+            data.unknown_labels,
+            tuple(sorted(pairs)),
+            rle,
+            data.multilabel,
         )
+
+    @property
+    def n_values(self) -> int:
+        """Mask values that are labels: class indices, or every bitmask of the classes (multilabel)."""
+        return 2**self.n_classes if self.multilabel else self.n_classes
 
     @property
     def marker(self) -> int:
         """A uint8 value that is neither a class nor the ignore index: marks unknown colours."""
-        used = set(range(self.n_classes)) | {self.ignore_index}
+        used = set(range(self.n_values)) | {self.ignore_index}
         return max(v for v in range(256) if v not in used)
 
 
@@ -174,7 +187,7 @@ def decode_mask(array: np.ndarray, spec: MaskSpec, path: Path | str = "mask") ->
                     f"mask {path} is a colour image but data.mask_format is 'index'; "
                     "set data.mask_format: color and give data.palette"
                 )
-        bad = (array >= spec.n_classes) & (array != spec.ignore_index)
+        bad = (array >= spec.n_values) & (array != spec.ignore_index)
         unknown: dict[int, int] = {}
         if bad.any():
             values, counts = np.unique(array[bad], return_counts=True)
@@ -210,8 +223,9 @@ def unknown_error(path: Path | str, unknown: dict[int, int], spec: MaskSpec) -> 
             "data.palette or data.ignore_colors, or set data.unknown_labels: ignore"
         )
     return DataError(
-        f"mask {path} has values that are no class: {describe_unknown(unknown, spec)} (classes are 0-"
-        f"{spec.n_classes - 1}, ignore index {spec.ignore_index}); fix the mask, add classes, set "
+        f"mask {path} has values that are no class: {describe_unknown(unknown, spec)} ("
+        f"{'class bitmasks are' if spec.multilabel else 'classes are'} 0-{spec.n_values - 1}, ignore index "
+        f"{spec.ignore_index}); fix the mask, add classes, set "
         "data.ignore_index, or set data.unknown_labels: ignore"
     )
 
@@ -433,11 +447,15 @@ def _rle_refs(table: pd.DataFrame, data: DataConfig) -> list[str]:
 
 
 def palette_rgb(data: DataConfig) -> np.ndarray:
-    """One display colour per class (the first palette colour, or a fixed qualitative set).
+    """One display colour per label value: per class (the first palette colour, or a fixed qualitative
+    set), or with ``data.multilabel`` per bitmask (the mean colour of its classes, black for none), so
+    ``colorize`` draws either kind of label map.
 
     Shape:
-        Returns ``(n_classes, 3)`` uint8.
+        Returns ``(n_classes, 3)`` uint8, or ``(2 ** n_classes, 3)`` when multilabel.
     """
+    if data.multilabel:
+        return _bitmask_colours(len(data.classes))
     if data.palette is not None:
         return np.array([[int(c[0][i : i + 2], 16) for i in (1, 3, 5)] for c in data.palette], dtype=np.uint8)
     base = np.array(
@@ -459,3 +477,27 @@ def palette_rgb(data: DataConfig) -> np.ndarray:
     )
     reps = -(-len(data.classes) // len(base))
     return np.tile(base, (reps, 1))[: len(data.classes)]
+
+
+def _bitmask_colours(n_classes: int) -> np.ndarray:
+    classes = np.array(
+        [
+            [31, 119, 180],
+            [255, 127, 14],
+            [44, 160, 44],
+            [214, 39, 40],
+            [148, 103, 189],
+            [227, 119, 194],
+            [23, 190, 207],
+        ],
+        dtype=np.float64,
+    )[:n_classes]
+    values = np.arange(2**n_classes)
+    held = (values[:, None] >> np.arange(n_classes)) & 1
+    total = held @ classes
+    return np.round(total / np.maximum(held.sum(1, keepdims=True), 1)).astype(np.uint8)
+
+
+def class_colour(palette: np.ndarray, k: int, multilabel: bool) -> np.ndarray:
+    """Class ``k``'s colour in a ``palette_rgb`` table."""
+    return palette[1 << k] if multilabel else palette[k]

@@ -11,9 +11,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from kseg.bits import class_planes, hard_labels
 from kseg.data import ID, MaskSpec, read_mask
 from kseg.dataset import load_image
-from kseg.metrics import label_counts, row_dice, row_iou
+from kseg.instances import mask_fbeta
+from kseg.metrics import label_counts, metric_score, row_dice, row_iou
 from kseg.predictor import Predictor
 
 
@@ -61,6 +63,7 @@ def evaluate(
     *,
     channels: int = 3,
     oof: np.ndarray | None = None,
+    fbeta: tuple[np.ndarray, float] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Predict the validation images at their original size and count, per image and class, the
     intersection, predicted and true pixels (ignore pixels left out), exactly as ``kseg score`` does.
@@ -73,6 +76,8 @@ def evaluate(
         channels: Image channels (``model.in_channels``).
         oof: Optional ``(N, K, H, W)`` uint8 array (memmap) to receive the probabilities at the
             predictor's ``image_size``.
+        fbeta: Optional ``((N, K) float array, beta)``: the array receives each image and class's instance
+            F-beta (``instance_fbeta``; instances as connected components).
 
     Returns:
         ``(mean validation loss, counts (N, 3, K))``.
@@ -87,13 +92,42 @@ def evaluate(
         masks = [read_mask(Path(p), spec) for p in rows["mask"]]
         for i, (probs, mask) in enumerate(zip(predictor.predict(images), masks, strict=True)):
             target = torch.from_numpy(mask.astype(np.int64))[None]
-            with torch.no_grad():  # log-probabilities are logits whose softmax is the prediction itself
-                losses.append(float(loss_fn(torch.log(probs.clamp_min(1e-7))[None], target)))
-            counts[first + i] = label_counts(probs.argmax(0).numpy(), mask, k, spec.ignore_index)
+            with torch.no_grad():
+                losses.append(float(loss_fn(_logits(probs, spec.multilabel)[None], target)))
+            labels = hard_labels(probs, spec.multilabel)
+            counts[first + i] = label_counts(labels, mask, k, spec.ignore_index, spec.multilabel)
+            if fbeta is not None:
+                fbeta[0][first + i] = _fbeta_row(labels, mask, spec, fbeta[1])
             if oof is not None:
                 small = nn.functional.interpolate(probs[None], size=tuple(predictor.size), mode="area")[0]
                 oof[first + i] = (small * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     return float(np.mean(losses)) if losses else float("nan"), counts
+
+
+def _fbeta_row(labels: np.ndarray, truth: np.ndarray, spec: MaskSpec, beta: float) -> np.ndarray:
+    """Each class's instance F-beta of one image. Shape: ``(K,)``."""
+    k, ignore = spec.n_classes, spec.ignore_index
+    pred_planes = class_planes(labels, k, spec.multilabel)
+    true_planes = class_planes(truth, k, spec.multilabel, ignore)
+    scored = truth != ignore
+    return np.array([mask_fbeta(pred_planes[c], true_planes[c], beta, scored) for c in range(k)])
+
+
+def _logits(probs: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Logits whose activation gives ``probs`` back: log-probabilities under a softmax, log-odds under
+    per-class sigmoids."""
+    if multilabel:
+        p = probs.clamp(1e-7, 1 - 1e-7)
+        return torch.log(p / (1 - p))
+    return torch.log(probs.clamp_min(1e-7))
+
+
+def validation_score(counts: np.ndarray, fbeta: np.ndarray | None, scored: list[int], metric: str) -> float:
+    """The configured metric of one validation pass over the scored classes (what chooses the best epoch):
+    from the ``(N, 3, K)`` counts, or the mean of the ``(N, K)`` instance F-beta for ``instance_fbeta``."""
+    if fbeta is not None:
+        return float(fbeta[:, scored].mean()) if len(fbeta) else 1.0
+    return metric_score(counts[:, :, scored], metric)[0]
 
 
 def summarize(counts: np.ndarray, classes: list[str]) -> tuple[float, dict[str, float], dict[str, float]]:

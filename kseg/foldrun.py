@@ -37,10 +37,10 @@ from kseg.dataset import (
     train_loader,
 )
 from kseg.errors import TrainError
-from kseg.evaluation import EpochStats, evaluate, oof_truth, summarize
+from kseg.evaluation import EpochStats, evaluate, oof_truth, summarize, validation_score
 from kseg.io import remove_stale
 from kseg.losses import loss_from_config
-from kseg.metrics import metric_score, pixel_metrics
+from kseg.metrics import pixel_metrics
 from kseg.models import build_model
 from kseg.optim import build_optimizer, build_scheduler
 from kseg.plotting import training_curves
@@ -392,11 +392,15 @@ class FoldRun:
             oof = self.work.open_oof(self.fold, (len(self.val_rows), len(self.classes), *cfg.data.image_size))
         for model in predictor.models:
             model.eval()
+        sub = cfg.submission
+        fbeta = (
+            (np.zeros((len(self.val_rows), len(self.classes))), sub.beta) if sub.metric == "instance_fbeta" else None
+        )
         val_loss, counts = evaluate(
-            predictor, self.val_rows, self.spec, self.val_loss_fn, channels=cfg.model.in_channels, oof=oof
+            predictor, self.val_rows, self.spec, self.val_loss_fn, channels=cfg.model.in_channels, oof=oof, fbeta=fbeta
         )
         dice, class_dice, class_iou = summarize(counts, self.classes)
-        score = metric_score(counts, cfg.submission.metric)[0]  # what chooses the best epoch
+        score = validation_score(counts, None if fbeta is None else fbeta[0], cfg.scored_classes, sub.metric)
         accuracy, precision, recall = pixel_metrics(counts)
         improved = score > self.progress.best_score
         if oof is not None:

@@ -248,7 +248,7 @@ def _predict_into(
             good = _readable(batch, cfg.infer.on_error, skipped)
             predicted = predictor.predict([im for _, im in good]) if good else iter(())
             for (image_id, image), probs in zip(good, predicted, strict=True):
-                labels = apply(probs, post)
+                labels = apply(probs, post, cfg.multilabel)
                 stored = (probs * 255).round().to(torch.uint8).numpy() if outputs.probs else None
                 args = (folder, image_id, image, labels, stored, palette, outputs)
                 pending.append(writer.submit(_write_outputs, *args))

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kseg.bits import class_planes
 from kseg.errors import DataError
-from kseg.rle import decode_labels, encode_labels, parse_rows
+from kseg.rle import decode_labels, encode, encode_labels, parse_rows
 from kseg.schema import DataConfig
 
 REF_SEPARATOR = "::"
@@ -38,6 +39,7 @@ class RleSource:
     empty: str
     classes: tuple[str, ...]
     fill: int
+    multilabel: bool = False  # classes may overlap: the map holds bitmasks (bit k = class k), fill 0
 
     @classmethod
     def from_config(cls, data: DataConfig) -> RleSource:
@@ -56,6 +58,7 @@ class RleSource:
             rle.empty,
             tuple(data.classes),
             data.classes.index(rle.background) if rle.background else 0,
+            data.multilabel,
         )
 
     def class_of(self, text: str, where: str) -> int:
@@ -106,7 +109,7 @@ def _read_table(source: RleSource) -> pd.DataFrame:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not a readable CSV ({exc}); fix or re-download it") from None
-    needed = [source.id_column, source.encoded_column] + ([source.class_column] if source.form == "long" else [])
+    needed = [source.id_column, source.encoded_column] + ([source.class_column] if source.class_column else [])
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise DataError(
@@ -122,7 +125,12 @@ def rle_index(source: RleSource) -> dict[str, RleRows]:
     table = _read_table(source)
     ids = table[source.id_column].tolist()
     encoded = table[source.encoded_column].str.strip().tolist()
-    cells = table[source.class_column].tolist() if source.form == "long" else [None] * len(ids)
+    if source.form == "long":  # without a class column every row is the one class besides the background
+        k = 1 - source.fill if len(source.classes) == 2 else 0
+        only = source.classes[k] if source.class_key == "name" else str(k + source.index_base)
+        cells = table[source.class_column].tolist() if source.class_column else [only] * len(ids)
+    else:
+        cells = [None] * len(ids)
     grouped: dict[str, list[tuple[int, str, int]]] = {}
     for line, (image_id, cell, runs) in enumerate(zip(ids, cells, encoded, strict=True), start=2):
         where = f"{source.csv} line {line} ({source.id_column} {image_id!r})"
@@ -182,13 +190,32 @@ def read_rle_labels(ref: str, source: RleSource) -> np.ndarray:
         return np.full((height, width), source.fill, dtype=np.uint8)
     starts, lengths, classes = _runs(source, rows, height * width)
     try:
+        if source.multilabel:
+            return _decode_bits(starts, lengths, classes, (height, width), source.order)
         return decode_labels(starts, lengths, classes, (height, width), source.order, source.fill)  # type: ignore[arg-type]
     except ValueError:
+        if source.multilabel:
+            raise DataError(
+                f"{source.csv} lines {', '.join(map(str, rows.lines))} (image {key!r}) give one class the same "
+                "pixel twice; keep one row per image and class"
+            ) from None
         lines = ", ".join(map(str, rows.lines))
         raise DataError(
-            f"{source.csv} lines {lines} (image {key!r}) give one pixel two classes; classes that overlap need "
-            "a multi-label mode, which kseg does not have yet"
+            f"{source.csv} lines {lines} (image {key!r}) give one pixel two classes; if classes may overlap, set "
+            "data.multilabel: true"
         ) from None
+
+
+def _decode_bits(
+    starts: np.ndarray, lengths: np.ndarray, classes: np.ndarray, shape: tuple[int, int], order: str
+) -> np.ndarray:
+    """A bitmask label map: each class's runs decoded on their own (they may overlap other classes')."""
+    out = np.zeros(shape, dtype=np.uint8)
+    for k in np.unique(classes):
+        mine = classes == k
+        plane = decode_labels(starts[mine], lengths[mine], np.ones(int(mine.sum()), np.uint8), shape, order)  # type: ignore[arg-type]
+        out |= plane << np.uint8(k)
+    return out
 
 
 def image_keys(names: list[str], ids: list[str], source: RleSource) -> list[str]:
@@ -230,14 +257,20 @@ def _shift(runs: str, first_index: int) -> str:
 def rle_table(labels: dict[str, np.ndarray], source: RleSource) -> pd.DataFrame:
     """The runs table of label maps in the source's form (the inverse of ``read_rle_labels``).
 
-    Wide: one row per image and class other than the background, empty masks as ``source.empty``. Long:
+    Wide: one row per image and class other than the background (every class when multilabel), empty
+    masks as ``source.empty``. Long:
     the non-empty rows only. Classes are written by name or by number as the source says.
     """
     rows = []
+    n = len(source.classes)
     for key, label_map in labels.items():
-        encoded = encode_labels(label_map, len(source.classes), source.order)  # type: ignore[arg-type]
+        if source.multilabel:
+            planes = class_planes(label_map, n, multilabel=True)
+            encoded = [encode(plane, source.order) for plane in planes]  # type: ignore[arg-type]
+        else:
+            encoded = encode_labels(label_map, n, source.order)  # type: ignore[arg-type]
         for k, name in enumerate(source.classes):
-            if k == source.fill:
+            if k == source.fill and not source.multilabel:
                 continue
             cell = name if source.class_key == "name" else str(k + source.index_base)
             runs = _shift(encoded[k], source.first_index)

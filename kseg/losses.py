@@ -1,7 +1,10 @@
 """Training losses from config: a weighted sum of named terms.
 
 ``train.loss`` maps names from ``LOSSES`` to weights, e.g. ``{ce: 1.0, dice: 1.0}``. Every term takes
-raw logits and an index target in which ``data.ignore_index`` marks pixels to leave out.
+raw logits and an index target in which ``data.ignore_index`` marks pixels to leave out. With
+``data.multilabel`` the target holds class bitmasks, split into one 0/1 target per class, and the terms
+are their sigmoid forms (``ce``, or its alias ``bce``: per-class binary cross-entropy; smp's multilabel
+Dice, focal and Lovasz).
 
 Shape:
     logits ``(N, C, H, W)``, target ``(N, H, W)`` int64.
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kseg.bits import bit_targets
 from kseg.config import Config
 from kseg.errors import ConfigError
 
@@ -53,31 +57,56 @@ class _Fp32(nn.Module):
             return self.loss(logits.float(), target)
 
 
-def _dice(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+class BinaryCrossEntropy(nn.Module):
+    """Per-class sigmoid cross-entropy (multilabel), with optional class weights, over non-ignored pixels."""
+
+    def __init__(self, ignore_index: int, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.weight: torch.Tensor | None
+        self.register_buffer("weight", None if weight is None else weight.view(1, -1, 1, 1))
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target != self.ignore_index
+        if not valid.any():
+            return logits.sum() * 0.0
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), torch.where(valid, target, 0).float(), reduction="none"
+        )
+        if self.weight is not None:
+            loss = loss * self.weight
+        return (loss * valid).sum() / valid.sum()
+
+
+def _dice(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float, mode: str) -> nn.Module:
     from segmentation_models_pytorch.losses import DiceLoss
 
-    return _Fp32(DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index))
+    return _Fp32(DiceLoss(mode=mode, from_logits=True, ignore_index=ignore_index))
 
 
-def _focal(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+def _focal(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float, mode: str) -> nn.Module:
     from segmentation_models_pytorch.losses import FocalLoss
 
-    return _Fp32(FocalLoss(mode="multiclass", ignore_index=ignore_index))
+    return _Fp32(FocalLoss(mode=mode, ignore_index=ignore_index))
 
 
-def _lovasz(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+def _lovasz(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float, mode: str) -> nn.Module:
     from segmentation_models_pytorch.losses import LovaszLoss
 
-    return _Fp32(LovaszLoss(mode="multiclass", ignore_index=ignore_index))
+    return _Fp32(LovaszLoss(mode=mode, ignore_index=ignore_index))
 
 
-def _ce(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+def _ce(ignore_index: int, weight: torch.Tensor | None, label_smoothing: float, mode: str) -> nn.Module:
+    if mode == "multilabel":
+        return BinaryCrossEntropy(ignore_index, weight)
     return CrossEntropy(ignore_index, weight, label_smoothing)
 
 
-# name -> constructor(ignore_index, class weights or None, label smoothing); only ce uses the last two
-LOSSES: dict[str, Callable[[int, torch.Tensor | None, float], nn.Module]] = {
+# name -> constructor(ignore_index, class weights or None, label smoothing, smp mode); only ce uses the
+# weights and the smoothing; in multilabel mode ``ce`` is the per-class binary cross-entropy
+LOSSES: dict[str, Callable[[int, torch.Tensor | None, float, str], nn.Module]] = {
     "ce": _ce,
+    "bce": _ce,
     "dice": _dice,
     "focal": _focal,
     "lovasz": _lovasz,
@@ -87,8 +116,9 @@ LOSSES: dict[str, Callable[[int, torch.Tensor | None, float], nn.Module]] = {
 class WeightedSum(nn.Module):
     """``sum_i weight_i * term_i(logits, target)``; ``parts`` holds each term's last value."""
 
-    def __init__(self, terms: dict[str, tuple[float, nn.Module]]):
+    def __init__(self, terms: dict[str, tuple[float, nn.Module]], bits: tuple[int, int] | None = None):
         super().__init__()
+        self.bits = bits  # multilabel: (classes, ignore index) to turn bitmask targets into per-class ones
         self.names = list(terms)
         self.weights = [w for w, _ in terms.values()]
         self.terms = nn.ModuleList(t for _, t in terms.values())
@@ -96,6 +126,8 @@ class WeightedSum(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = logits.new_zeros((), dtype=torch.float32)
+        if self.bits is not None:
+            target = bit_targets(target, *self.bits)
         for name, weight, term in zip(self.names, self.weights, self.terms, strict=True):
             if weight:
                 value = term(logits, target)
@@ -130,6 +162,7 @@ def build_loss(
     class_weighting: str = "none",
     label_smoothing: float = 0.0,
     class_pixels: np.ndarray | None = None,
+    multilabel: int | None = None,
 ) -> WeightedSum:
     """A weighted sum of named loss terms.
 
@@ -139,6 +172,7 @@ def build_loss(
         class_weighting: ``none``, ``inverse`` or ``sqrt_inverse`` cross-entropy class weights.
         label_smoothing: Cross-entropy label smoothing.
         class_pixels: Training pixels per class (from ``kseg split``), needed for class weights.
+        multilabel: The number of classes when targets are class bitmasks (one sigmoid per class).
     """
     unknown = [name for name in terms if name not in LOSSES]
     if unknown:
@@ -148,7 +182,13 @@ def build_loss(
         if class_pixels is None:
             raise ConfigError("train.class_weights needs the class pixel counts of 'kseg split'; run it first")
         weight = class_weights(class_pixels, class_weighting)
-    return WeightedSum({name: (w, LOSSES[name](ignore_index, weight, label_smoothing)) for name, w in terms.items()})
+    if multilabel is None and "bce" in terms:
+        raise ConfigError("train.loss 'bce' is the multilabel loss; with one class per pixel use 'ce'")
+    mode = "multiclass" if multilabel is None else "multilabel"
+    return WeightedSum(
+        {name: (w, LOSSES[name](ignore_index, weight, label_smoothing, mode)) for name, w in terms.items()},
+        None if multilabel is None else (multilabel, ignore_index),
+    )
 
 
 def loss_from_config(cfg: Config, class_pixels: np.ndarray | None = None) -> WeightedSum:
@@ -159,4 +199,5 @@ def loss_from_config(cfg: Config, class_pixels: np.ndarray | None = None) -> Wei
         class_weighting=cfg.train.class_weights,
         label_smoothing=cfg.train.label_smoothing,
         class_pixels=class_pixels,
+        multilabel=cfg.n_classes if cfg.multilabel else None,
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kseg.bits import class_planes, plane_counts
+
 
 def row_dice(intersection: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Dice per row: ``2 |P & T| / (|P| + |T|)``, and 1 where both masks are empty.
@@ -34,8 +36,13 @@ def row_iou(intersection: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np
     return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
 
 
-METRICS = ("row_dice", "row_iou", "dataset_iou")
-METRIC_NAMES = {"row_dice": "mean row Dice", "row_iou": "mean row IoU", "dataset_iou": "dataset mean IoU"}
+METRICS = ("row_dice", "row_iou", "dataset_iou", "instance_fbeta")  # instance_fbeta: kseg.instances
+METRIC_NAMES = {
+    "row_dice": "mean row Dice",
+    "row_iou": "mean row IoU",
+    "dataset_iou": "dataset mean IoU",
+    "instance_fbeta": "mean instance F-beta over IoU 0.5-0.95",
+}
 
 
 def class_scores(intersection: np.ndarray, pred: np.ndarray, truth: np.ndarray, metric: str) -> np.ndarray:
@@ -80,14 +87,25 @@ def epoch_score(row: dict) -> float:
     return score if score == score else float(row["val_dice"])
 
 
-def label_counts(pred: np.ndarray, truth: np.ndarray, n_classes: int, ignore_index: int | None = None) -> np.ndarray:
+def label_counts(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    n_classes: int,
+    ignore_index: int | None = None,
+    multilabel: bool = False,
+) -> np.ndarray:
     """Per-class ``(intersection, pred area, truth area)`` of one image's label maps.
 
-    Pixels whose truth is ``ignore_index`` (or any value >= ``n_classes``) are not scored.
+    Pixels whose truth is ``ignore_index`` (or, multiclass, any value >= ``n_classes``) are not scored.
+    ``multilabel``: both maps hold class bitmasks, and a pixel counts for every class it holds.
 
     Shape:
         pred, truth ``(H, W)``; returns ``(3, n_classes)`` int64.
     """
+    if multilabel:
+        truth = np.asarray(truth)
+        scored = truth != ignore_index if ignore_index is not None else np.ones(truth.shape, bool)
+        return plane_counts(class_planes(pred, n_classes, True), class_planes(truth, n_classes, True), scored)
     pred = np.asarray(pred).ravel()
     truth = np.asarray(truth).ravel()
     scored = truth < n_classes

@@ -1,5 +1,8 @@
 """One image -> class probabilities: a model ensemble merged over TTA views, at the image's own size.
 
+Probabilities are a softmax over classes, or with ``data.multilabel`` one sigmoid per class; either way
+views, scales, windows and models are averaged in probability space.
+
 ``mode: resize`` predicts at ``image_size`` and resizes the probabilities (not the labels) back to the
 image. ``mode: tile`` runs sliding windows of ``image_size`` over the image at its own resolution, with
 ``tile_overlap`` overlap and weights that fall off towards each window's border, so seams do not show;
@@ -75,6 +78,7 @@ class PredictOptions:
         merge: ``mean`` or ``gmean`` over views.
         channels_last: Inputs in channels-last memory layout.
         batch_size: Images (views count as images) per forward pass; ``None``: by device.
+        multilabel: One sigmoid per class (classes may overlap) instead of a softmax over classes.
     """
 
     image_size: tuple[int, int]
@@ -88,6 +92,7 @@ class PredictOptions:
     merge: str = "mean"
     channels_last: bool = True
     batch_size: int | None = None
+    multilabel: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config) -> PredictOptions:
@@ -103,6 +108,7 @@ class PredictOptions:
             merge=cfg.infer.merge,
             channels_last=cfg.runtime.channels_last,
             batch_size=cfg.infer.batch_size,
+            multilabel=cfg.multilabel,
         )
 
 
@@ -155,6 +161,8 @@ class Predictor:
         if self.options.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
+            if self.options.multilabel:
+                return torch.stack([model(batch).float().sigmoid() for model in self.models])
             return torch.stack([model(batch).float().softmax(1) for model in self.models])
 
     @torch.inference_mode()

@@ -61,6 +61,11 @@ def prepare_run(cfg: Config) -> Config:
     Raises:
         PseudoError: The source has no folds, or the target folder already holds other folds.
     """
+    if cfg.multilabel:
+        raise PseudoError(
+            "kseg pseudo keeps each pixel's top class, which multilabel runs (data.multilabel: true) do not have; "
+            "train without pseudo-labels"
+        )
     source = WorkDir(cfg.workdir)
     target_dir = pseudo_workdir(cfg)
     if target_dir.resolve() == cfg.workdir.resolve():

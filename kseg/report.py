@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from kseg.config import Config
-from kseg.data import ID, MaskSpec, list_samples, palette_rgb
+from kseg.data import ID, MaskSpec, class_colour, list_samples, palette_rgb
 from kseg.dataset import load_image
 from kseg.io import atomic_write_text
 from kseg.metrics import class_scores, row_dice, row_iou
 from kseg.plotting import NO_CLASS_COLOUR, colorize, pyplot, save_figure, to_uint8
-from kseg.postprocess import THRESHOLDS, OOFSet, PostProcess, apply, class_table, load, load_oof
+from kseg.postprocess import OOFSet, PostProcess, apply, class_table, instance_grids, load, load_oof
 from kseg.progress import Progress
 from kseg.workdir import WorkDir
 
@@ -49,9 +49,9 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
     inter, pred = np.zeros((n, k)), np.zeros((n, k))
     for j, name in enumerate(classes):
         area, hits = class_table(oof, j)
-        level, min_area = 0, 0.0
-        if post is not None and name in post.params:
-            level = int(np.argmin(np.abs(THRESHOLDS - post.params[name].threshold)))
+        level, min_area = oof.identity[0], 0.0
+        if post is not None and name in post.params and post.params[name].threshold > 0:
+            level = int(np.argmin(np.abs(oof.thresholds - post.params[name].threshold)))
             min_area = post.params[name].min_area
         emptied = area[:, level] < min_area * oof.n_pixels
         pred[:, j] = np.where(emptied, 0, area[:, level])
@@ -71,9 +71,13 @@ def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) 
     before, after = row_dice(*raw), row_dice(inter, pred, truth)
     iou = row_iou(inter, pred, truth)
 
+    fbeta = _fbeta_scores(cfg, post, oof.ids) if metric == "instance_fbeta" else None
+
     def score(counts: tuple[np.ndarray, ...], rows: np.ndarray) -> float:
+        if fbeta is not None:  # counts is raw (before) or not
+            return float(fbeta[0 if counts is raw else 1][rows].mean()) if rows.any() else 1.0
         i, p, t = (c[rows] for c in counts)
-        return float(class_scores(i, p, t, metric).mean())
+        return float(class_scores(i, p, t, metric)[cfg.scored_classes].mean())
 
     folds = pd.DataFrame(
         [
@@ -116,6 +120,18 @@ def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) 
         post,
         metric,
     )
+
+
+def _fbeta_scores(cfg: Config, post: PostProcess | None, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each OOF image's instance F-beta over the scored classes, without and with ``post``, in ``ids``' order.
+
+    Shape:
+        Two ``(N, S)`` arrays.
+    """
+    found = instance_grids(cfg)
+    position = {image_id: j for j, image_id in enumerate(found.ids)}
+    order = [position[i] for i in ids]
+    return found.image_scores(None)[order], found.image_scores(post)[order]
 
 
 def _plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Path:
@@ -167,8 +183,8 @@ def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path
         image = load_image(samples.loc[image_id, "image"], cfg.model.in_channels)[..., :3]
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         image = to_uint8(image)
-        pred = apply(np.asarray(probs), post)
-        truth = np.where(truth < spec.n_classes, truth, 255).astype(np.uint8)
+        pred = apply(np.asarray(probs), post, cfg.multilabel)
+        truth = np.where(truth < spec.n_values, truth, 255).astype(np.uint8)
         for c, (picture, title) in enumerate(
             [
                 (image, f"{image_id} (fold {fold})"),
@@ -179,7 +195,10 @@ def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path
             axes[r, c].imshow(picture)
             axes[r, c].set_title(title, fontsize=8)
             axes[r, c].axis("off")
-    handles = [Patch(color=_rgb(palette[k]), label=name) for k, name in enumerate(cfg.data.classes)]
+    handles = [
+        Patch(color=_rgb(class_colour(palette, k, cfg.multilabel)), label=name)
+        for k, name in enumerate(cfg.data.classes)
+    ]
     handles.append(Patch(color=_rgb(NO_CLASS_COLOUR), label="ignored / no class"))
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle("worst out-of-fold images (mean row Dice)", fontsize=10)

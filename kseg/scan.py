@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kseg.bits import class_planes
 from kseg.config import Config
 from kseg.data import (
     ID,
@@ -54,11 +55,14 @@ def scan_one(item: tuple) -> dict:
     except DataError as exc:
         return {ID: image_id, "error": str(exc)}
     counts = np.bincount(labels.ravel(), minlength=256)
+    per_class = counts[: spec.n_classes]
+    if spec.multilabel:  # pixels of each class, counted once per class they belong to
+        per_class = class_planes(labels, spec.n_classes, True, spec.ignore_index).reshape(spec.n_classes, -1).sum(1)
     return {
         ID: image_id,
         "height": height,
         "width": width,
-        "counts": counts[: spec.n_classes],
+        "counts": per_class,
         "ignore": int(counts[spec.ignore_index]),
         "unknown": {str(k): v for k, v in unknown.items()},
     }

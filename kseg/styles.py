@@ -6,11 +6,16 @@ Public and Private halves, as Kaggle's do).
 - ``severstal``: JPEG images in ``train_images/`` and ``test_images/``, training masks as a long table of
   runs (``train.csv``: ``ImageId,ClassId,EncodedPixels``, defects only), a submission in the long layout
   with non-empty rows only (``ImageId,EncodedPixels,ClassId``) for the four defect classes.
+- ``clouds``: Understanding Clouds' download: ``train.csv`` with ``Image_Label,EncodedPixels`` (ids
+  ``<name>.jpg_<Class>``, all four rows per image), ``train_images/<name>.jpg``, ``test_images/``,
+  ``sample_submission.csv`` in the same two columns; four classes that **overlap** (``data.multilabel``),
+  submission masks at a quarter of each side.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +25,18 @@ from PIL import Image
 from kseg.config import load_config
 from kseg.data import ID, MaskSpec, list_samples, read_mask
 from kseg.errors import KsegError
+from kseg.instances import components
 from kseg.io import atomic_write_text
 from kseg.labels import RleSource, rle_table
 from kseg.progress import Progress
+from kseg.rle import encode
+from kseg.scenes import cloud_scene, ship_scene
 from kseg.submission.format import grid_key, load_format
 from kseg.submission.write import write_submission
 from kseg.synth import TRAINING_TEMPLATE, SynthResult, check_request, make_competition, round32, synth_scene
 
-STYLES = ("drone", "severstal")
+STYLES = ("drone", "severstal", "clouds", "instances")
+CLOUD_CLASSES = ["Fish", "Flower", "Gravel", "Sugar"]
 SEVERSTAL_CLASSES = ["background", "defect_1", "defect_2", "defect_3", "defect_4"]
 
 SEVERSTAL_CONFIG = """\
@@ -62,6 +71,64 @@ data:
 """
 
 
+CLOUDS_CONFIG = """\
+# kseg config for a synthetic competition in the shape of Understanding Clouds from Satellite Images
+# (`kseg synth --style clouds`, seed {seed}). Relative paths are resolved against this file's folder.
+workdir: work
+data:
+  root: .
+  layout: glob
+  image_pattern: "train_images/{{name}}.jpg"
+  test_image_pattern: "test_images/{{name}}.jpg"
+  mask_format: rle                  # masks decoded from train.csv, no mask files
+  multilabel: true                  # the four patterns overlap: one sigmoid per class
+  rle:
+    csv: train.csv
+    form: wide                      # Image_Label,EncodedPixels: 0011165.jpg_Fish
+    id_column: Image_Label
+    encoded_column: EncodedPixels
+    separator: "_"
+    class_key: name
+  classes: [{classes}]
+  image_size: [{size_h}, {size_w}]
+{training}submission:
+  sample: sample_submission.csv
+  solution: solution.csv            # the hidden truth: kseg score's default
+  path: submissions/submission.csv
+  id_format: "{{file}}_{{name}}"     # 0011165.jpg_Fish
+  size: [{sub_h}, {sub_w}]            # a quarter of each side: label maps resized (nearest)
+  metric: row_dice
+"""
+
+
+INSTANCES_CONFIG = """\
+# kseg config for a synthetic competition in the shape of Airbus ship detection (`kseg synth --style
+# instances`, seed {seed}). Relative paths are resolved against this file's folder.
+workdir: work
+data:
+  root: .
+  layout: glob
+  image_pattern: "train_v2/{{name}}.jpg"
+  test_image_pattern: "test_v2/{{name}}.jpg"
+  mask_format: rle
+  rle:
+    csv: train_ship_segmentations_v2.csv
+    form: long                      # ImageId,EncodedPixels: one row per ship, an empty row for none
+    id_column: ImageId              # no class column: every row is the one class besides the background
+  classes: [sea, ship]
+  image_size: [{size_h}, {size_w}]
+{training}submission:
+  sample: sample_submission_v2.csv
+  solution: solution.csv            # the hidden truth: kseg score's default
+  path: submissions/submission.csv
+  id_format: "{{file}}"              # the image's file name, one class: no class in the id
+  classes: [ship]
+  rows: instances                   # one row per ship, an empty row for an image without
+  metric: instance_fbeta            # F2 over IoU thresholds 0.5-0.95, as Airbus scores
+  beta: 2
+"""
+
+
 def make_styled(
     out_dir: Path,
     style: str,
@@ -80,8 +147,12 @@ def make_styled(
         result = make_competition(out_dir, n_train, n_test, height, width, n_classes, seed, on_progress)
         spec = MaskSpec.from_config(load_config(result.config).data)
         truth = {p.stem: read_mask(p, spec) for p in sorted((result.root / "test_masks").glob("*.png"))}
-    else:
+    elif style == "severstal":
         result, truth = _severstal(Path(out_dir), n_train, n_test, height, width, seed, on_progress)
+    elif style == "clouds":
+        result, truth = _clouds(Path(out_dir), n_train, n_test, height, width, seed, on_progress)
+    else:
+        result, truth = _instances(Path(out_dir), n_train, n_test, height, width, seed, on_progress)
     write_solution(result.config, truth)
     return result
 
@@ -91,18 +162,7 @@ def _severstal(
 ) -> tuple[SynthResult, dict[str, np.ndarray]]:
     """Images and label maps drawn as the drone style's (five classes), laid out as Severstal's download."""
     check_request(out_dir, n_train, n_test, height, width, 5)
-    labels: dict[str, dict[str, np.ndarray]] = {"train": {}, "test": {}}
-    total = n_train + n_test
-    for split_code, (part, count) in enumerate((("train", n_train), ("test", n_test))):
-        folder = out_dir / f"{part}_images"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image, label = synth_scene(np.random.default_rng([seed, split_code, i]), height, width, 5)
-            name = f"{part[:2]}{seed:02d}{i:05d}"
-            Image.fromarray(image).save(folder / f"{name}.jpg", quality=95)
-            labels[part][name] = label
-            if on_progress:
-                on_progress(len(labels["train"]) + len(labels["test"]), total)
+    labels = _write_images(out_dir, n_train, n_test, seed, on_progress, lambda rng: synth_scene(rng, height, width, 5))
     config = out_dir / "kseg.yaml"
     atomic_write_text(
         config,
@@ -122,6 +182,88 @@ def _severstal(
     atomic_write_text(out_dir / "sample_submission.csv", sample.to_csv(index=False))
     result = SynthResult(out_dir, config, n_train, n_test, list(SEVERSTAL_CLASSES))
     return result, labels["test"]
+
+
+def _clouds(
+    out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, on_progress: Progress | None
+) -> tuple[SynthResult, dict[str, np.ndarray]]:
+    """Images and overlapping labels laid out as the Understanding Clouds download."""
+    check_request(out_dir, n_train, n_test, height, width, len(CLOUD_CLASSES))
+    if height < 32 or width < 32:
+        raise KsegError(f"image size {height}x{width} is too small for the clouds style; use at least 32x32")
+    labels = _write_images(out_dir, n_train, n_test, seed, on_progress, lambda rng: cloud_scene(rng, height, width))
+    config = out_dir / "kseg.yaml"
+    atomic_write_text(
+        config,
+        CLOUDS_CONFIG.format(
+            seed=seed,
+            classes=", ".join(CLOUD_CLASSES),
+            size_h=round32(height),
+            size_w=round32(width),
+            sub_h=height // 4,
+            sub_w=width // 4,
+            training=TRAINING_TEMPLATE.format(seed=seed),
+        ),
+    )
+    cfg = load_config(config)
+    table = rle_table({f"{k}.jpg": v for k, v in labels["train"].items()}, RleSource.from_config(cfg.data))
+    atomic_write_text(out_dir / "train.csv", table.to_csv(index=False))
+    test_ids = [f"{name}.jpg_{c}" for name in labels["test"] for c in CLOUD_CLASSES]
+    sample = pd.DataFrame({"Image_Label": test_ids, "EncodedPixels": "1 1"})
+    atomic_write_text(out_dir / "sample_submission.csv", sample.to_csv(index=False))
+    return SynthResult(out_dir, config, n_train, n_test, list(CLOUD_CLASSES)), labels["test"]
+
+
+def _instances(
+    out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, on_progress: Progress | None
+) -> tuple[SynthResult, dict[str, np.ndarray]]:
+    """Ships on the sea laid out as the Airbus download: one runs row per ship."""
+    check_request(out_dir, n_train, n_test, height, width, 2)
+    if height < 32 or width < 32:
+        raise KsegError(f"image size {height}x{width} is too small for the instances style; use at least 32x32")
+    labels = _write_images(
+        out_dir, n_train, n_test, seed, on_progress, lambda rng: ship_scene(rng, height, width), suffix="_v2"
+    )
+    config = out_dir / "kseg.yaml"
+    text = INSTANCES_CONFIG.format(
+        seed=seed, size_h=round32(height), size_w=round32(width), training=TRAINING_TEMPLATE.format(seed=seed)
+    )
+    atomic_write_text(config, text)
+    rows = []
+    for name, label in labels["train"].items():
+        ids, count = components(label == 1)
+        ships = [encode(ids == j) for j in range(1, count + 1)] or [""]
+        rows += [{"ImageId": f"{name}.jpg", "EncodedPixels": runs} for runs in ships]
+    atomic_write_text(out_dir / "train_ship_segmentations_v2.csv", pd.DataFrame(rows).to_csv(index=False))
+    sample = pd.DataFrame({"ImageId": [f"{name}.jpg" for name in labels["test"]], "EncodedPixels": "1 2"})
+    atomic_write_text(out_dir / "sample_submission_v2.csv", sample.to_csv(index=False))
+    return SynthResult(out_dir, config, n_train, n_test, ["sea", "ship"]), labels["test"]
+
+
+def _write_images(
+    out_dir: Path,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    on_progress: Progress | None,
+    scene: Callable,
+    suffix: str = "_images",
+) -> dict[str, dict[str, np.ndarray]]:
+    """``train<suffix>/`` and ``test<suffix>/`` JPEGs of ``scene(rng) -> (image, label)``; the labels by
+    part and name."""
+    labels: dict[str, dict[str, np.ndarray]] = {"train": {}, "test": {}}
+    total = n_train + n_test
+    for split_code, (part, count) in enumerate((("train", n_train), ("test", n_test))):
+        folder = out_dir / f"{part}{suffix}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image, label = scene(np.random.default_rng([seed, split_code, i]))
+            name = f"{part[:2]}{seed:02d}{i:05d}"
+            Image.fromarray(image).save(folder / f"{name}.jpg", quality=95)
+            labels[part][name] = label
+            if on_progress:
+                on_progress(len(labels["train"]) + len(labels["test"]), total)
+    return labels
 
 
 def write_solution(config: Path, truth: dict[str, np.ndarray]) -> Path:

@@ -52,7 +52,7 @@ def class_colors(n_classes: int) -> list[tuple[int, int, int]]:
     return colours
 
 
-def _rotated_rect(cx: float, cy: float, w: float, h: float, angle: float) -> list[tuple[float, float]]:
+def rotated_rect(cx: float, cy: float, w: float, h: float, angle: float) -> list[tuple[float, float]]:
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in ((-w, -h), (w, -h), (w, h), (-w, h))]
 
@@ -111,7 +111,7 @@ def _fields(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for _ in range(rng.integers(1, 5)):
-        corners = _rotated_rect(
+        corners = rotated_rect(
             rng.uniform(0, width),
             rng.uniform(0, height),
             rng.uniform(0.1, 0.3) * width,
@@ -179,7 +179,7 @@ def _stamp(
         cx, cy = float(xs[i]), float(ys[i])
         a, b = rng.uniform(lo, hi) * size, rng.uniform(lo, hi) * size
         if shape == "rect":
-            layer_draw.polygon(_rotated_rect(cx, cy, a, b, rng.uniform(0, math.pi)), fill=1)
+            layer_draw.polygon(rotated_rect(cx, cy, a, b, rng.uniform(0, math.pi)), fill=1)
         else:
             layer_draw.ellipse((cx - a, cy - b, cx + a, cy + b), fill=1)
     label[(np.asarray(layer) > 0) & where] = k

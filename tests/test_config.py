@@ -142,7 +142,7 @@ def test_override_into_a_value_is_refused(comp):
         ("data.ignore_index=3", "ignore_index 3 is a class index"),
         ("data.palette=['#000000']", "palette has 1 entries but classes has 6"),
         ("data.mask_format=color", "needs a palette"),  # palette removed below
-        ("submission.id_format='{id}'", "must contain both"),
+        ("submission.id_format='{id}'", "has no class field, which only works when one class gets rows"),
         ("submission.id_format='{id}_{klass}'", "has the field {klass}; the fields are {id}"),
         ("submission.id_format={id}", "quote the value"),
     ],

@@ -126,7 +126,8 @@ def test_validation_follows_the_layout(comp):
         (["submission.layout=long", "submission.id_format='{id}_{k}'"], "names the image column of the long layout"),
         (["submission.class_format='{id}'"], "submission.class_format '{id}' must name the class"),
         (["submission.classes=[boat]"], "submission.classes names 'boat', which is not in data.classes"),
-        (["submission.id_format='{file}'"], "must contain both an image field"),
+        (["submission.id_format='{file}'"], "has no class field, which only works when one class gets rows"),
+        (["submission.id_format='row_{k}'"], "must contain both an image field"),
     ],
 )
 def test_layout_config_errors_name_the_key_and_the_fix(comp, runner, overrides, fragment):
@@ -151,12 +152,15 @@ def test_a_long_sample_that_names_no_test_image_is_refused(comp):
 
 
 def test_the_readme_layout_excerpts_are_valid_config():
-    from kseg.schema import SubmissionConfig
+    from kseg.schema import DataConfig, SubmissionConfig
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("### Other competition formats", 1)[1].split("\n## ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
-    assert len(blocks) == 3  # (the bash block of the styles is not yaml)
+    assert len(blocks) == 4  # drone, clouds, severstal, airbus (the bash block of the styles is not yaml)
     for block in blocks:
-        sub = SubmissionConfig.model_validate(yaml.safe_load(block)["submission"])
+        tree = yaml.safe_load(block)
+        sub = SubmissionConfig.model_validate(tree["submission"])
         assert sub.row_id.startswith(("{id}", "{file}"))
+        if "data" in tree:  # the data excerpt holds with the classes it names
+            DataConfig.model_validate({"classes": ["a", "b"], **tree["data"]})

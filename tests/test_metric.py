@@ -23,18 +23,21 @@ from kseg.train import train_fold
 METRICS = ["row_dice", "row_iou", "dataset_iou"]
 
 
-def _by_hand(truths: list[np.ndarray], preds: list[np.ndarray], k: int, metric: str) -> float:
-    """The metric from label maps with plain numpy loops (all pixels scored)."""
+def _by_hand(
+    truths: list[np.ndarray], preds: list[np.ndarray], k: int, metric: str, classes: list[int] | None = None
+) -> float:
+    """The metric from label maps with plain numpy loops (all pixels scored), over ``classes`` (all)."""
+    scored = range(k) if classes is None else classes
     if metric == "dataset_iou":
         ious = []
-        for c in range(k):
+        for c in scored:
             inter = sum(int(((t == c) & (p == c)).sum()) for t, p in zip(truths, preds, strict=True))
             union = sum(int(((t == c) | (p == c)).sum()) for t, p in zip(truths, preds, strict=True))
             ious.append(inter / union if union else 1.0)
         return float(np.mean(ious))
     rows = []
     for t, p in zip(truths, preds, strict=True):
-        for c in range(k):
+        for c in scored:
             a, b = t == c, p == c
             if not a.any() and not b.any():
                 rows.append(1.0)
@@ -100,6 +103,29 @@ def test_training_tuning_and_report_follow_the_metric(comp):
     assert tuned.post.oof_score_after >= tuned.post.oof_score_before
     report = cv_report(cfg)
     assert report.overall_before == pytest.approx(expected, abs=1e-9) and report.metric == "dataset_iou"
+
+
+def test_cv_scores_only_the_submitted_classes(comp):
+    """With submission.classes (Severstal: the defects, not the background), the best epoch, tune and the
+    report average those classes only, as the leaderboard does."""
+    from kseg.synth import class_names
+
+    names = class_names(6)
+    cfg = fast_config(comp, "train.epochs=2", f"submission.classes=[{names[2]},{names[4]}]")
+    assert cfg.scored_classes == [2, 4]
+    make_folds(cfg)
+    result = train_fold(cfg, 0)
+    probs = np.load(comp / "work" / "fold0" / "oof.npy")
+    masks = np.load(comp / "work" / "fold0" / "oof_masks.npy")
+    expected = _by_hand(list(masks), list(probs.argmax(1)), 6, "row_dice", [2, 4])
+    assert expected != pytest.approx(_by_hand(list(masks), list(probs.argmax(1)), 6, "row_dice"), abs=1e-3)
+    assert result.best_score == pytest.approx(expected, abs=0.02)
+    tuned = tune(cfg)
+    assert tuned.post.oof_score_before == pytest.approx(expected, abs=1e-9)
+    assert {name: p.threshold for name, p in tuned.post.params.items() if name not in (names[2], names[4])} == {
+        name: 0.0 for name in names if name not in (names[2], names[4])
+    }
+    assert cv_report(cfg).overall_before == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize("metric", METRICS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -23,7 +24,7 @@ def _cli(runner, *args: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("style", ["drone", "severstal"])
+@pytest.mark.parametrize("style", ["drone", "severstal", "clouds", "instances"])
 def test_each_style_runs_end_to_end(runner, tmp_path, style):
     comp = tmp_path / style
     _cli(
@@ -45,9 +46,20 @@ def test_each_style_runs_end_to_end(runner, tmp_path, style):
         by_masks = json.loads(_cli(runner, "score", "--json", *config))
         assert scored["score"] == pytest.approx(by_masks["score"], abs=1e-12)
         assert len(submission) == 4 * 6
-    else:  # defects only, in the long layout; kseg score reads submission.solution by itself
+    elif style == "severstal":  # defects only, in the long layout; kseg score reads submission.solution itself
         assert (submission["EncodedPixels"] != "").all() and set(submission["ClassId"]) <= {"1", "2", "3", "4"}
         assert json.loads(_cli(runner, "score", "--json", *config))["score"] == scored["score"]
+    elif style == "instances":  # a row per ship (ids repeat), an empty row for an image without; scored by F2
+        assert set(submission["ImageId"]) == set(solution["ImageId"]) and scored["per_class"]["ship"]["fbeta"] >= 0
+        assert list(scored["per_class"]) == ["ship"]
+        tuned = json.loads((comp / "work" / "postprocess.json").read_text())
+        assert tuned["params"]["sea"] == {"threshold": 0.0, "min_area": 0.0}  # no rows: not tuned
+    else:  # every (file, class) row, masks at a quarter of each side (8x16), classes free to overlap
+        assert list(submission["Image_Label"]) == list(solution["Image_Label"]) and len(submission) == 4 * 4
+        runs = [np.array(r.split(), dtype=int) for r in submission["EncodedPixels"] if r]
+        assert all((r[0::2] + r[1::2] - 1).max() <= 8 * 16 for r in runs)
+        post = json.loads((comp / "work" / "postprocess.json").read_text())
+        assert post["multilabel"] and set(post["params"]) == {"Fish", "Flower", "Gravel", "Sugar"}
 
 
 def test_the_severstal_style_is_laid_out_as_the_download(runner, tmp_path):
@@ -71,9 +83,66 @@ def test_the_severstal_style_is_laid_out_as_the_download(runner, tmp_path):
     assert cfg["submission"]["layout"] == "long" and cfg["data"]["mask_format"] == "rle"
 
 
+def test_the_clouds_style_is_laid_out_as_the_download_with_overlapping_classes(runner, tmp_path):
+    from kseg.config import load_config
+    from kseg.data import MaskSpec, list_samples, read_mask
+
+    comp = tmp_path / "cl"
+    _cli(runner, "synth", str(comp), "--style", "clouds", "--train", "12", "--test", "3")
+    assert sorted(p.name for p in comp.iterdir()) == [
+        "kseg.yaml",
+        "sample_submission.csv",
+        "solution.csv",
+        "test_images",
+        "train.csv",
+        "train_images",
+    ]
+    train = pd.read_csv(comp / "train.csv", dtype=str, keep_default_na=False)
+    assert list(train.columns) == ["Image_Label", "EncodedPixels"] and len(train) == 12 * 4
+    assert train["Image_Label"].str.match(r"^tr\d+\.jpg_(Fish|Flower|Gravel|Sugar)$").all()
+    sample = pd.read_csv(comp / "sample_submission.csv", dtype=str)
+    assert list(sample.columns) == ["Image_Label", "EncodedPixels"] and len(sample) == 3 * 4
+    cfg = load_config(comp / "kseg.yaml")
+    assert cfg.multilabel and cfg.submission.size == (16, 24) and cfg.submission.row_id == "{file}_{name}"
+    spec = MaskSpec.from_config(cfg.data)
+    maps = [read_mask(p, spec) for p in list_samples(cfg.data, "train")["mask"]]
+    overlap = sum(int((np.bitwise_count(m) >= 2).sum()) for m in maps)
+    assert overlap > 0  # pixels that hold two or more classes
+
+
+def test_the_instances_style_is_laid_out_as_the_airbus_download(runner, tmp_path):
+    from kseg.instances import components
+
+    comp = tmp_path / "ships"
+    _cli(runner, "synth", str(comp), "--style", "instances", "--train", "12", "--test", "3")
+    assert sorted(p.name for p in comp.iterdir()) == [
+        "kseg.yaml",
+        "sample_submission_v2.csv",
+        "solution.csv",
+        "test_v2",
+        "train_ship_segmentations_v2.csv",
+        "train_v2",
+    ]
+    train = pd.read_csv(comp / "train_ship_segmentations_v2.csv", dtype=str, keep_default_na=False)
+    assert list(train.columns) == ["ImageId", "EncodedPixels"] and set(train["ImageId"]) == {
+        p.name for p in (comp / "train_v2").iterdir()
+    }
+    from kseg.config import load_config
+    from kseg.data import MaskSpec, list_samples, read_mask
+
+    cfg = load_config(comp / "kseg.yaml")
+    samples = list_samples(cfg.data, "train")
+    spec = MaskSpec.from_config(cfg.data)
+    for name, mask in zip(samples["image"], samples["mask"], strict=True):  # one row per ship, ships apart
+        rows = train[train["ImageId"] == Path(name).name]["EncodedPixels"]
+        ships = components(read_mask(mask, spec) == 1)[1]
+        assert (len(rows), (rows != "").sum()) == ((ships, ships) if ships else (1, 0))
+
+
 def test_an_unknown_style_is_one_line(runner, tmp_path):
-    result = runner.invoke(app, ["synth", str(tmp_path / "x"), "--style", "clouds"])
-    assert result.exit_code == 1 and "--style 'clouds' is not one of drone, severstal" in result.output
+    result = runner.invoke(app, ["synth", str(tmp_path / "x"), "--style", "airbus"])
+    message = "--style 'airbus' is not one of drone, severstal, clouds, instances"
+    assert result.exit_code == 1 and message in result.output
     assert "Traceback" not in result.output and not (tmp_path / "x").exists()
 
 
@@ -81,6 +150,6 @@ def test_every_example_config_loads():
     from kseg.config import load_config
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-    assert {"drone-12class.yaml", "severstal.yaml"} <= {c.name for c in configs}
+    assert {"drone-12class.yaml", "severstal.yaml", "clouds.yaml", "airbus-ships.yaml"} <= {c.name for c in configs}
     for path in configs:
         load_config(path)

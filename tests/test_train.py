@@ -261,7 +261,7 @@ def test_resume_with_another_model_is_refused(trained, split_comp):
 
 
 def test_unknown_loss_name(split_comp):
-    with pytest.raises(ConfigError, match="train.loss names 'dise', which is no loss; choose from ce, dice"):
+    with pytest.raises(ConfigError, match="train.loss names 'dise', which is no loss; choose from ce, bce, dice"):
         train_fold(_cfg(split_comp, "train.loss={dise: 1.0}"), 0)
 
 

@@ -32,8 +32,10 @@ def synth(
         str | None,
         typer.Option(
             "--style",
-            help="A competition's shape, with the host's solution.csv: drone (label images, ids <image>_<k>) or "
-            "severstal (JPEGs, runs table, long non-empty submission). Default: drone without solution.csv.",
+            help="A competition's shape, with the host's solution.csv: drone (label images, ids <image>_<k>), "
+            "severstal (JPEGs, runs table, long non-empty submission), clouds (overlapping classes, "
+            "<file>_<name> ids, quarter-size masks) or instances (Airbus ships: a row per ship, F2 over IoU "
+            "thresholds). Default: drone without solution.csv.",
         ),
     ] = None,
     debug: DebugOpt = False,

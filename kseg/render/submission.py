@@ -80,12 +80,13 @@ def score_result(result: Any, what: Path, as_json: bool = False) -> None:
     )
     if result.by_usage:
         say("  " + ", ".join(f"{escape(part)} [bold]{value:.4f}[/]" for part, value in result.by_usage.items()))
+    fbeta = any("fbeta" in row for row in result.per_class.values())
     table = Table()
     table.add_column("class")
-    for column in ("Dice", "IoU", "empty rows", "rows"):
+    for column in ("F-beta",) * fbeta + ("Dice", "IoU", "empty rows", "rows"):
         table.add_column(column, justify="right")
     for name, row in result.per_class.items():
-        table.add_row(
-            name, f"{row['dice']:.4f}", f"{row['iou']:.4f}", f"{100 * row['empty_share']:.1f}%", str(row["rows"])
-        )
+        cells = [f"{row['fbeta']:.4f}"] if fbeta else []
+        cells += [f"{row['dice']:.4f}", f"{row['iou']:.4f}", f"{100 * row['empty_share']:.1f}%", str(row["rows"])]
+        table.add_row(name, *cells)
     console.print(table)

@@ -159,6 +159,8 @@ def tune_result(result: Any) -> None:
     for column in ("class", "threshold", "min area", f"OOF {metric_name(result)} before", "after"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, params in post.params.items():
+        if name not in result.class_before:  # a class without submission rows: not scored, not tuned
+            continue
         threshold = f"{params.threshold:.2f}" if params.threshold else "argmax"
         area = f"{100 * params.min_area:.3g}% of image" if params.min_area else "-"
         gain = result.class_after[name] - result.class_before[name]

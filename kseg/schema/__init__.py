@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from kseg.schema.data import DataConfig, RleLabelsConfig
+from kseg.schema.data import MAX_MULTILABEL, DataConfig, RleLabelsConfig
 from kseg.schema.fields import (
     TTA_VIEWS,
     WEIGHT_SUFFIXES,
@@ -81,6 +81,36 @@ class Config(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _multilabel_options(self) -> Config:
+        if not self.data.multilabel:
+            return self
+        refused = {
+            "train.augment.copy_paste": (self.train.augment.copy_paste > 0, "0 (it pastes one class per pixel)"),
+            "train.label_smoothing": (self.train.label_smoothing > 0, "0 (multiclass cross-entropy only)"),
+            "infer.merge": (self.infer.merge == "gmean", "mean (gmean renormalises a softmax)"),
+        }
+        for key, (bad, fix) in refused.items():
+            if bad:
+                raise ValueError(f"{key} does not work with data.multilabel: true; set it to {fix}")
+        return self
+
+    @property
+    def multilabel(self) -> bool:
+        return self.data.multilabel
+
+    @property
+    def overlap_check(self) -> bool:
+        """Whether submissions are checked for pixels with two classes: never when classes may overlap."""
+        return self.submission.check_overlap and not self.data.multilabel
+
+    @property
+    def scored_classes(self) -> list[int]:
+        """Indices of the classes the metric averages, in CV as on the leaderboard: those of
+        ``submission.classes`` (the ones with submission rows), else all."""
+        names = self.submission.classes or self.data.classes
+        return [self.data.classes.index(name) for name in names]
+
     @property
     def n_classes(self) -> int:
         return len(self.data.classes)
@@ -100,6 +130,7 @@ __all__ = [
     "DataConfig",
     "ID_FIELDS",
     "InferConfig",
+    "MAX_MULTILABEL",
     "ModelConfig",
     "PaletteEntry",
     "PseudoConfig",

@@ -13,6 +13,8 @@ from pydantic import (
 
 from kseg.schema.fields import Color, PaletteEntry, Section, Size, Token
 
+MAX_MULTILABEL = 7  # bitmask classes in a uint8 mask, 255 left for the ignore index
+
 
 class RleLabelsConfig(Section):
     """Training masks as a table of runs (``data.mask_format: rle``): no mask files.
@@ -26,7 +28,7 @@ class RleLabelsConfig(Section):
     form: Literal["wide", "long"] = "wide"
     id_column: str = "ImageId"
     encoded_column: str = "EncodedPixels"
-    class_column: str | None = None  # long form: the row's class
+    class_column: str | None = None  # long form: the row's class (none: every row is the one non-background class)
     separator: str = "_"  # wide form: image + separator + class
     class_key: Literal["name", "index"] = "name"  # a class is written as its name or as a number
     index_base: int = 0  # class_key index: the number written for data.classes[0]
@@ -45,6 +47,9 @@ class DataConfig(Section):
     image_size: Size = (384, 512)
     ignore_index: int = Field(255, ge=0, le=255)
     unknown_labels: Literal["error", "ignore"] = "error"
+    # classes that may overlap (clouds): one sigmoid channel per class; a mask pixel holds a bitmask (bit k
+    # set = class k present, 0 = none), at most 7 classes; no background class
+    multilabel: bool = False
     # layout: csv -- ids listed in CSV files, paths from templates with {id} (and any other CSV column)
     train_csv: str = "train.csv"
     test_csv: str | None = "test.csv"
@@ -121,12 +126,39 @@ class DataConfig(Section):
             raise ValueError("layout 'glob' needs mask_pattern, e.g. '{tile}/masks/{name}.png' (or mask_format: rle)")
         if self.mask_format == "rle":
             self._check_rle()
+        if self.multilabel:
+            self._check_multilabel()
         return self
+
+    def _check_multilabel(self) -> None:
+        n = len(self.classes)
+        if n > MAX_MULTILABEL:
+            raise ValueError(
+                f"multilabel masks are bitmasks of at most {MAX_MULTILABEL} classes in 8 bits but classes has {n}; "
+                "merge classes or train several runs on subsets"
+            )
+        if self.ignore_index < 2**n:
+            raise ValueError(
+                f"ignore_index {self.ignore_index} is a class bitmask with {n} multilabel classes (0-{2**n - 1}); "
+                "use 255"
+            )
+        if self.mask_format == "color":
+            raise ValueError(
+                "multilabel classes cannot come from colour masks (a pixel has one colour); use mask_format: rle, "
+                "or index masks whose values are bitmasks (bit k = class k)"
+            )
+        if self.mask_format == "rle" and self.rle.background is not None:
+            raise ValueError(
+                "rle.background has no meaning with multilabel: true (a pixel no run covers has no class); remove it"
+            )
 
     def _check_rle(self) -> None:
         rle = self.rle
-        if rle.form == "long" and not rle.class_column:
-            raise ValueError("rle.form 'long' needs rle.class_column, the column that holds each row's class")
+        if rle.form == "long" and not rle.class_column and len(self.classes) != 2:
+            raise ValueError(
+                "rle.form 'long' needs rle.class_column, the column that holds each row's class (without one, "
+                f"every row is of the one class besides the background, which needs 2 classes, not {len(self.classes)})"
+            )
         if rle.background is not None and rle.background not in self.classes:
             raise ValueError(f"rle.background {rle.background!r} is not one of classes {self.classes}")
         if rle.class_key == "index" and rle.index_base < 0:

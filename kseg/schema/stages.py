@@ -100,11 +100,15 @@ class SubmissionConfig(Section):
     pixel_order: Literal["column", "row"] = "column"
     empty_token: Token = ""
     layout: Literal["wide", "long"] = "wide"  # wide: id and mask; long: image, mask and class columns
-    rows: Literal["all", "nonempty"] = "all"  # nonempty: rows of empty masks left out (a missing row is empty)
+    # nonempty: rows of empty masks left out (a missing row is empty); instances: one row per connected
+    # instance of each (image, class), one empty row for a pair without any
+    rows: Literal["all", "nonempty", "instances"] = "all"
     classes: list[str] | None = None  # the classes that get rows (default: all; in the wide layout the sample's)
     id_format: str | None = None  # wide: the row id ('{id}_{k}'); long: the image column ('{id}')
     class_format: str = "{k}"  # long: the class column ('{k}' index or '{name}')
-    metric: Literal["row_dice", "row_iou", "dataset_iou"] = "row_dice"  # what best epochs, tune, blend, score use
+    # what best epochs, tune, blend, report and score use; instance_fbeta: F-beta over IoU thresholds 0.5-0.95
+    metric: Literal["row_dice", "row_iou", "dataset_iou", "instance_fbeta"] = "row_dice"
+    beta: float = Field(2.0, gt=0)  # instance_fbeta: recall weighs beta times precision (Airbus: F2)
     check_overlap: bool = True
     require_manifest: bool = True  # submit only predictions kseg infer wrote whole (false: label maps made elsewhere)
     resize_predictions: bool = False  # resize label maps of another size (nearest) instead of refusing them
@@ -114,7 +118,13 @@ class SubmissionConfig(Section):
         if self.id_format is None:
             self.id_format = "{id}_{k}" if self.layout == "wide" else "{id}"
         image, klass = _format_fields(self.id_format, "submission.id_format")
-        if self.layout == "wide" and (not image or not klass):
+        single = self.classes is not None and len(self.classes) == 1
+        if self.layout == "wide" and image and not klass and not single:
+            raise ValueError(
+                f"submission.id_format {self.id_format!r} has no class field, which only works when one class gets "
+                "rows: add {k} or {name}, or set submission.classes to that one class"
+            )
+        if self.layout == "wide" and not image:
             raise ValueError(
                 f"submission.id_format {self.id_format!r} must contain both an image field ({{id}} or {{file}}) "
                 "and a class field ({k} or {name}), e.g. '{id}_{k}' or '{file}_{name}'"
@@ -123,6 +133,10 @@ class SubmissionConfig(Section):
             raise ValueError(
                 f"submission.id_format {self.id_format!r} names the image column of the long layout: an image "
                 "field ({id} or {file}) and no class field (the class has its own column: class_format)"
+            )
+        if self.metric == "instance_fbeta" and self.rows != "instances":
+            raise ValueError(
+                "submission.metric instance_fbeta scores instances, one per row: set submission.rows: instances"
             )
         image, klass = _format_fields(self.class_format, "submission.class_format")
         if image or not klass:

@@ -42,6 +42,8 @@ class SubmissionFormat:
         classes: Class names.
         layout: ``wide`` (id, mask) or ``long`` (image, mask, class).
         nonempty: Rows of empty masks are left out; a missing row is an empty mask.
+        instances: One file row per instance of a grid row (several rows may share a key), one empty row
+            for a grid row without any.
         cells: Long layout: the image and class cells of each row.
     """
 
@@ -59,6 +61,7 @@ class SubmissionFormat:
     layout: str = "wide"
     nonempty: bool = False
     cells: list[tuple[str, str]] | None = None
+    instances: bool = False
 
     def row_index(self) -> dict[str, int]:
         return {row_id: i for i, row_id in enumerate(self.ids)}
@@ -131,6 +134,9 @@ def _sample_rows(cfg: Config, sample: pd.DataFrame, grid: dict) -> list[str] | N
         )
     if sub.layout == "long" or sub.rows == "nonempty":
         return None
+    if sub.rows == "instances":  # the sample's order of keys, where it names every one (rows repeat keys)
+        keys = list(dict.fromkeys(sample[first].tolist()))
+        return keys if len(keys) == len(grid) else None
     dup = sample[first][sample[first].duplicated()]
     if len(dup):
         raise SubmissionError(f"{path} lists id {dup.iloc[0]!r} twice; fix the sample file")
@@ -172,6 +178,7 @@ def load_format(cfg: Config, test: pd.DataFrame | None = None) -> SubmissionForm
         source=source,
         layout=sub.layout,
         nonempty=sub.rows == "nonempty",
+        instances=sub.rows == "instances",
         cells=[(cell, klass) for _, _, cell, klass in rows] if sub.layout == "long" else None,
     )
 
@@ -193,6 +200,18 @@ def format_csv(
     for row_id, mask, tail in zip(ids, masks, tails, strict=True):
         parts.append(_csv_field(row_id).encode() + b"," + (mask or empty_b) + tail)
     return b"".join(parts)
+
+
+def format_instances(fmt: SubmissionFormat, masks: list[list[bytes]]) -> bytes:
+    """The file of ``fmt`` in the instances layout: one row per instance mask of each grid row, one empty
+    row for a grid row without any."""
+    rows = [i for i, found in enumerate(masks) for _ in (found or [b""])]
+    flat = [m for found in masks for m in (found or [b""])]
+    if fmt.cells is None:
+        return format_csv(fmt.header, [fmt.ids[i] for i in rows], flat, fmt.empty)
+    images = [fmt.cells[i][0] for i in rows]
+    classes = [fmt.cells[i][1] for i in rows]
+    return format_csv(fmt.header, images, flat, fmt.empty, classes)
 
 
 def format_rows(fmt: SubmissionFormat, masks: list[bytes]) -> bytes:

@@ -10,11 +10,14 @@ import numpy as np
 import pandas as pd
 
 from kseg import rle
+from kseg.bits import class_planes
 from kseg.config import Config
 from kseg.data import ID, MaskSpec, list_samples, read_mask
 from kseg.errors import DataError, SubmissionError
+from kseg.instances import mask_fbeta
 from kseg.metrics import class_scores, label_counts, row_dice, row_iou
 from kseg.submission.format import SubmissionFormat, load_format
+from kseg.submission.instance import component_runs, instance_scores
 from kseg.submission.solution import IGNORED, coverage, read_solution, run_overlaps
 from kseg.submission.validate import validate_file
 from kseg.submission.write import read_prediction
@@ -74,7 +77,8 @@ def is_solution(truth: Path | None) -> bool:
     return truth is not None and not Path(truth).is_dir() and (Path(truth).is_file() or Path(truth).suffix == ".csv")
 
 
-def _mask_counts(cfg: Config, fmt: SubmissionFormat, runs: pd.DataFrame, truth_dir: Path | None) -> np.ndarray:
+def _truth_maps(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> list[np.ndarray]:
+    """The true label maps of the test images, checked against the submission's mask sizes."""
     truth_paths = _truth_paths(cfg, fmt, truth_dir)
     spec = MaskSpec.from_config(cfg.data)
     with ThreadPoolExecutor(8) as pool:
@@ -85,7 +89,7 @@ def _mask_counts(cfg: Config, fmt: SubmissionFormat, runs: pd.DataFrame, truth_d
                 f"true mask of {image_id!r} is {truth.shape[0]}x{truth.shape[1]} but the submission's masks are "
                 f"{shape[0]}x{shape[1]}; check submission.size"
             )
-    return _row_counts(runs, fmt, truths)
+    return truths
 
 
 def score_file(path: Path, cfg: Config, truth: Path | None = None) -> ScoreResult:
@@ -111,17 +115,27 @@ def score_file(path: Path, cfg: Config, truth: Path | None = None) -> ScoreResul
     usage = np.full(len(fmt.ids), "", dtype=object)
     if truth is None and cfg.submission.solution is not None:
         truth = cfg.data.root / cfg.submission.solution
+    bits = (cfg.multilabel, cfg.data.ignore_index)
     if truth is not None and is_solution(truth):
-        true_runs, usage = read_solution(Path(truth), fmt, cfg.submission.check_overlap)
+        true_runs, usage = read_solution(Path(truth), fmt, cfg.overlap_check)
         counts = run_overlaps(report.parsed, true_runs, fmt)
     else:
-        counts = _mask_counts(cfg, fmt, report.parsed, truth)
-    return _file_result(counts, fmt, cfg.submission.metric, usage)
+        truths = _truth_maps(cfg, fmt, truth)
+        counts = _row_counts(report.parsed, fmt, truths, bits)
+        true_runs = component_runs(truths, fmt, bits) if cfg.submission.metric == "instance_fbeta" else None
+    fbeta = None
+    if cfg.submission.metric == "instance_fbeta":
+        fbeta = instance_scores(report.parsed, true_runs, fmt, cfg.submission.beta)
+    return _file_result(counts, fmt, cfg.submission.metric, usage, fbeta)
 
 
-def _file_result(counts: np.ndarray, fmt: SubmissionFormat, metric: str, usage: np.ndarray) -> ScoreResult:
-    """The score, per class and per ``Usage`` part, of a file's ``(3, R)`` row counts (``Ignored`` rows out)."""
+def _file_result(
+    counts: np.ndarray, fmt: SubmissionFormat, metric: str, usage: np.ndarray, fbeta: np.ndarray | None = None
+) -> ScoreResult:
+    """The score, per class and per ``Usage`` part, of a file's ``(3, R)`` row counts (``Ignored`` rows
+    out); ``fbeta``: each row's instance F-beta, which the ``instance_fbeta`` metric averages."""
     keep = usage != IGNORED
+    fbeta = None if fbeta is None else fbeta[keep]
     inter, pred, true = (c[keep] for c in counts)
     row_class, row_image, usage = fmt.row_class[keep], fmt.row_image[keep], usage[keep]
     dice = row_dice(inter, pred, true)
@@ -136,6 +150,8 @@ def _file_result(counts: np.ndarray, fmt: SubmissionFormat, metric: str, usage: 
                 "empty_share": float((true[sel] == 0).mean()),
                 "rows": int(sel.sum()),
             }
+            if fbeta is not None:
+                per_class[name]["fbeta"] = float(fbeta[sel].mean())
     rows = pd.DataFrame(
         {
             ID: [fmt.image_ids[i] for i in row_image],
@@ -147,15 +163,18 @@ def _file_result(counts: np.ndarray, fmt: SubmissionFormat, metric: str, usage: 
         },
         index=pd.Index(np.asarray(fmt.ids, dtype=object)[keep], name="row_id"),
     )
-    by_usage = {
-        str(part): rows_metric(
-            metric, inter[usage == part], pred[usage == part], true[usage == part], row_class[usage == part]
-        )
-        for part in sorted(set(usage.tolist()) - {""})
-    }
+    if fbeta is not None:
+        rows["fbeta"] = fbeta
+
+    def score(part: np.ndarray) -> float:
+        if fbeta is not None:
+            return float(fbeta[part].mean()) if part.any() else 1.0
+        return rows_metric(metric, inter[part], pred[part], true[part], row_class[part])
+
+    by_usage = {str(part): score(usage == part) for part in sorted(set(usage.tolist()) - {""})}
     if by_usage:
         rows["usage"] = usage
-    return ScoreResult(rows_metric(metric, inter, pred, true, row_class), per_class, rows, metric, by_usage)
+    return ScoreResult(score(np.ones(len(inter), dtype=bool)), per_class, rows, metric, by_usage)
 
 
 def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult:
@@ -184,25 +203,41 @@ def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult
     rows = []
     for stem, path in preds.items():
         true = read_mask(truths[stem], spec)
-        pred = read_prediction(path, true.shape, n_classes=k)
-        inter, pred_px, true_px = label_counts(pred, true, k, cfg.data.ignore_index)
-        for c in range(k):
-            rows.append((stem, c, int(inter[c]), int(pred_px[c]), int(true_px[c])))
-    table = pd.DataFrame(rows, columns=[ID, "class", "intersection", "pred_pixels", "true_pixels"])
+        pred = read_prediction(path, true.shape, n_classes=k, multilabel=cfg.multilabel)
+        inter, pred_px, true_px = label_counts(pred, true, k, cfg.data.ignore_index, cfg.multilabel)
+        fbeta = _map_fbeta(pred, true, cfg) if cfg.submission.metric == "instance_fbeta" else {}
+        for c in cfg.scored_classes:
+            rows.append((stem, c, int(inter[c]), int(pred_px[c]), int(true_px[c]), fbeta.get(c, np.nan)))
+    table = pd.DataFrame(rows, columns=[ID, "class", "intersection", "pred_pixels", "true_pixels", "fbeta"])
     table["dice"] = row_dice(table["intersection"], table["pred_pixels"], table["true_pixels"])
     iou = row_iou(table["intersection"], table["pred_pixels"], table["true_pixels"])
     per_class = {}
-    for c, name in enumerate(cfg.data.classes):
+    for c in cfg.scored_classes:
         sel = (table["class"] == c).to_numpy()
-        per_class[name] = {
+        per_class[cfg.data.classes[c]] = {
             "dice": float(table["dice"][sel].mean()),
             "iou": float(iou[sel].mean()),
             "empty_share": float((table["true_pixels"][sel] == 0).mean()),
             "rows": int(sel.sum()),
         }
+        if cfg.submission.metric == "instance_fbeta":
+            per_class[cfg.data.classes[c]]["fbeta"] = float(table["fbeta"][sel].mean())
     inter, pred_px, true_px = (table[c].to_numpy() for c in ("intersection", "pred_pixels", "true_pixels"))
-    score = rows_metric(cfg.submission.metric, inter, pred_px, true_px, table["class"].to_numpy())
+    if cfg.submission.metric == "instance_fbeta":
+        score = float(table["fbeta"].mean()) if len(table) else 1.0
+    else:
+        table = table.drop(columns="fbeta")
+        score = rows_metric(cfg.submission.metric, inter, pred_px, true_px, table["class"].to_numpy())
     return ScoreResult(score, per_class, table, cfg.submission.metric)
+
+
+def _map_fbeta(pred: np.ndarray, true: np.ndarray, cfg: Config) -> dict[int, float]:
+    """Each scored class's instance F-beta of one image, instances as connected components."""
+    k, ignore = cfg.n_classes, cfg.data.ignore_index
+    pred_planes = class_planes(pred, k, cfg.multilabel)
+    true_planes = class_planes(true, k, cfg.multilabel, ignore)
+    scored = true != ignore
+    return {c: mask_fbeta(pred_planes[c], true_planes[c], cfg.submission.beta, scored) for c in cfg.scored_classes}
 
 
 def rows_metric(metric: str, inter: np.ndarray, pred: np.ndarray, true: np.ndarray, row_class: np.ndarray) -> float:
@@ -220,7 +255,23 @@ def rows_metric(metric: str, inter: np.ndarray, pred: np.ndarray, true: np.ndarr
     )
 
 
-def _row_counts(parsed: pd.DataFrame, fmt: SubmissionFormat, truths: list[np.ndarray]) -> np.ndarray:
+def _truth_runs(truth: np.ndarray, k: int, order: rle.Order, bits: tuple[bool, int]) -> tuple[np.ndarray, ...]:
+    """``(plane, start, length)`` of the runs of one true map: planes ``0 .. k-1`` hold each class's pixels,
+    plane ``k`` the ignored ones. ``bits``: (multilabel, ignore index); a multilabel pixel may be in several
+    class planes."""
+    multilabel, ignore_index = bits
+    if not multilabel:
+        _, start, length, label = rle.runs(truth[None], order)
+        return np.minimum(label.astype(np.int64), k), start, length  # the ignore index (>= k) to plane k
+    stack = np.concatenate([class_planes(truth, k, True, ignore_index), (truth == ignore_index)[None]])
+    plane, start, length, label = rle.runs(stack.view(np.uint8), order)
+    on = label == 1
+    return plane[on].astype(np.int64), start[on], length[on]
+
+
+def _row_counts(
+    parsed: pd.DataFrame, fmt: SubmissionFormat, truths: list[np.ndarray], bits: tuple[bool, int] = (False, 255)
+) -> np.ndarray:
     """Intersection, predicted and true pixels of every sample row, from runs alone.
 
     Predicted masks are never drawn: the true label map of each image is itself run-length encoded,
@@ -238,13 +289,11 @@ def _row_counts(parsed: pd.DataFrame, fmt: SubmissionFormat, truths: list[np.nda
     t_pos, t_end = [], []
     true_area = np.zeros((len(truths), k), dtype=np.int64)
     for i, truth in enumerate(truths):
-        _, start, length, label = rle.runs(truth[None], fmt.order)
-        label = label.astype(np.int64)
-        plane = np.minimum(label, k)  # the ignore index (>= k by config) goes to the ignore plane
+        plane, start, length = _truth_runs(truth, k, fmt.order, bits)
         offset = base[i] + plane * sizes[i]
         t_pos.append(offset + start)
         t_end.append(offset + start + length)
-        true_area[i] = np.bincount(label[label < k], weights=length[label < k], minlength=k)[:k]
+        true_area[i] = np.bincount(plane[plane < k], weights=length[plane < k], minlength=k)[:k]
     t_start = np.concatenate(t_pos) if t_pos else np.zeros(0, np.int64)
     t_stop = np.concatenate(t_end) if t_end else np.zeros(0, np.int64)
     covered_before = coverage(t_start, t_stop)

@@ -202,8 +202,8 @@ RUN_FIXES = {
     "starts not ascending": "sort each row's runs by start",
     "overlapping runs": "merge runs that overlap",
     "outside the mask": "runs must end at or before pixel H*W of the image's size",
-    "classes overlap": "give each pixel one class (argmax), or set submission.check_overlap: false for "
-    "multi-label competitions",
+    "classes overlap": "give each pixel one class (argmax) and keep an image's instances apart; if the "
+    "competition's classes may overlap, set data.multilabel: true (or submission.check_overlap: false)",
 }
 
 
@@ -213,7 +213,8 @@ def validate_bytes(
     """Check a submission's bytes against the competition's format.
 
     Checks: the header equals the sample's; ids equal the sample's (a subset where ``fmt.nonempty``; in
-    the long layout an id is the image and class cells), without duplicates; every mask is
+    the long layout an id is the image and class cells), without duplicates (in the instances layout an
+    id repeats once per instance, and instances of one image must not overlap either); every mask is
     ``start length`` pairs of positive integers, starts ascending, runs not overlapping and inside the
     image's ``H x W``; optionally, no pixel is claimed by two classes of one image. Masks are checked
     a few images at a time, in parallel, so arrays stay small.
@@ -254,7 +255,7 @@ def validate_bytes(
 def _id_problems(ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat) -> list[Problem]:
     """Duplicate, unknown and missing ids (``sample_row`` is each row's index in the sample, -1 if none)."""
     problems = []
-    dup = np.flatnonzero(pd.Series(ids).duplicated().to_numpy())
+    dup = np.flatnonzero(pd.Series(ids).duplicated().to_numpy()) if not fmt.instances else np.zeros(0, np.int64)
     if len(dup):
         examples = [f"line {_line(r)}: {clip(ids[r])} appears again" for r in dup[:EXAMPLES]]
         problems.append(Problem("duplicate ids", "keep one row per id", len(dup), examples))
@@ -328,4 +329,4 @@ def validate_file(
     if not path.is_file():
         raise SubmissionError(f"submission file {path} does not exist; check the path, or run 'kseg submit'")
     fmt = fmt or load_format(cfg)
-    return validate_bytes(path.read_bytes(), fmt, cfg.submission.check_overlap, keep_runs)
+    return validate_bytes(path.read_bytes(), fmt, cfg.overlap_check, keep_runs)

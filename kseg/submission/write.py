@@ -11,20 +11,22 @@ import numpy as np
 from PIL import Image
 
 from kseg import rle
+from kseg.bits import class_planes
 from kseg.config import Config
 from kseg.errors import SubmissionError
+from kseg.instances import components
 from kseg.io import atomic_write_bytes, remove_stale
 from kseg.postprocess import NO_CLASS, PostProcess, apply, apply_to_labels
 from kseg.postprocess import load as load_postprocess
 from kseg.progress import Progress
-from kseg.submission.format import SubmissionFormat, format_rows, load_format
+from kseg.submission.format import SubmissionFormat, format_instances, format_rows, load_format
 from kseg.submission.predictions import check_manifest, find_predictions
 from kseg.submission.validate import ValidationReport, validate_bytes
 from kseg.workdir import WorkDir, default_predictions, prediction_file, read_inference_info
 
 
 def read_prediction(
-    path: Path, shape: tuple[int, int], *, n_classes: int = NO_CLASS, resize: bool = False
+    path: Path, shape: tuple[int, int], *, n_classes: int = NO_CLASS, resize: bool = False, multilabel: bool = False
 ) -> np.ndarray:
     """A predicted label map (``.png`` or ``.npy``) of class indices (and ``NO_CLASS`` where post-processing
     left a pixel without one).
@@ -34,6 +36,7 @@ def read_prediction(
         shape: The ``(H, W)`` the submission needs.
         n_classes: Values from here to 254 are refused: they are no class.
         resize: Resize (nearest) a map of another size to ``shape``; otherwise such a map is refused.
+        multilabel: The map holds class bitmasks (values ``0 .. 2**n_classes - 1``, 0 for none).
 
     Shape:
         Returns ``(H, W)`` uint8.
@@ -48,7 +51,14 @@ def read_prediction(
         raise SubmissionError(f"prediction {path} cannot be read ({exc}); run 'kseg infer' again") from None
     if labels.ndim != 2:
         raise SubmissionError(f"prediction {path} has shape {labels.shape}; a label map is (H, W) of class indices")
-    bad = (labels >= n_classes) & (labels != NO_CLASS)
+    if multilabel:
+        bad = labels >= 2**n_classes
+        if bad.any():
+            raise SubmissionError(
+                f"prediction {path} has value {int(labels[bad].max())} in {int(bad.sum())} pixels, but a bitmask of "
+                f"{n_classes} classes is 0-{2**n_classes - 1}; predict with this config's classes"
+            )
+    bad = (labels >= n_classes) & (labels != NO_CLASS) & (not multilabel)
     if bad.any():
         raise SubmissionError(
             f"prediction {path} has label {int(labels[bad].max())} in {int(bad.sum())} pixels, but there are "
@@ -112,15 +122,21 @@ def _postprocess_plan(
 
 
 def _read_postprocessed(
-    path: Path, shape: tuple[int, int], post: PostProcess | None, use_probs: bool, n_classes: int, resize: bool
+    path: Path,
+    shape: tuple[int, int],
+    post: PostProcess | None,
+    use_probs: bool,
+    classes: tuple[int, bool],
+    resize: bool,
 ) -> np.ndarray:
+    n_classes, multilabel = classes
     if post is not None and use_probs:
-        labels = apply(np.load(path.with_name(f"{path.stem}.probs.npy")), post)
+        labels = apply(np.load(path.with_name(f"{path.stem}.probs.npy")), post, multilabel)
         if labels.shape != tuple(shape):
             labels = np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.Resampling.NEAREST))
         return labels
-    labels = read_prediction(path, shape, n_classes=n_classes, resize=resize)
-    return labels if post is None else apply_to_labels(labels, post)
+    labels = read_prediction(path, shape, n_classes=n_classes, resize=resize, multilabel=multilabel)
+    return labels if post is None else apply_to_labels(labels, post, multilabel)
 
 
 def _read_maps(
@@ -128,25 +144,50 @@ def _read_maps(
     paths: dict[str, Path],
     post: PostProcess | None,
     use_probs: bool,
-    n_classes: int,
+    classes: tuple[int, bool],
     resize: bool,
     on_progress: Progress | None,
 ) -> list[np.ndarray]:
     """Every test image's label map at its submission size, in threads (PNG decoding releases the GIL);
-    an image without a prediction (``paths`` lacks it) gets an empty map."""
+    an image without a prediction (``paths`` lacks it) gets an empty map. ``classes``: (count, multilabel)."""
+    none = 0 if classes[1] else NO_CLASS
     maps: list[np.ndarray] = []
     with ThreadPoolExecutor(8) as pool:
         futures = [
-            pool.submit(_read_postprocessed, paths[i], tuple(s), post, use_probs, n_classes, resize)
+            pool.submit(_read_postprocessed, paths[i], tuple(s), post, use_probs, classes, resize)
             if i in paths
             else None
             for i, s in zip(fmt.image_ids, fmt.shapes, strict=True)
         ]
         for future, shape in zip(futures, fmt.shapes, strict=True):
-            maps.append(future.result() if future is not None else np.full(tuple(shape), NO_CLASS, np.uint8))
+            maps.append(future.result() if future is not None else np.full(tuple(shape), none, np.uint8))
             if on_progress:
                 on_progress(len(maps), len(futures))
     return maps
+
+
+def encode_maps(maps: list[np.ndarray], n_classes: int, multilabel: bool, order: rle.Order) -> list[list[bytes]]:
+    """The runs of every class of every map (``encoded[image][class]``); multilabel maps are bitmasks,
+    each class's plane encoded on its own."""
+    if not multilabel:
+        return rle.encode_batch(maps, n_classes, order=order)
+    planes = [plane.view(np.uint8) for m in maps for plane in class_planes(m, n_classes, True)]
+    flat = rle.encode_batch(planes, 2, order=order)
+    return [[flat[i * n_classes + k][1] for k in range(n_classes)] for i in range(len(maps))]
+
+
+def encode_instances(maps: list[np.ndarray], fmt: SubmissionFormat, multilabel: bool) -> list[list[bytes]]:
+    """The runs of each connected instance (8-connected component) of every grid row's mask, in threads."""
+
+    def one(row: int) -> list[bytes]:
+        label_map = maps[int(fmt.row_image[row])]
+        k = int(fmt.row_class[row])
+        plane = (label_map >> k) & 1 if multilabel else label_map == k
+        ids, count = components(plane.astype(bool))
+        return rle.encode_batch([ids], count + 1, order=fmt.order, threads=1)[0][1:] if count else []
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(len(fmt.ids))))
 
 
 def write_submission(
@@ -185,17 +226,24 @@ def write_submission(
 
     t0 = time.perf_counter()
     resize = cfg.submission.size != "original" or cfg.submission.resize_predictions  # the config asks for it
-    maps = _read_maps(fmt, paths, post, use_probs, cfg.n_classes, resize, on_progress)
+    maps = _read_maps(fmt, paths, post, use_probs, (cfg.n_classes, cfg.multilabel), resize, on_progress)
     timings["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    encoded = rle.encode_batch(maps, cfg.n_classes, order=fmt.order)
-    masks = [encoded[i][k] for i, k in zip(fmt.row_image.tolist(), fmt.row_class.tolist(), strict=True)]
-    data = format_rows(fmt, masks)
+    if fmt.instances:
+        per_row = encode_instances(maps, fmt, cfg.multilabel)
+        masks = [m for found in per_row for m in found]
+        data = format_instances(fmt, per_row)
+        empty_rows = sum(1 for found in per_row if not found)
+    else:
+        encoded = encode_maps(maps, cfg.n_classes, cfg.multilabel, fmt.order)
+        masks = [encoded[i][k] for i, k in zip(fmt.row_image.tolist(), fmt.row_class.tolist(), strict=True)]
+        data = format_rows(fmt, masks)
+        empty_rows = 0 if fmt.nonempty else sum(1 for m in masks if not m)
     timings["encode"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report = validate_bytes(data, fmt, check_overlap=cfg.submission.check_overlap)
+    report = validate_bytes(data, fmt, check_overlap=cfg.overlap_check)
     timings["validate"] = time.perf_counter() - t0
     if not report.ok:  # a bug guard: kseg never writes a file it would reject
         raise SubmissionError(f"the encoded submission failed validation ({report.first()}); nothing was written")
@@ -209,7 +257,7 @@ def write_submission(
         n_rows=report.n_rows,
         n_images=len(fmt.image_ids),
         n_bytes=len(data),
-        empty_rows=0 if fmt.nonempty else sum(1 for m in masks if not m),
+        empty_rows=empty_rows,
         report=report,
         seconds=timings,
         note=note,

@@ -1,0 +1,171 @@
+"""Out-of-fold statistics for the post-processing search: per image and class, histograms of the class's
+probability split by whether the truth agrees, read once from every fold's OOF files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kseg.bits import LABEL_THRESHOLD, class_planes
+from kseg.config import Config
+from kseg.data import ID
+from kseg.errors import TuneError
+from kseg.postprocess.params import threshold_grid
+from kseg.progress import Progress
+from kseg.workdir import WorkDir
+
+
+@dataclass
+class OOFSet:
+    """Per-image statistics of every fold's out-of-fold predictions.
+
+    Attributes:
+        ids: Image ids.
+        folds: Fold of each image.
+        hist: ``(N, K, 2, 256)`` int32: pixels predicted as class k (argmax; multilabel: every pixel) by
+            the uint8 probability of k, split into truth != k (0) and truth == k (1); ignored pixels are
+            left out.
+        truth_area: ``(N, K)`` true pixels per class.
+        n_pixels: Scored pixels per image.
+        confusion: ``(K, K)`` truth x argmax pixel counts over all images (multilabel: pixels holding true
+            class t and predicted class p at 0.5).
+    """
+
+    ids: list[str]
+    folds: np.ndarray
+    hist: np.ndarray
+    truth_area: np.ndarray
+    n_pixels: np.ndarray
+    confusion: np.ndarray
+    resolution: tuple[int, int]
+    multilabel: bool = False
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """The threshold grid searched (``identity`` says which entry is no post-processing)."""
+        return threshold_grid(self.multilabel)[0]
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        """Grid indices (threshold, min area) of no post-processing: argmax, or sigmoid at 0.5."""
+        return threshold_grid(self.multilabel)[1]
+
+
+class OOFBuilder:
+    """Collects ``OOFSet`` statistics image by image, from uint8 probabilities and true labels."""
+
+    def __init__(self, n_classes: int, multilabel: bool = False):
+        self.k = n_classes
+        self.multilabel = multilabel
+        self.ids: list[str] = []
+        self.folds: list[int] = []
+        self.hists: list[np.ndarray] = []
+        self.areas: list[np.ndarray] = []
+        self.pixels: list[int] = []
+        self.confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+        self.resolution = (0, 0)
+
+    def add(self, image_id: str, fold: int, probs: np.ndarray, truth: np.ndarray) -> None:
+        """One image: ``probs`` ``(K, H, W)`` uint8, ``truth`` ``(H, W)`` (values >= K are not scored)."""
+        self.ids.append(image_id)
+        self.folds.append(fold)
+        self.resolution = (int(probs.shape[1]), int(probs.shape[2]))
+        if self.multilabel:
+            self._add_planes(np.asarray(probs), np.asarray(truth))
+            return
+        k = self.k
+        p = torch.from_numpy(np.array(probs))
+        labels = torch.from_numpy(np.asarray(truth).astype(np.int64))
+        top = p.max(0)
+        predicted = top.indices
+        scored = labels < k
+        agree = (labels == predicted) & scored
+        code = (predicted * 512 + agree.long() * 256 + top.values.long())[scored]
+        self.hists.append(torch.bincount(code, minlength=k * 512).view(k, 2, 256).to(torch.int32).numpy())
+        self.areas.append(torch.bincount(labels[scored], minlength=k)[:k].numpy())
+        self.pixels.append(int(scored.sum()))
+        self.confusion += torch.bincount(labels[scored] * k + predicted[scored], minlength=k * k).view(k, k).numpy()
+
+    def _add_planes(self, probs: np.ndarray, truth: np.ndarray) -> None:
+        """Multilabel: every scored pixel of each class by its probability level, split by the truth bit."""
+        k = self.k
+        scored = truth < 2**k  # anything else is the ignore index
+        true = class_planes(truth, k, True) & scored
+        level = probs.reshape(k, -1)[:, scored.ravel()].astype(np.int64)
+        hit = true.reshape(k, -1)[:, scored.ravel()]
+        code = np.arange(k)[:, None] * 512 + hit * 256 + level
+        self.hists.append(np.bincount(code.ravel(), minlength=k * 512).reshape(k, 2, 256).astype(np.int32))
+        self.areas.append(hit.sum(1))
+        self.pixels.append(int(scored.sum()))
+        predicted = level >= round(LABEL_THRESHOLD * 255)
+        self.confusion += hit.astype(np.int64) @ predicted.T.astype(np.int64)
+
+    def build(self) -> OOFSet:
+        return OOFSet(
+            self.ids,
+            np.array(self.folds),
+            np.stack(self.hists),
+            np.stack(self.areas),
+            np.array(self.pixels),
+            self.confusion,
+            self.resolution,
+            self.multilabel,
+        )
+
+
+def read_oof_images(
+    cfg: Config, on_progress: Progress | None = None
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
+    """Every fold's OOF images: ``(id, fold, probabilities (K, H, W) uint8, true labels (H, W))``.
+
+    Raises:
+        TuneError: No fold has OOF files, or a fold's cannot be read or has other classes.
+    """
+    work = WorkDir(cfg.workdir)
+    folds = work.oof_folds()
+    if not folds:
+        raise TuneError(f"no out-of-fold predictions in {cfg.workdir} (fold*/oof.npy); run 'kseg train' first")
+    k = len(cfg.data.classes)
+    tables = {}
+    for f in folds:
+        try:
+            tables[f] = work.read_oof(f)
+        except (OSError, ValueError) as exc:
+            raise TuneError(
+                f"the OOF files of fold {f} in {work.fold_dir(f)} cannot be read ({exc}); train the fold again"
+            ) from None
+    total = sum(len(table) for _, _, table in tables.values())
+    done = 0
+    for f, (probs, masks, table) in tables.items():
+        if probs.shape[1] != k:
+            raise TuneError(f"fold {f}'s OOF has {probs.shape[1]} classes but the config has {k}; train it again")
+        for i in range(len(table)):
+            yield table[ID].iloc[i], f, probs[i], masks[i]
+            done += 1
+            if on_progress:
+                on_progress(done, total)
+
+
+def load_oof(cfg: Config, on_progress: Progress | None = None) -> OOFSet:
+    """Read every fold's OOF files once into compact per-image statistics."""
+    builder = OOFBuilder(len(cfg.data.classes), cfg.multilabel)
+    for image_id, fold, probs, truth in read_oof_images(cfg, on_progress):
+        builder.add(image_id, fold, probs, truth)
+    return builder.build()
+
+
+def class_table(oof: OOFSet, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted area and intersection of class k, per image and threshold level.
+
+    Shape:
+        Returns two ``(N, T)`` arrays for the ``THRESHOLDS`` grid.
+    """
+    h = oof.hist[:, k].astype(np.int64)  # (N, 2, 256)
+    above = np.cumsum(h[..., ::-1], axis=-1)[..., ::-1]  # pixels with probability level >= v
+    levels = np.minimum(np.ceil(oof.thresholds * 255 - 1e-6).astype(int), 255)
+    area = above[:, 0, levels] + above[:, 1, levels]
+    inter = above[:, 1, levels]
+    return area, inter

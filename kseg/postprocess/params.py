@@ -1,0 +1,148 @@
+"""Post-processing parameters (``postprocess.json``) and how they turn probabilities into labels."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from kseg.bits import LABEL_THRESHOLD, class_planes, pack_planes
+from kseg.config import Config
+from kseg.errors import TuneError
+from kseg.workdir import POSTPROCESS_NAME, WorkDir
+
+THRESHOLDS = np.round(np.concatenate([[0.0], np.arange(0.30, 0.951, 0.05)]), 2)
+MULTILABEL_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)  # includes LABEL_THRESHOLD, the identity
+AREA_FRACTIONS = np.concatenate([[0.0], np.geomspace(1e-5, 0.05, 24)])
+NO_CLASS = 255
+
+
+@dataclass
+class ClassParams:
+    """Post-processing of one class."""
+
+    threshold: float = 0.0
+    min_area: float = 0.0  # share of the image's pixels
+
+
+@dataclass
+class PostProcess:
+    """Per-class parameters, as stored in ``postprocess.json``."""
+
+    classes: list[str]
+    params: dict[str, ClassParams]
+    oof_score_before: float = float("nan")
+    oof_score_after: float = float("nan")
+    holdout_gain: float = float("nan")
+    n_images: int = 0
+    resolution: list[int] = field(default_factory=list)
+    multilabel: bool = False
+
+    def to_json(self) -> str:
+        tree = asdict(self)
+        return json.dumps(tree, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = POSTPROCESS_NAME) -> PostProcess:
+        try:
+            tree = json.loads(text)
+            params = {k: ClassParams(**v) for k, v in tree.pop("params").items()}
+            return cls(params=params, **tree)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TuneError(f"{source} is not a kseg post-processing file ({exc}); run 'kseg tune' again") from None
+
+    @property
+    def identity(self) -> bool:
+        plain = (0.0, LABEL_THRESHOLD) if self.multilabel else (0.0,)
+        return all(p.threshold in plain and p.min_area == 0 for p in self.params.values())
+
+
+def apply(probs: torch.Tensor | np.ndarray, post: PostProcess | None, multilabel: bool = False) -> np.ndarray:
+    """Labels from probabilities with the post-processing applied (argmax when ``post`` is None).
+
+    Shape:
+        probs ``(K, H, W)`` (float 0-1, or uint8 0-255); returns ``(H, W)`` uint8, 255 = no class
+        (``multilabel``: class bitmasks, 0 = no class).
+    """
+    p = torch.from_numpy(np.array(probs)) if isinstance(probs, np.ndarray) else probs
+    if p.dtype == torch.uint8:
+        p = p.float() / 255
+    if multilabel:
+        return _apply_multilabel(p, post)
+    labels = p.argmax(0).to(torch.uint8)
+    if post is None:
+        return labels.numpy()
+    height, width = labels.shape
+    for k, name in enumerate(post.classes):
+        params = post.params.get(name)
+        if params is None:
+            continue
+        mine = labels == k
+        if params.threshold > 0:
+            weak = mine & (p[k] < params.threshold - 1e-6)
+            labels[weak] = NO_CLASS
+            mine = mine & ~weak
+        if params.min_area > 0 and int(mine.sum()) < params.min_area * height * width:
+            labels[mine] = NO_CLASS
+    return labels.numpy()
+
+
+def _apply_multilabel(p: torch.Tensor, post: PostProcess | None) -> np.ndarray:
+    height, width = p.shape[1:]
+    planes = np.zeros(p.shape, dtype=bool)
+    for k in range(len(p)):
+        params = post.params.get(post.classes[k]) if post is not None else None
+        threshold = params.threshold if params is not None and params.threshold > 0 else LABEL_THRESHOLD
+        planes[k] = (p[k] >= threshold - 1e-6).numpy()
+        if params is not None and params.min_area > 0 and planes[k].sum() < params.min_area * height * width:
+            planes[k] = False
+    return pack_planes(planes)
+
+
+def apply_to_labels(labels: np.ndarray, post: PostProcess | None, multilabel: bool = False) -> np.ndarray:
+    """The area part of the post-processing, on label maps alone (thresholds need probabilities)."""
+    if post is None:
+        return labels
+    if multilabel:
+        planes = class_planes(labels, len(post.classes), True)
+        for k, name in enumerate(post.classes):
+            params = post.params.get(name)
+            if params is not None and params.min_area > 0 and planes[k].sum() < params.min_area * labels.size:
+                planes[k] = False
+        return pack_planes(planes)
+    labels = labels.copy()
+    size = labels.size
+    counts = np.bincount(labels.ravel(), minlength=256)
+    for k, name in enumerate(post.classes):
+        params = post.params.get(name)
+        if params is not None and params.min_area > 0 and counts[k] < params.min_area * size:
+            labels[labels == k] = NO_CLASS
+    return labels
+
+
+def load(cfg: Config) -> PostProcess | None:
+    """``<workdir>/postprocess.json`` if it exists (checked against the config's classes)."""
+    work = WorkDir(cfg.workdir)
+    text = work.read_postprocess()
+    if text is None:
+        return None
+    path = work.postprocess_json
+    post = PostProcess.from_json(text, str(path))
+    if post.classes != list(cfg.data.classes):
+        raise TuneError(
+            f"{path} was tuned for classes {post.classes}, not {list(cfg.data.classes)}; run 'kseg tune' again"
+        )
+    if post.multilabel != cfg.multilabel:
+        mode = "multilabel" if post.multilabel else "multiclass"
+        raise TuneError(f"{path} was tuned for {mode} predictions, unlike the config's; run 'kseg tune' again")
+    return post
+
+
+def threshold_grid(multilabel: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """The thresholds searched, and the grid indices (threshold, min area) of no post-processing: the
+    argmax, or (multilabel) each sigmoid cut at 0.5."""
+    if multilabel:
+        return MULTILABEL_THRESHOLDS, (int(np.flatnonzero(np.isclose(MULTILABEL_THRESHOLDS, LABEL_THRESHOLD))[0]), 0)
+    return THRESHOLDS, (0, 0)
