@@ -163,20 +163,8 @@ def _severstal(
     """Images and label maps drawn as the drone style's (five classes), laid out as Severstal's download."""
     check_request(out_dir, n_train, n_test, height, width, 5)
     labels = _write_images(out_dir, n_train, n_test, seed, on_progress, lambda rng: synth_scene(rng, height, width, 5))
-    config = out_dir / "kseg.yaml"
-    atomic_write_text(
-        config,
-        SEVERSTAL_CONFIG.format(
-            seed=seed,
-            classes=", ".join(SEVERSTAL_CLASSES),
-            size_h=round32(height),
-            size_w=round32(width),
-            training=TRAINING_TEMPLATE.format(seed=seed),
-        ),
-    )
-    cfg = load_config(config)
-    table = rle_table({f"{k}.jpg": v for k, v in labels["train"].items()}, RleSource.from_config(cfg.data))
-    atomic_write_text(out_dir / "train.csv", table.to_csv(index=False))
+    config = _write_config(out_dir, SEVERSTAL_CONFIG, seed, (height, width), classes=", ".join(SEVERSTAL_CLASSES))
+    _write_runs_table(config, labels["train"])
     test_names = [f"{name}.jpg" for name in labels["test"]]
     sample = pd.DataFrame({"ImageId": test_names, "EncodedPixels": "1 1", "ClassId": "1"})
     atomic_write_text(out_dir / "sample_submission.csv", sample.to_csv(index=False))
@@ -192,22 +180,9 @@ def _clouds(
     if height < 32 or width < 32:
         raise KsegError(f"image size {height}x{width} is too small for the clouds style; use at least 32x32")
     labels = _write_images(out_dir, n_train, n_test, seed, on_progress, lambda rng: cloud_scene(rng, height, width))
-    config = out_dir / "kseg.yaml"
-    atomic_write_text(
-        config,
-        CLOUDS_CONFIG.format(
-            seed=seed,
-            classes=", ".join(CLOUD_CLASSES),
-            size_h=round32(height),
-            size_w=round32(width),
-            sub_h=height // 4,
-            sub_w=width // 4,
-            training=TRAINING_TEMPLATE.format(seed=seed),
-        ),
-    )
-    cfg = load_config(config)
-    table = rle_table({f"{k}.jpg": v for k, v in labels["train"].items()}, RleSource.from_config(cfg.data))
-    atomic_write_text(out_dir / "train.csv", table.to_csv(index=False))
+    extra = {"classes": ", ".join(CLOUD_CLASSES), "sub_h": height // 4, "sub_w": width // 4}
+    config = _write_config(out_dir, CLOUDS_CONFIG, seed, (height, width), **extra)
+    _write_runs_table(config, labels["train"])
     test_ids = [f"{name}.jpg_{c}" for name in labels["test"] for c in CLOUD_CLASSES]
     sample = pd.DataFrame({"Image_Label": test_ids, "EncodedPixels": "1 1"})
     atomic_write_text(out_dir / "sample_submission.csv", sample.to_csv(index=False))
@@ -224,11 +199,7 @@ def _instances(
     labels = _write_images(
         out_dir, n_train, n_test, seed, on_progress, lambda rng: ship_scene(rng, height, width), suffix="_v2"
     )
-    config = out_dir / "kseg.yaml"
-    text = INSTANCES_CONFIG.format(
-        seed=seed, size_h=round32(height), size_w=round32(width), training=TRAINING_TEMPLATE.format(seed=seed)
-    )
-    atomic_write_text(config, text)
+    _write_config(out_dir, INSTANCES_CONFIG, seed, (height, width))
     rows = []
     for name, label in labels["train"].items():
         ids, count = components(label == 1)
@@ -237,7 +208,24 @@ def _instances(
     atomic_write_text(out_dir / "train_ship_segmentations_v2.csv", pd.DataFrame(rows).to_csv(index=False))
     sample = pd.DataFrame({"ImageId": [f"{name}.jpg" for name in labels["test"]], "EncodedPixels": "1 2"})
     atomic_write_text(out_dir / "sample_submission_v2.csv", sample.to_csv(index=False))
-    return SynthResult(out_dir, config, n_train, n_test, ["sea", "ship"]), labels["test"]
+    return SynthResult(out_dir, out_dir / "kseg.yaml", n_train, n_test, ["sea", "ship"]), labels["test"]
+
+
+def _write_config(out_dir: Path, template: str, seed: int, size: tuple[int, int], **fields: object) -> Path:
+    """``kseg.yaml`` from a style's template: the seed, the training size (multiples of 32), the shared
+    training sections and the style's own fields."""
+    config = out_dir / "kseg.yaml"
+    training = TRAINING_TEMPLATE.format(seed=seed)
+    text = template.format(seed=seed, size_h=round32(size[0]), size_w=round32(size[1]), training=training, **fields)
+    atomic_write_text(config, text)
+    return config
+
+
+def _write_runs_table(config: Path, labels: dict[str, np.ndarray]) -> None:
+    """The training masks as the config's runs table (``data.rle``), images named by file."""
+    cfg = load_config(config)
+    table = rle_table({f"{k}.jpg": v for k, v in labels.items()}, RleSource.from_config(cfg.data))
+    atomic_write_text(cfg.data.root / cfg.data.rle.csv, table.to_csv(index=False))
 
 
 def _write_images(
