@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from kseg import __version__
 from kseg.config import Config
-from kseg.data import ID, list_samples, palette_rgb
+from kseg.data import ID, list_samples
 from kseg.dataset import load_image
 from kseg.ensemble import Ensemble
 from kseg.errors import DataError, InferError
 from kseg.io import atomic_dir, atomic_open, remove_stale
-from kseg.plotting import colorize, to_uint8
+from kseg.plotting import colorize, palette_rgb, to_uint8
 from kseg.postprocess import PostProcess, apply
 from kseg.predictor import BlendPredictor, PredictOptions, Predictor, infer_batch
 from kseg.progress import Progress

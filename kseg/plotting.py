@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from kseg.io import atomic_open
+from kseg.schema import DataConfig
 
 NO_CLASS_COLOUR = (40, 40, 40)  # ignored pixels, or pixels post-processing left without a class
 
@@ -66,3 +67,60 @@ def training_curves(history: Any, path: Path, fold: int) -> None:
     ax_dice.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def palette_rgb(data: DataConfig) -> np.ndarray:
+    """One display colour per label value: per class (the first palette colour, or a fixed qualitative
+    set), or with ``data.multilabel`` per bitmask (the mean colour of its classes, black for none), so
+    ``colorize`` draws either kind of label map.
+
+    Shape:
+        Returns ``(n_classes, 3)`` uint8, or ``(2 ** n_classes, 3)`` when multilabel.
+    """
+    if data.multilabel:
+        return _bitmask_colours(len(data.classes))
+    if data.palette is not None:
+        return np.array([[int(c[0][i : i + 2], 16) for i in (1, 3, 5)] for c in data.palette], dtype=np.uint8)
+    base = np.array(
+        [
+            [0, 0, 0],
+            [31, 119, 180],
+            [255, 127, 14],
+            [44, 160, 44],
+            [214, 39, 40],
+            [148, 103, 189],
+            [140, 86, 75],
+            [227, 119, 194],
+            [127, 127, 127],
+            [188, 189, 34],
+            [23, 190, 207],
+            [174, 199, 232],
+        ],
+        dtype=np.uint8,
+    )
+    reps = -(-len(data.classes) // len(base))
+    return np.tile(base, (reps, 1))[: len(data.classes)]
+
+
+def _bitmask_colours(n_classes: int) -> np.ndarray:
+    classes = np.array(
+        [
+            [31, 119, 180],
+            [255, 127, 14],
+            [44, 160, 44],
+            [214, 39, 40],
+            [148, 103, 189],
+            [227, 119, 194],
+            [23, 190, 207],
+        ],
+        dtype=np.float64,
+    )[:n_classes]
+    values = np.arange(2**n_classes)
+    held = (values[:, None] >> np.arange(n_classes)) & 1
+    total = held @ classes
+    return np.round(total / np.maximum(held.sum(1, keepdims=True), 1)).astype(np.uint8)
+
+
+def class_colour(palette: np.ndarray, k: int, multilabel: bool) -> np.ndarray:
+    """Class ``k``'s colour in a ``palette_rgb`` table."""
+    return palette[1 << k] if multilabel else palette[k]

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from kseg.config import Config
-from kseg.data import ID, MaskSpec, class_colour, list_samples, palette_rgb
+from kseg.data import ID, MaskSpec, list_samples
 from kseg.dataset import load_image
 from kseg.io import atomic_write_text
 from kseg.metrics import class_scores, row_dice, row_iou
-from kseg.plotting import NO_CLASS_COLOUR, colorize, pyplot, save_figure, to_uint8
+from kseg.plotting import NO_CLASS_COLOUR, class_colour, colorize, palette_rgb, pyplot, save_figure, to_uint8
 from kseg.postprocess import OOFSet, PostProcess, apply, class_table, instance_grids, load, load_oof
 from kseg.progress import Progress
 from kseg.workdir import WorkDir

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from kseg.config import load_config
-from kseg.data import MaskSpec, palette_rgb, read_image, read_mask
+from kseg.data import MaskSpec, read_image, read_mask
 from kseg.metrics import label_counts, row_dice
+from kseg.plotting import palette_rgb
 
 
 def main() -> None:

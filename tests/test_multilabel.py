@@ -11,11 +11,12 @@ from PIL import Image
 
 from kseg.bits import LABEL_THRESHOLD, bit_targets, class_planes, hard_labels, pack_planes
 from kseg.config import load_config
-from kseg.data import MaskSpec, decode_mask, palette_rgb
+from kseg.data import MaskSpec, decode_mask
 from kseg.errors import DataError
 from kseg.labels import RleSource, read_rle_labels, rle_table
 from kseg.losses import build_loss
 from kseg.metrics import label_counts
+from kseg.plotting import palette_rgb
 from kseg.postprocess import OOFBuilder, apply, tune_oof
 from kseg.schema import DataConfig
 
