@@ -181,3 +181,11 @@ def test_tuning_under_fbeta_scores_what_applying_the_choice_scores(comp):
     assert post.oof_score_before == pytest.approx(scored(None), abs=1e-12)
     assert post.oof_score_after == pytest.approx(scored(post), abs=1e-12)
     assert post.oof_score_after > post.oof_score_before  # the stray pixels are false positives worth removing
+
+
+def test_blends_refuse_the_instance_metric(comp, tmp_path):
+    from kseg.blend import BlendError, blend_runs
+
+    cfg = load_config(comp / "kseg.yaml", INSTANCES)
+    with pytest.raises(BlendError, match="instance_fbeta does not use"):
+        blend_runs(cfg, [tmp_path / "a", tmp_path / "b"])

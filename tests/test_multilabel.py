@@ -246,3 +246,11 @@ def _assert_round_trip(cfg, path, tmp_path) -> None:
         Image.fromarray(np.ascontiguousarray(f.reshape(int(w), int(h)).T)).save(folder / f"{image_id}.png")
     again = write_submission(cfg, out=tmp_path / "again.csv", predictions=folder, postprocess=False)
     assert again.path.read_bytes() == path.read_bytes()
+
+
+def test_pseudo_labels_refuse_multilabel_runs(comp):
+    from kseg.pseudo import PseudoError, prepare_run
+
+    cfg = load_config(comp / "kseg.yaml", ["data.multilabel=true", "data.classes=[a,b,c]", "data.palette=null"])
+    with pytest.raises(PseudoError, match="multilabel runs"):
+        prepare_run(cfg)
