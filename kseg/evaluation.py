@@ -122,6 +122,11 @@ def _logits(probs: torch.Tensor, multilabel: bool) -> torch.Tensor:
     return torch.log(probs.clamp_min(1e-7))
 
 
+def instance_buffer(n_images: int, n_classes: int, metric: str, beta: float) -> tuple[np.ndarray, float] | None:
+    """``evaluate``'s ``fbeta`` argument: an ``(N, K)`` array to fill under ``instance_fbeta``, else None."""
+    return (np.zeros((n_images, n_classes)), beta) if metric == "instance_fbeta" else None
+
+
 def validation_score(counts: np.ndarray, fbeta: np.ndarray | None, scored: list[int], metric: str) -> float:
     """The configured metric of one validation pass over the scored classes (what chooses the best epoch):
     from the ``(N, 3, K)`` counts, or the mean of the ``(N, K)`` instance F-beta for ``instance_fbeta``."""

@@ -12,8 +12,6 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ import torch
 from torch import nn
 
 from kseg import __version__, distributed
-from kseg.averaging import AverageResult, epochs_to_average
+from kseg.averaging import epochs_to_average
 from kseg.checkpoint import checkpoint_mismatch, inference_state, load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config, save_resolved
 from kseg.data import MaskSpec
@@ -37,7 +35,8 @@ from kseg.dataset import (
     train_loader,
 )
 from kseg.errors import TrainError
-from kseg.evaluation import EpochStats, evaluate, oof_truth, summarize, validation_score
+from kseg.evaluation import EpochStats, evaluate, instance_buffer, oof_truth, summarize, validation_score
+from kseg.foldstate import FoldResult, NoteCallback, RunProgress, StepCallback
 from kseg.io import remove_stale
 from kseg.losses import loss_from_config
 from kseg.metrics import pixel_metrics
@@ -54,64 +53,9 @@ from kseg.runtime import (
     resolve_device,
     seed_everything,
 )
-from kseg.split import fold_tables
+from kseg.split import fold_tables, with_pseudo_rows
 from kseg.weights import normalization_note
 from kseg.workdir import WorkDir
-
-StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, steps, loss, images/s
-NoteCallback = Callable[[str], None]
-
-
-@dataclass
-class FoldResult:
-    """What ``train_fold`` did."""
-
-    fold: int
-    dir: Path
-    best_epoch: int
-    best_score: float
-    epochs_done: int
-    stopped_early: bool
-    metrics: pd.DataFrame
-    weights_from: str
-    device: str
-    precision: str
-    notes: list[str] = field(default_factory=list)
-    stopped_by_time: bool = False  # train.time_limit passed: resume to finish
-    average: AverageResult | None = None  # train.average: the averaged checkpoint's figures
-    metric: str = "row_dice"  # what best_score is (submission.metric)
-
-
-def with_pseudo_rows(train: pd.DataFrame, val: pd.DataFrame, pseudo: pd.DataFrame) -> pd.DataFrame:
-    """The fold's training rows followed by the pseudo-labelled ones (column ``pseudo`` marks them).
-
-    Raises:
-        TrainError: A pseudo-labelled image is one of the competition's training images (by id or file):
-            it would put a validation image, with a model's labels, into training.
-    """
-    known = pd.concat([train, val])
-    files = {str(Path(p).resolve()) for p in known["image"]}
-    by_file = pseudo["image"].map(lambda p: str(Path(p).resolve()) in files)
-    same = pseudo[pseudo["ImageID"].isin(known["ImageID"]) | by_file]
-    if len(same):
-        raise TrainError(
-            f"pseudo-labelled image {same['image'].iloc[0]} is also a training image ({same['ImageID'].iloc[0]}); "
-            "pseudo-label the test images or another folder of unlabelled images, not the training set"
-        )
-    rows = pd.concat([train.assign(pseudo=False), pseudo.assign(pseudo=True)], ignore_index=True)
-    return rows
-
-
-@dataclass
-class RunProgress:
-    """Where a run stands: what ``last.pt`` saves and ``restore`` brings back."""
-
-    epoch: int = 0  # epochs done
-    steps_done: int = 0  # optimiser steps done
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 class FoldRun:
@@ -393,9 +337,7 @@ class FoldRun:
         for model in predictor.models:
             model.eval()
         sub = cfg.submission
-        fbeta = (
-            (np.zeros((len(self.val_rows), len(self.classes))), sub.beta) if sub.metric == "instance_fbeta" else None
-        )
+        fbeta = instance_buffer(len(self.val_rows), len(self.classes), sub.metric, sub.beta)
         val_loss, counts = evaluate(
             predictor, self.val_rows, self.spec, self.val_loss_fn, channels=cfg.model.in_channels, oof=oof, fbeta=fbeta
         )

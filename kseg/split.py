@@ -249,3 +249,23 @@ __all__ = [
     "plain_folds",
     "stratification_labels",
 ]
+
+
+def with_pseudo_rows(train: pd.DataFrame, val: pd.DataFrame, pseudo: pd.DataFrame) -> pd.DataFrame:
+    """The fold's training rows followed by the pseudo-labelled ones (column ``pseudo`` marks them).
+
+    Raises:
+        TrainError: A pseudo-labelled image is one of the competition's training images (by id or file):
+            it would put a validation image, with a model's labels, into training.
+    """
+    known = pd.concat([train, val])
+    files = {str(Path(p).resolve()) for p in known["image"]}
+    by_file = pseudo["image"].map(lambda p: str(Path(p).resolve()) in files)
+    same = pseudo[pseudo["ImageID"].isin(known["ImageID"]) | by_file]
+    if len(same):
+        raise TrainError(
+            f"pseudo-labelled image {same['image'].iloc[0]} is also a training image ({same['ImageID'].iloc[0]}); "
+            "pseudo-label the test images or another folder of unlabelled images, not the training set"
+        )
+    rows = pd.concat([train.assign(pseudo=False), pseudo.assign(pseudo=True)], ignore_index=True)
+    return rows

@@ -21,7 +21,8 @@ from kseg.config import Config
 from kseg.dataset import PseudoRows
 from kseg.errors import KsegError, TrainError
 from kseg.evaluation import EpochStats
-from kseg.foldrun import FoldResult, FoldRun, NoteCallback, StepCallback
+from kseg.foldrun import FoldRun
+from kseg.foldstate import FoldResult, NoteCallback, StepCallback
 from kseg.metrics import epoch_score
 from kseg.predictor import Predictor
 from kseg.runtime import seed_everything

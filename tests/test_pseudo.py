@@ -19,9 +19,8 @@ from kseg.config import load_config
 from kseg.dataset import load_image, mixed_order
 from kseg.ensemble import load_ensemble
 from kseg.errors import TrainError
-from kseg.foldrun import with_pseudo_rows
 from kseg.infer import run_predictor
-from kseg.split import fold_tables, make_folds
+from kseg.split import fold_tables, make_folds, with_pseudo_rows
 from kseg.train import train_fold
 
 FAST = [*SHARED, "train.epochs=1"]
