@@ -27,6 +27,16 @@ def class_planes(labels: np.ndarray, n_classes: int, multilabel: bool, ignore_in
     return labels[None] == np.arange(n_classes, dtype=labels.dtype).reshape(-1, 1, 1)
 
 
+def class_mask(labels: np.ndarray, k: int, multilabel: bool) -> np.ndarray:
+    """The boolean mask of class ``k`` alone (``class_planes(...)[k]`` without the other classes).
+
+    Shape:
+        labels ``(H, W)``; returns ``(H, W)`` bool.
+    """
+    labels = np.asarray(labels)
+    return ((labels >> k) & 1).astype(bool) if multilabel else labels == k
+
+
 def pack_planes(planes: np.ndarray) -> np.ndarray:
     """The bitmask label map of per-class masks (the inverse of ``class_planes`` in multilabel mode).
 

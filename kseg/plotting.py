@@ -69,56 +69,45 @@ def training_curves(history: Any, path: Path, fold: int) -> None:
     save_figure(fig, path)
 
 
+# a qualitative set (matplotlib's tab10 and more), black first for a background class
+QUALITATIVE = np.array(
+    [
+        [0, 0, 0],
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+        [188, 189, 34],
+        [23, 190, 207],
+        [174, 199, 232],
+    ],
+    dtype=np.uint8,
+)
+
+
 def palette_rgb(data: DataConfig) -> np.ndarray:
-    """One display colour per label value: per class (the first palette colour, or a fixed qualitative
-    set), or with ``data.multilabel`` per bitmask (the mean colour of its classes, black for none), so
-    ``colorize`` draws either kind of label map.
+    """One display colour per label value: per class (the first palette colour, or ``QUALITATIVE``), or
+    with ``data.multilabel`` per bitmask (the mean colour of its classes, black for none), so ``colorize``
+    draws either kind of label map.
 
     Shape:
         Returns ``(n_classes, 3)`` uint8, or ``(2 ** n_classes, 3)`` when multilabel.
     """
-    if data.multilabel:
-        return _bitmask_colours(len(data.classes))
+    n = len(data.classes)
     if data.palette is not None:
-        return np.array([[int(c[0][i : i + 2], 16) for i in (1, 3, 5)] for c in data.palette], dtype=np.uint8)
-    base = np.array(
-        [
-            [0, 0, 0],
-            [31, 119, 180],
-            [255, 127, 14],
-            [44, 160, 44],
-            [214, 39, 40],
-            [148, 103, 189],
-            [140, 86, 75],
-            [227, 119, 194],
-            [127, 127, 127],
-            [188, 189, 34],
-            [23, 190, 207],
-            [174, 199, 232],
-        ],
-        dtype=np.uint8,
-    )
-    reps = -(-len(data.classes) // len(base))
-    return np.tile(base, (reps, 1))[: len(data.classes)]
-
-
-def _bitmask_colours(n_classes: int) -> np.ndarray:
-    classes = np.array(
-        [
-            [31, 119, 180],
-            [255, 127, 14],
-            [44, 160, 44],
-            [214, 39, 40],
-            [148, 103, 189],
-            [227, 119, 194],
-            [23, 190, 207],
-        ],
-        dtype=np.float64,
-    )[:n_classes]
-    values = np.arange(2**n_classes)
-    held = (values[:, None] >> np.arange(n_classes)) & 1
-    total = held @ classes
-    return np.round(total / np.maximum(held.sum(1, keepdims=True), 1)).astype(np.uint8)
+        colours = np.array([[int(c[0][i : i + 2], 16) for i in (1, 3, 5)] for c in data.palette], dtype=np.uint8)
+    else:
+        base = QUALITATIVE[1:] if data.multilabel else QUALITATIVE  # multilabel: no background, none is black
+        colours = np.tile(base, (-(-n // len(base)), 1))[:n]
+    if not data.multilabel:
+        return colours
+    held = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+    mixed = held @ colours.astype(np.float64) / np.maximum(held.sum(1, keepdims=True), 1)
+    return np.round(mixed).astype(np.uint8)
 
 
 def class_colour(palette: np.ndarray, k: int, multilabel: bool) -> np.ndarray:

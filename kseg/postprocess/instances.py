@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kseg.bits import class_planes
+from kseg.bits import class_mask
 from kseg.config import Config
 from kseg.instances import components, fbeta, iou_matrix
 from kseg.postprocess.oof import read_oof_images
@@ -24,7 +24,7 @@ def _image_grid(
     """One image's ``(T, A)`` F-beta of class ``k`` under every threshold level and minimum area."""
     n_classes = len(probs)
     scored = truth < (2**n_classes if multilabel else n_classes)  # the rest is the ignore index
-    truth_ids, n_truth = components(class_planes(truth, n_classes, multilabel)[k] & scored)
+    truth_ids, n_truth = components(class_mask(truth, k, multilabel) & scored)
     mine = probs[k] if multilabel else np.where(probs.argmax(0) == k, probs[k], -1)
     grid = np.empty((len(levels), len(AREA_FRACTIONS)))
     for t, level in enumerate(levels):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from kseg import rle
-from kseg.bits import class_planes
+from kseg.bits import class_mask
 from kseg.instances import components, fbeta, iou_matrix
 from kseg.submission.format import SubmissionFormat
 
@@ -55,8 +55,7 @@ def component_runs(truths: list[np.ndarray], fmt: SubmissionFormat, bits: tuple[
     frames, next_id = [], 0
     for r, (i, k) in enumerate(zip(fmt.row_image.tolist(), fmt.row_class.tolist(), strict=True)):
         truth = truths[i]
-        plane = class_planes(truth, k + 1, multilabel, ignore_index)[k]
-        ids, count = components(plane)
+        ids, count = components(class_mask(truth, k, multilabel) & (truth != ignore_index))
         if not count:
             continue
         _, start, length, label = rle.runs(ids[None], fmt.order)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from kseg import rle
-from kseg.bits import class_planes
+from kseg.bits import class_mask, class_planes
 from kseg.config import Config
 from kseg.errors import SubmissionError
 from kseg.instances import components
@@ -51,18 +51,17 @@ def read_prediction(
         raise SubmissionError(f"prediction {path} cannot be read ({exc}); run 'kseg infer' again") from None
     if labels.ndim != 2:
         raise SubmissionError(f"prediction {path} has shape {labels.shape}; a label map is (H, W) of class indices")
-    if multilabel:
-        bad = labels >= 2**n_classes
-        if bad.any():
-            raise SubmissionError(
-                f"prediction {path} has value {int(labels[bad].max())} in {int(bad.sum())} pixels, but a bitmask of "
-                f"{n_classes} classes is 0-{2**n_classes - 1}; predict with this config's classes"
-            )
-    bad = (labels >= n_classes) & (labels != NO_CLASS) & (not multilabel)
+    top = 2**n_classes if multilabel else n_classes  # valid values: below top (multiclass: and NO_CLASS)
+    bad = (labels >= top) & ((labels != NO_CLASS) | multilabel)
     if bad.any():
+        valid = (
+            f"a bitmask of {n_classes} classes is 0-{top - 1}"
+            if multilabel
+            else f"there are {n_classes} classes (0-{n_classes - 1}, and {NO_CLASS} for none)"
+        )
         raise SubmissionError(
-            f"prediction {path} has label {int(labels[bad].max())} in {int(bad.sum())} pixels, but there are "
-            f"{n_classes} classes (0-{n_classes - 1}, and {NO_CLASS} for none); predict with this config's classes"
+            f"prediction {path} has {'value' if multilabel else 'label'} {int(labels[bad].max())} in "
+            f"{int(bad.sum())} pixels, but {valid}; predict with this config's classes"
         )
     if labels.shape != tuple(shape):
         if not resize:
@@ -182,8 +181,7 @@ def encode_instances(maps: list[np.ndarray], fmt: SubmissionFormat, multilabel: 
     def one(row: int) -> list[bytes]:
         label_map = maps[int(fmt.row_image[row])]
         k = int(fmt.row_class[row])
-        plane = (label_map >> k) & 1 if multilabel else label_map == k
-        ids, count = components(plane.astype(bool))
+        ids, count = components(class_mask(label_map, k, multilabel))
         return rle.encode_batch([ids], count + 1, order=fmt.order, threads=1)[0][1:] if count else []
 
     with ThreadPoolExecutor(8) as pool:
