@@ -19,7 +19,7 @@ from kseg.dataset import load_image
 from kseg.io import atomic_write_text
 from kseg.metrics import class_scores, row_dice, row_iou
 from kseg.plotting import NO_CLASS_COLOUR, class_colour, colorize, palette_rgb, pyplot, save_figure, to_uint8
-from kseg.postprocess import OOFSet, PostProcess, apply, class_table, instance_grids, load, load_oof
+from kseg.postprocess import OOFBuilder, OOFSet, PostProcess, apply, class_table, instance_grids, load, load_oof
 from kseg.progress import Progress
 from kseg.workdir import WorkDir
 
@@ -62,16 +62,21 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
 def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) -> Report:
     """Per-fold and overall OOF scores (``submission.metric``), per-class Dice / IoU, confusion matrix and
     worst images (by their mean row Dice)."""
-    oof = load_oof(cfg, on_progress)
     post = load(cfg)
+    fbeta = None
+    if cfg.submission.metric == "instance_fbeta":  # one pass over the OOF files for both kinds of figures
+        builder = OOFBuilder(cfg.n_classes, cfg.multilabel)
+        found = instance_grids(cfg, on_progress, builder)
+        oof = builder.build()
+        fbeta = found.image_scores(None), found.image_scores(post)
+    else:
+        oof = load_oof(cfg, on_progress)
     classes = list(cfg.data.classes)
     metric = cfg.submission.metric
     raw = _row_counts(oof, None, classes)
     inter, pred, truth = _row_counts(oof, post, classes)
     before, after = row_dice(*raw), row_dice(inter, pred, truth)
     iou = row_iou(inter, pred, truth)
-
-    fbeta = _fbeta_scores(cfg, post, oof.ids) if metric == "instance_fbeta" else None
 
     def score(counts: tuple[np.ndarray, ...], rows: np.ndarray) -> float:
         if fbeta is not None:  # counts is raw (before) or not
@@ -120,18 +125,6 @@ def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) 
         post,
         metric,
     )
-
-
-def _fbeta_scores(cfg: Config, post: PostProcess | None, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Each OOF image's instance F-beta over the scored classes, without and with ``post``, in ``ids``' order.
-
-    Shape:
-        Two ``(N, S)`` arrays.
-    """
-    found = instance_grids(cfg)
-    position = {image_id: j for j, image_id in enumerate(found.ids)}
-    order = [position[i] for i in ids]
-    return found.image_scores(None)[order], found.image_scores(post)[order]
 
 
 def _plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Path:

@@ -34,6 +34,7 @@ def test_each_style_runs_end_to_end(runner, tmp_path, style):
     _cli(runner, "split", *config)
     _cli(runner, "train", "--fold", "all", *config)
     _cli(runner, "tune", *config)
+    _cli(runner, "report", *config)
     _cli(runner, "infer", "--tta", *config)
     _cli(runner, "submit", *config)
     _cli(runner, "validate", *config)

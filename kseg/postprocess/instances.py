@@ -12,7 +12,7 @@ import numpy as np
 from kseg.bits import class_mask
 from kseg.config import Config
 from kseg.instances import components, fbeta, iou_matrix
-from kseg.postprocess.oof import read_oof_images
+from kseg.postprocess.oof import OOFBuilder, read_oof_images
 from kseg.postprocess.params import AREA_FRACTIONS, PostProcess, threshold_grid
 from kseg.postprocess.search import SearchSpace
 from kseg.progress import Progress
@@ -62,8 +62,9 @@ class InstanceGrids:
         return np.stack(columns, axis=1) if columns else np.ones((len(self.ids), 0))
 
 
-def instance_grids(cfg: Config, on_progress: Progress | None = None) -> InstanceGrids:
-    """Each scored class's F-beta grid over the OOF images, and the space it was searched in."""
+def instance_grids(cfg: Config, on_progress: Progress | None = None, pixels: OOFBuilder | None = None) -> InstanceGrids:
+    """Each scored class's F-beta grid over the OOF images, and the space it was searched in; ``pixels``
+    also collects the images' pixel statistics in the same pass (``kseg report`` needs both)."""
     thresholds, identity = threshold_grid(cfg.multilabel)
     levels = np.minimum(np.ceil(thresholds * 255 - 1e-6).astype(int), 255)
     per_class: dict[int, list[np.ndarray]] = {k: [] for k in cfg.scored_classes}
@@ -71,6 +72,8 @@ def instance_grids(cfg: Config, on_progress: Progress | None = None) -> Instance
     for image_id, fold, probs, truth in read_oof_images(cfg, on_progress):
         probs, truth = np.asarray(probs).astype(np.int16), np.asarray(truth)
         resolution = [int(probs.shape[1]), int(probs.shape[2])]
+        if pixels is not None:
+            pixels.add(image_id, fold, probs.astype(np.uint8), truth)
         ids.append(image_id)
         folds.append(fold)
         for k in per_class:
