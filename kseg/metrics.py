@@ -70,8 +70,8 @@ def metric_score(counts: np.ndarray, metric: str = "row_dice") -> tuple[float, n
     """The metric over ``(N, 3, K)`` counts (intersection, predicted, true pixels), and per class ``(K,)``.
 
     No rows score 1 (nothing to get wrong), as an empty submission of an empty test set would."""
-    counts = np.asarray(counts)
-    if counts.shape[0] == 0:
+    counts = np.ascontiguousarray(counts)  # a class subset (fancy indexing) may come in another memory order,
+    if counts.shape[0] == 0:  # and a mean sums in memory order: C order gives summarize's bits
         return 1.0, np.ones(counts.shape[-1])
     per_class = class_scores(counts[:, 0], counts[:, 1], counts[:, 2], metric)
     if metric == "dataset_iou":

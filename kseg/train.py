@@ -83,6 +83,21 @@ def train_fold(
     if deadline is None and cfg.train.time_limit is not None:
         deadline = time.monotonic() + cfg.train.time_limit
     run = FoldRun(cfg, fold, resume=resume, on_step=on_step, on_note=note, pseudo=pseudo)
+    try:
+        return _train(run, on_epoch, note, deadline, pseudo)
+    finally:
+        run.release()
+
+
+def _train(
+    run: FoldRun,
+    on_epoch: Callable[[EpochStats], None] | None,
+    note: NoteCallback,
+    deadline: float | None,
+    pseudo: PseudoRows | None,
+) -> FoldResult:
+    """``train_fold``'s epochs, then the averaging it may owe."""
+    cfg, fold = run.cfg, run.fold
     _opening_notes(run, pseudo, note)
     run.prepare_outputs()
     if run.progress.epoch >= cfg.train.epochs:

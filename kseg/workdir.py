@@ -6,6 +6,7 @@
       config.yaml          resolved config of the last split              kseg split
       folds.csv            ImageID,fold                                   kseg split
       class_pixels.csv     '# spec' line, then per-image class pixels     kseg split (scan cache)
+      .fold<N>.lock        held while a live run trains fold N          kseg train
       fold<N>/
         config.yaml        resolved config of the fold's run              kseg train
         best.pt, last.pt   best epoch (weights) / resumable state         kseg train
@@ -23,6 +24,11 @@
       audit/               audit.md, duplicates.csv, ...                  kseg audit
       predictions/         <ImageID>.png, predictions.csv, inference.json kseg infer (submission.predictions)
 
+An epoch's fold files are committed together (``commit``); the path accessors of committed files
+(``best``, ``last``, ``metrics``, ``oof``...) first complete a commit that a killed run left half done, so
+every reader sees one epoch's set. ``.fold<N>.lock`` is held (``flock``) by the live run training the
+fold: readers leave its commits to it.
+
 A predictions folder may live anywhere (``kseg infer --out``); its files are named here too.
 """
 
@@ -32,7 +38,7 @@ import errno
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +46,11 @@ import pandas as pd
 from kseg.errors import KsegError
 from kseg.io import atomic_open, atomic_write_text
 from kseg.schema import Config
+
+try:
+    import fcntl
+except ImportError:  # no advisory locks (Windows): a pending commit is completed by whoever reads first
+    fcntl = None  # type: ignore[assignment]
 
 ID = "ImageID"
 FOLDS_NAME = "folds.csv"
@@ -106,13 +117,13 @@ class WorkDir:
         return self.root / f"fold{fold}"
 
     def best(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "best.pt"
+        return self.committed(fold, "best.pt")
 
     def last(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "last.pt"
+        return self.committed(fold, "last.pt")
 
     def metrics(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "metrics.csv"
+        return self.committed(fold, "metrics.csv")
 
     def curves(self, fold: int) -> Path:
         return self.fold_dir(fold) / "curves.png"
@@ -124,11 +135,22 @@ class WorkDir:
         return self.fold_dir(fold) / "tensorboard"
 
     def oof(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "oof.npy"
+        return self.committed(fold, "oof.npy")
+
+    def committed(self, fold: int, name: str) -> Path:
+        """``fold<N>/<name>``, one of the files an epoch commits together; a commit that a killed run left
+        half done is completed first (``settle``), so what is read there belongs to one epoch."""
+        self.settle(fold)
+        return self.fold_dir(fold) / name
 
     def staged(self, fold: int, name: str) -> Path:
         """Where an epoch's new ``fold<N>/<name>`` is written before ``commit`` puts it in place."""
         return self.fold_dir(fold) / f"{name}.next"
+
+    def lock(self, fold: int) -> Path:
+        """Held by the live run training ``fold<N>`` (``hold_fold``); beside the fold folder, so a run that
+        stops before its first write leaves no fold folder."""
+        return self.root / f".fold{fold}.lock"
 
     def journal(self, fold: int) -> Path:
         return self.fold_dir(fold) / "commit.json"
@@ -143,16 +165,20 @@ class WorkDir:
         return sorted(int(n[5:-3]) for n in names if n[5:-3].isdigit())
 
     def average_json(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "average.json"
+        return self.committed(fold, "average.json")
 
     def oof_masks(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "oof_masks.npy"
+        return self.committed(fold, "oof_masks.npy")
 
     def oof_csv(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "oof.csv"
+        return self.committed(fold, "oof.csv")
 
     def folds_with(self, name: str) -> list[int]:
-        """Fold numbers whose ``fold<N>/`` holds a file ``name``, ascending."""
+        """Fold numbers whose ``fold<N>/`` holds a file ``name``, ascending (pending commits completed first)."""
+        for journal in self.root.glob("fold*/commit.json"):
+            suffix = journal.parent.name[4:]
+            if suffix.isdigit():
+                self.settle(int(suffix))
         found = []
         for path in self.root.glob(f"fold*/{name}"):
             suffix = path.parent.name[4:]
@@ -255,11 +281,53 @@ class WorkDir:
         if not journal.is_file():
             return False
         for name in json.loads(journal.read_text(encoding="utf-8"))["files"]:
-            staged = self.staged(fold, name)
-            if staged.exists():
-                os.replace(staged, self.fold_dir(fold) / name)
-        journal.unlink()
+            try:
+                os.replace(self.staged(fold, name), self.fold_dir(fold) / name)
+            except FileNotFoundError:
+                pass  # renamed before the kill
+        journal.unlink(missing_ok=True)
         return True
+
+    def settle(self, fold: int) -> bool:
+        """Complete a commit that a killed run left half done, unless a live run trains the fold (it completes
+        its own); whether one was completed. Readers call it (through ``committed``) before they read."""
+        if not self.journal(fold).is_file() or self.fold_is_held(fold):
+            return False
+        return self.roll_forward(fold)
+
+    def hold_fold(self, fold: int) -> IO[str]:
+        """Mark ``fold<N>/`` as trained by this process until the handle is closed or the process ends (a
+        killed run holds nothing).
+
+        Raises:
+            KsegError: Another live kseg process trains the fold.
+        """
+        if not self.root.is_dir():  # nothing to protect yet, and nothing to train on
+            raise KsegError(f"{self.folds_csv} does not exist; run 'kseg split' first")
+        handle = open(self.lock(fold), "a", encoding="utf-8")
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise KsegError(
+                    f"{self.fold_dir(fold)} is being trained by another kseg process; let it finish or stop it, "
+                    "then run again"
+                ) from None
+        return handle
+
+    def fold_is_held(self, fold: int) -> bool:
+        """Whether a live process (this one included, through ``hold_fold``) trains the fold."""
+        lock = self.lock(fold)
+        if fcntl is None or not lock.is_file():
+            return False
+        with open(lock, "a", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
     def write_average(self, fold: int, info: dict[str, Any], staged: bool = False) -> None:
         path = self.staged(fold, "average.json") if staged else self.average_json(fold)

@@ -107,3 +107,19 @@ def test_kills_at_random_moments_leave_the_previous_or_the_new_outputs(comp):
         _run(_kseg(comp, "submit"))
         assert validate_file(submission, cfg).ok and not list(submission.parent.glob(".*.tmp"))
     assert killed, "no run was interrupted: the kill moments missed them all"
+
+
+def test_a_second_training_of_a_fold_in_progress_stops_with_one_line(comp):
+    from kseg.split import make_folds
+
+    make_folds(load_config(comp / "kseg.yaml"))
+    hold = WorkDir(comp / "work").hold_fold(0)  # as a live 'kseg train --fold 0' holds it
+    try:
+        done = subprocess.run(
+            _kseg(comp, "train", "--fold", "0"), capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
+        )
+    finally:
+        hold.close()
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "fold0 is being trained by another kseg process; let it finish or stop it" in done.stderr
+    assert not (comp / "work" / "fold0" / "last.pt").exists()

@@ -60,6 +60,17 @@ def test_each_metric_on_counts():
         metric_score(counts, "f1")
 
 
+def test_the_epoch_score_has_the_bits_of_the_mean_row_dice_column():
+    """best_score (the metric over the scored classes) is max(val_dice) exactly when every class is scored."""
+    from kseg.evaluation import summarize, validation_score
+
+    rng = np.random.default_rng(0)
+    for n, k in [(4, 5), (7, 12), (54, 5)]:
+        counts = rng.integers(0, 1000, (n, 3, k))
+        classes = [f"c{j}" for j in range(k)]
+        assert validation_score(counts, None, list(range(k)), "row_dice") == summarize(counts, classes)[0]
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_score_follows_the_metric(comp, metric):
     rng = np.random.default_rng(5)

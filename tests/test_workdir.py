@@ -1,7 +1,14 @@
 """The work folder's one owner: paths, and an epoch's files committed together."""
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
 
+import pytest
+
+from kseg.errors import KsegError
 from kseg.io import remove_stale
 from kseg.workdir import WorkDir
 
@@ -31,7 +38,7 @@ def test_a_commit_killed_half_way_is_finished_on_the_next_run(tmp_path):
     work.commit(0, names)
     _stage(work, names, 3)
     work.journal(0).write_text(json.dumps({"files": names}))  # the journal was written, then:
-    work.staged(0, "best.pt").replace(work.best(0))  # one rename happened before the kill
+    work.staged(0, "best.pt").replace(work.fold_dir(0) / "best.pt")  # one rename happened before the kill
     assert work.roll_forward(0)
     assert _contents(work) == {name: f"{name} of epoch 3" for name in names}  # all of epoch 3, none of 2
 
@@ -55,3 +62,66 @@ def test_trained_folds_are_found_by_their_best_checkpoint(tmp_path):
     (tmp_path / "foldx").mkdir()
     (tmp_path / "foldx" / "best.pt").write_text("x")
     assert work.trained_folds() == [0, 2, 10]
+
+
+def _half_committed(work: WorkDir, names: list[str]) -> None:
+    """Epoch 2 committed, then epoch 3 staged, journalled and killed after its first rename."""
+    _stage(work, names, 2)
+    work.commit(0, names)
+    _stage(work, names, 3)
+    work.journal(0).write_text(json.dumps({"files": names}))
+    work.staged(0, names[0]).replace(work.fold_dir(0) / names[0])
+
+
+def test_a_reader_sees_one_epoch_after_a_kill_between_renames(tmp_path):
+    names = ["best.pt", "last.pt", "metrics.csv", "oof.npy", "oof.csv"]
+    _half_committed(WorkDir(tmp_path), names)
+    reader = WorkDir(tmp_path)  # another process, e.g. 'kseg infer' or 'kseg tune'
+    assert reader.metrics(0).read_text() == "metrics.csv of epoch 3"
+    assert reader.last(0).read_text() == "last.pt of epoch 3"
+    assert _contents(reader) == {name: f"{name} of epoch 3" for name in names}
+
+
+def test_a_first_epoch_whose_commit_was_cut_short_counts_as_trained(tmp_path):
+    work = WorkDir(tmp_path)
+    _stage(work, ["best.pt", "last.pt"], 1)
+    work.journal(0).write_text(json.dumps({"files": ["best.pt", "last.pt"]}))
+    assert work.trained_folds() == [0] and work.best(0).read_text() == "best.pt of epoch 1"
+
+
+def test_readers_leave_a_live_run_to_complete_its_own_commit(tmp_path):
+    names = ["best.pt", "last.pt", "metrics.csv"]
+    work = WorkDir(tmp_path)
+    hold = work.hold_fold(0)
+    _half_committed(work, names)
+    try:
+        assert work.fold_is_held(0)
+        assert not work.settle(0) and work.journal(0).is_file()  # the live writer's staged files untouched
+        assert work.staged(0, "last.pt").is_file()
+    finally:
+        hold.close()
+    assert work.settle(0) and not work.journal(0).exists()
+
+
+def test_a_fold_is_trained_by_one_process_at_a_time_and_a_killed_one_holds_nothing(tmp_path):
+    holder = textwrap.dedent(
+        f"""
+        import sys, time
+        from kseg.workdir import WorkDir
+        hold = WorkDir({str(tmp_path)!r}).hold_fold(0)
+        print("held", flush=True)
+        time.sleep(60)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        work = WorkDir(tmp_path)
+        with pytest.raises(KsegError, match="being trained by another kseg process"):
+            work.hold_fold(0)
+        assert work.fold_is_held(0)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not work.fold_is_held(0)
+    work.hold_fold(0).close()
