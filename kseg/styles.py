@@ -33,11 +33,21 @@ from kseg.rle import encode
 from kseg.scenes import cloud_scene, ship_scene
 from kseg.submission.format import grid_key, load_format
 from kseg.submission.write import write_submission
-from kseg.synth import TRAINING_TEMPLATE, SynthResult, check_request, make_competition, round32, synth_scene
+from kseg.synth import (
+    DEFAULT_CLASSES,
+    TRAINING_TEMPLATE,
+    SynthResult,
+    check_request,
+    make_competition,
+    round32,
+    synth_scene,
+)
 
 STYLES = ("drone", "severstal", "clouds", "instances")
 CLOUD_CLASSES = ["Fish", "Flower", "Gravel", "Sugar"]
 SEVERSTAL_CLASSES = ["background", "defect_1", "defect_2", "defect_3", "defect_4"]
+SHIP_CLASSES = ["sea", "ship"]
+FIXED_CLASSES = {"severstal": SEVERSTAL_CLASSES, "clouds": CLOUD_CLASSES, "instances": SHIP_CLASSES}
 
 SEVERSTAL_CONFIG = """\
 # kseg config for a synthetic competition in the shape of Severstal steel defects (`kseg synth --style
@@ -136,15 +146,23 @@ def make_styled(
     n_test: int,
     height: int,
     width: int,
-    n_classes: int,
+    n_classes: int | None,
     seed: int = 0,
     on_progress: Progress | None = None,
 ) -> SynthResult:
-    """Write a synthetic competition of ``style`` (``STYLES``) with its config and ``solution.csv``."""
+    """Write a synthetic competition of ``style`` (``STYLES``) with its config and ``solution.csv``.
+    ``n_classes`` (``None``: the style's own) applies to the drone style; the others have fixed classes."""
     if style not in STYLES:
         raise KsegError(f"--style {style!r} is not one of {', '.join(STYLES)}; pick one of those")
+    fixed = FIXED_CLASSES.get(style)
+    if fixed is not None and n_classes is not None and n_classes != len(fixed):
+        raise KsegError(
+            f"--classes {n_classes} does not apply to --style {style}, whose classes are fixed "
+            f"({', '.join(fixed)}); leave --classes out"
+        )
     if style == "drone":
-        result = make_competition(out_dir, n_train, n_test, height, width, n_classes, seed, on_progress)
+        n = DEFAULT_CLASSES if n_classes is None else n_classes
+        result = make_competition(out_dir, n_train, n_test, height, width, n, seed, on_progress)
         spec = MaskSpec.from_config(load_config(result.config).data)
         truth = {p.stem: read_mask(p, spec) for p in sorted((result.root / "test_masks").glob("*.png"))}
     elif style == "severstal":
@@ -208,7 +226,7 @@ def _instances(
     atomic_write_text(out_dir / "train_ship_segmentations_v2.csv", pd.DataFrame(rows).to_csv(index=False))
     sample = pd.DataFrame({"ImageId": [f"{name}.jpg" for name in labels["test"]], "EncodedPixels": "1 2"})
     atomic_write_text(out_dir / "sample_submission_v2.csv", sample.to_csv(index=False))
-    return SynthResult(out_dir, out_dir / "kseg.yaml", n_train, n_test, ["sea", "ship"]), labels["test"]
+    return SynthResult(out_dir, out_dir / "kseg.yaml", n_train, n_test, list(SHIP_CLASSES)), labels["test"]
 
 
 def _write_config(out_dir: Path, template: str, seed: int, size: tuple[int, int], **fields: object) -> Path:

@@ -279,13 +279,16 @@ def check_request(out_dir: Path, n_train: int, n_test: int, height: int, width: 
         raise KsegError(f"{out_dir} exists and is not a folder; choose another OUT_DIR")
 
 
+DEFAULT_CLASSES = 6  # kseg synth without --classes
+
+
 def make_competition(
     out_dir: Path,
     n_train: int = 24,
     n_test: int = 8,
     height: int = 64,
     width: int = 96,
-    n_classes: int = 6,
+    n_classes: int = DEFAULT_CLASSES,
     seed: int = 0,
     on_progress=None,
 ) -> SynthResult:

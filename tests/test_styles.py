@@ -13,6 +13,7 @@ import yaml
 from conftest import FAST
 
 from kseg.cli import app
+from kseg.config import load_config
 
 TINY = [*FAST, "train.epochs=2", "split.n_folds=2", "data.image_size=[32,64]"]
 
@@ -145,6 +146,20 @@ def test_an_unknown_style_is_one_line(runner, tmp_path):
     message = "--style 'airbus' is not one of drone, severstal, clouds, instances"
     assert result.exit_code == 1 and message in result.output
     assert "Traceback" not in result.output and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("style, classes", [("clouds", "Fish, Flower, Gravel, Sugar"), ("instances", "sea, ship")])
+def test_a_class_count_for_a_style_with_fixed_classes_is_one_line(runner, tmp_path, style, classes):
+    result = runner.invoke(app, ["synth", str(tmp_path / "x"), "--style", style, "--classes", "8"])
+    message = f"--classes 8 does not apply to --style {style}, whose classes are fixed ({classes}); leave --classes out"
+    assert result.exit_code == 1 and message in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not (tmp_path / "x").exists()
+
+
+def test_the_drone_style_takes_a_class_count(runner, tmp_path):
+    result = runner.invoke(app, ["synth", str(tmp_path / "x"), "--style", "drone", "--classes", "3", "--train", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(load_config(tmp_path / "x" / "kseg.yaml").data.classes) == 3 and "3 classes" in result.output
 
 
 def test_every_example_config_loads():

@@ -26,7 +26,9 @@ def synth(
     test: Annotated[int, typer.Option("--test", help="Test images.")] = 8,
     height: Annotated[int, typer.Option("--height", help="Image height.")] = 64,
     width: Annotated[int, typer.Option("--width", help="Image width.")] = 96,
-    classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 6,
+    classes: Annotated[
+        int | None, typer.Option("--classes", help="Number of classes (default 6; the drone style only).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     style: Annotated[
         str | None,
@@ -42,11 +44,12 @@ def synth(
 ) -> None:
     """Write a small synthetic Kaggle-style aerial segmentation competition, with its kseg.yaml."""
     from kseg.styles import make_styled
-    from kseg.synth import make_competition
+    from kseg.synth import DEFAULT_CLASSES, make_competition
 
     with handled(debug), render.progress_bar("synth") as update:
         if style is None:
-            result = make_competition(out_dir, train, test, height, width, classes, seed, on_progress=update)
+            n_classes = DEFAULT_CLASSES if classes is None else classes
+            result = make_competition(out_dir, train, test, height, width, n_classes, seed, on_progress=update)
         else:
             result = make_styled(out_dir, style, train, test, height, width, classes, seed, on_progress=update)
     render.say(
