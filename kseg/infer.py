@@ -12,6 +12,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -184,21 +185,7 @@ def run_inference(
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:  # a failed or killed run leaves the previous folder whole, or none
         written, skipped = _predict_into(tmp, predictor, cfg, images, post, outputs, on_progress)
-        info = {
-            "source": ensemble.source,
-            "folds": ensemble.folds,
-            "tta": tta,
-            "mode": cfg.infer.mode,
-            "merge": cfg.infer.merge,
-            "scales": cfg.infer.tta_scales,
-            "kseg_version": __version__,
-            "config_hash": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16],
-            "images": len(written),
-            "image_ids": [image_id for image_id, _, _ in written],
-            "skipped": [message for _, message in skipped],
-            "skipped_ids": [image_id for image_id, _ in skipped],
-            "postprocess": json.loads(post.to_json()) if post is not None else None,
-        }
+        info = _inference_info(ensemble, tta, post, written, skipped)
         write_inference_info(tmp, info, pd.DataFrame(written, columns=[ID, "height", "width"]))
     seconds = time.perf_counter() - t0
     return InferResult(
@@ -212,6 +199,32 @@ def run_inference(
         ensemble.source,
         post is not None,
     )
+
+
+def _inference_info(
+    ensemble: Ensemble,
+    tta: str,
+    post: PostProcess | None,
+    written: list[tuple[str, int, int]],
+    skipped: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """``inference.json``: what made the predictions (``kseg submit`` checks it against the config)."""
+    cfg = ensemble.cfg
+    return {
+        "source": ensemble.source,
+        "folds": ensemble.folds,
+        "tta": tta,
+        "mode": cfg.infer.mode,
+        "merge": cfg.infer.merge,
+        "scales": cfg.infer.tta_scales,
+        "kseg_version": __version__,
+        "config_hash": hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16],
+        "images": len(written),
+        "image_ids": [image_id for image_id, _, _ in written],
+        "skipped": [message for _, message in skipped],
+        "skipped_ids": [image_id for image_id, _ in skipped],
+        "postprocess": json.loads(post.to_json()) if post is not None else None,
+    }
 
 
 def check_output_folder(out: Path) -> None:
