@@ -28,8 +28,9 @@ import json
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,75 +156,123 @@ def tile_raster(
 
 
 def _tile(rasterio, src, mask_src, image, out, options, mask, ignore_index, on_progress) -> TileResult:
-    from rasterio.enums import Resampling
-    from rasterio.windows import Window
-
-    resampling = {"nearest": Resampling.nearest, "mode": Resampling.mode}[options.mask_resampling]
-    stride = options.stride or options.size
-    size = options.size
-    drop = set(options.drop_classes)
+    """Cut every window of ``src`` into ``out``, then write ``tiles.csv`` and ``tiles.json``."""
     try:
         bands = _check_inputs(src, mask_src, options, image, mask)
-        nodata = options.nodata if options.nodata is not None else src.nodata
-        dtype = np.dtype(src.dtypes[bands[0] - 1])
-        as_png = len(bands) == 3 and dtype == np.uint8
-        rows, cols = tile_origins(src.height, size, stride), tile_origins(src.width, size, stride)
-        (out / "images").mkdir(parents=True)
-        if mask_src is not None:
-            (out / "masks").mkdir(parents=True, exist_ok=True)
-        total, sums, squares = np.zeros(len(bands)), np.zeros(len(bands)), np.zeros(len(bands))
-        records, dropped_nodata, dropped_classes, done = [], 0, 0, 0
-        n = len(rows) * len(cols)
-        for row in rows:
-            for col in cols:
-                window = Window(col, row, size, size)
-                pixels = src.read(bands, window=window)  # (C, size, size)
-                valid = (
-                    np.ones(pixels.shape[1:], bool) if nodata is None else ~(pixels == nodata).all(0)
-                )  # a pixel is nodata when every chosen band says so
-                done += 1
-                if options.drop_nodata and not valid.any():
-                    dropped_nodata += 1
-                    _tick(on_progress, done, n)
-                    continue
-                labels = None
-                if mask_src is not None:
-                    labels = _read_labels(src, mask_src, window, valid, resampling, ignore_index)
-                    labelled = labels != ignore_index
-                    if drop and labelled.any() and set(np.unique(labels[labelled]).tolist()) <= drop:
-                        dropped_classes += 1
-                        _tick(on_progress, done, n)
-                        continue
-                name = f"{image.stem}_y{row:05d}_x{col:05d}"
-                share = _write_tile(out, name, pixels, labels, as_png, ignore_index)
-                flat = pixels.reshape(len(bands), -1)[:, valid.ravel()].astype(np.float64)
-                total += flat.shape[1]
-                sums += flat.sum(1)
-                squares += (flat * flat).sum(1)
-                records.append((name, image.name, row, col, size, size, round(share, 4)))
-                _tick(on_progress, done, n)
+        cutter = _Cutter.start(src, mask_src, bands, options, ignore_index, out)
+        stride = options.stride or options.size
+        rows, cols = tile_origins(src.height, options.size, stride), tile_origins(src.width, options.size, stride)
+        origins = [(row, col) for row in rows for col in cols]
+        for done, (row, col) in enumerate(origins, 1):
+            cutter.cut(f"{image.stem}_y{row:05d}_x{col:05d}", image.name, row, col)
+            if on_progress is not None:
+                on_progress(done, len(origins))
     finally:
         if mask_src is not None:
             mask_src.close()
-    meta_src = {
+    if not cutter.records:
+        raise TileError(
+            f"every tile of {image} was dropped ({cutter.dropped_nodata} all nodata, {cutter.dropped_classes} "
+            f"only tile.drop_classes {sorted(cutter.drop)}); relax tile.drop_nodata / tile.drop_classes"
+        )
+    return _write_index(out, image, src, options, cutter, len(origins))
+
+
+@dataclass
+class _Cutter:
+    """Cuts one raster's windows into tile files, keeping the index rows, the drop counts and the per-band
+    pixel moments of the kept tiles' valid pixels."""
+
+    src: Any
+    mask_src: Any
+    bands: list[int]
+    size: int
+    nodata: float | None
+    drop_nodata: bool
+    drop: set[int]
+    resampling: Any
+    ignore_index: int
+    as_png: bool
+    out: Path
+    records: list[tuple] = field(default_factory=list)
+    dropped_nodata: int = 0
+    dropped_classes: int = 0
+    moments: np.ndarray = field(default_factory=lambda: np.zeros((3, 0)))  # count, sum, sum of squares
+
+    @classmethod
+    def start(cls, src, mask_src, bands: list[int], options: TileConfig, ignore_index: int, out: Path) -> _Cutter:
+        """The cutter for ``options``, with the output folders made."""
+        from rasterio.enums import Resampling
+
+        dtype = np.dtype(src.dtypes[bands[0] - 1])
+        (out / "images").mkdir(parents=True)
+        if mask_src is not None:
+            (out / "masks").mkdir(parents=True, exist_ok=True)
+        return cls(
+            src,
+            mask_src,
+            bands,
+            options.size,
+            options.nodata if options.nodata is not None else src.nodata,
+            options.drop_nodata,
+            set(options.drop_classes),
+            {"nearest": Resampling.nearest, "mode": Resampling.mode}[options.mask_resampling],
+            ignore_index,
+            len(bands) == 3 and dtype == np.uint8,
+            out,
+            moments=np.zeros((3, len(bands))),
+        )
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.src.dtypes[self.bands[0] - 1])
+
+    def cut(self, name: str, source: str, row: int, col: int) -> None:
+        """Write the window at ``(row, col)`` as tile ``name``, unless a drop rule takes it."""
+        from rasterio.windows import Window
+
+        window = Window(col, row, self.size, self.size)
+        pixels = self.src.read(self.bands, window=window)  # (C, size, size)
+        # a pixel is nodata when every chosen band says so
+        valid = np.ones(pixels.shape[1:], bool) if self.nodata is None else ~(pixels == self.nodata).all(0)
+        if self.drop_nodata and not valid.any():
+            self.dropped_nodata += 1
+            return
+        labels = None
+        if self.mask_src is not None:
+            labels = _read_labels(self.src, self.mask_src, window, valid, self.resampling, self.ignore_index)
+            labelled = labels[labels != self.ignore_index]
+            if self.drop and labelled.size and set(np.unique(labelled).tolist()) <= self.drop:
+                self.dropped_classes += 1
+                return
+        share = _write_tile(self.out, name, pixels, labels, self.as_png, self.ignore_index)
+        flat = pixels.reshape(len(self.bands), -1)[:, valid.ravel()].astype(np.float64)
+        self.moments += [np.full(len(self.bands), flat.shape[1]), flat.sum(1), (flat * flat).sum(1)]
+        self.records.append((name, source, row, col, self.size, self.size, round(share, 4)))
+
+
+def _write_index(out: Path, image: Path, src, options: TileConfig, cutter: _Cutter, n: int) -> TileResult:
+    """``tiles.csv`` (the kept tiles) and ``tiles.json`` (georeference, bands, their mean and std)."""
+    count, sums, squares = cutter.moments
+    mean, std = _band_stats(count, sums, squares, cutter.as_png)
+    index = pd.DataFrame(cutter.records, columns=["ImageID", "source", "row", "col", "height", "width", "labelled"])
+    atomic_write_text(out / INDEX_NAME, index.to_csv(index=False))
+    meta = {
         "source": str(image.resolve()),
         "crs": src.crs.to_wkt(),
         "transform": list(src.transform)[:6],
         "height": src.height,
         "width": src.width,
+        "size": options.size,
+        "stride": options.stride or options.size,
+        "bands": cutter.bands,
+        "dtype": str(cutter.dtype),
+        "mean": mean,
+        "std": std,
+        "suffix": ".png" if cutter.as_png else ".npy",
     }
-    if not records:
-        raise TileError(
-            f"every tile of {image} was dropped ({dropped_nodata} all nodata, {dropped_classes} only "
-            f"tile.drop_classes {sorted(drop)}); relax tile.drop_nodata / tile.drop_classes"
-        )
-    mean, std = _band_stats(total, sums, squares, as_png)
-    index = pd.DataFrame(records, columns=["ImageID", "source", "row", "col", "height", "width", "labelled"])
-    atomic_write_text(out / INDEX_NAME, index.to_csv(index=False))
-    extra = {"size": size, "stride": stride, "bands": bands, "dtype": str(dtype), "mean": mean, "std": std}
-    meta = {**meta_src, **extra, "suffix": ".png" if as_png else ".npy"}
     atomic_write_text(out / META_NAME, json.dumps(meta, indent=1))
-    return TileResult(index, out, n, dropped_nodata, dropped_classes, mean, meta["std"])
+    return TileResult(index, out, n, cutter.dropped_nodata, cutter.dropped_classes, mean, std)
 
 
 def _band_stats(total: np.ndarray, sums: np.ndarray, squares: np.ndarray, as_png: bool) -> tuple[list, list]:
@@ -269,11 +318,6 @@ def _write_tile(
         return 1.0
     Image.fromarray(labels).save(out / "masks" / f"{name}.png")
     return float((labels != ignore_index).mean())
-
-
-def _tick(callback, done: int, total: int) -> None:
-    if callback is not None:
-        callback(done, total)
 
 
 def _data_yaml(out: Path, meta: dict, has_mask: object) -> str:
