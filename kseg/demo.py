@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from kseg.config import load_config
+from kseg.config import Config, load_config
 from kseg.ensemble import load_ensemble
 from kseg.errors import KsegError
 from kseg.infer import OutputOptions, competition_test_images, run_inference
 from kseg.postprocess import tune
-from kseg.report import cv_report
+from kseg.report import Report, cv_report
 from kseg.split import make_folds
 from kseg.submission import score_file, validate_file, write_submission
 from kseg.synth import make_competition
@@ -105,14 +105,7 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
     cfg = load_config(out_dir / "kseg.yaml")
     with rep.stage("split into folds") as progress:
         make_folds(cfg, on_progress=progress)
-    best = []
-    for fold in range(cfg.split.n_folds):
-        with rep.stage(f"train fold {fold}") as progress:
-
-            def step(epoch: int, done: int, steps: int, loss: float, speed: float, progress=progress) -> None:
-                progress(epoch * steps + done, cfg.train.epochs * steps)
-
-            best.append(train_fold(cfg, fold, on_step=step).best_score)
+    _train_folds(cfg, rep)
     with rep.stage("tune post-processing on out-of-fold predictions") as progress:
         tuned = tune(cfg, on_progress=progress)
     with rep.stage("cross-validation report") as progress:
@@ -135,12 +128,6 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
         assert sample is not None  # the synthetic competition ships its sample submission
         empty = score_file(sample, cfg).score
     rep.note(written.note)
-    pictures = {
-        "training curves": [WorkDir(cfg.workdir).curves(f) for f in range(cfg.split.n_folds)],
-        "prediction overlays": sorted(predictions.glob("*_overlay.png"))[:3],
-        "confusion matrix": [report.confusion_png],
-        "worst out-of-fold images": [report.worst_png],
-    }
     return DemoResult(
         root=out_dir,
         submission=written.path,
@@ -151,5 +138,26 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
         cv_score=tuned.post.oof_score_before,
         cv_tuned=tuned.post.oof_score_after,
         seconds=time.perf_counter() - t0,
-        pictures=pictures,
+        pictures=_pictures(cfg, predictions, report),
     )
+
+
+def _train_folds(cfg: Config, rep: Reporter) -> None:
+    """Every fold, one stage each, with a progress bar over its steps."""
+    for fold in range(cfg.split.n_folds):
+        with rep.stage(f"train fold {fold}") as progress:
+
+            def step(epoch: int, done: int, steps: int, loss: float, speed: float, progress=progress) -> None:
+                progress(epoch * steps + done, cfg.train.epochs * steps)
+
+            train_fold(cfg, fold, on_step=step)
+
+
+def _pictures(cfg: Config, predictions: Path, report: Report) -> dict[str, list[Path]]:
+    """The pictures worth a look after the demo, by what they show."""
+    return {
+        "training curves": [WorkDir(cfg.workdir).curves(f) for f in range(cfg.split.n_folds)],
+        "prediction overlays": sorted(predictions.glob("*_overlay.png"))[:3],
+        "confusion matrix": [report.confusion_png],
+        "worst out-of-fold images": [report.worst_png],
+    }

@@ -50,9 +50,11 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
     for j, name in enumerate(classes):
         area, hits = class_table(oof, j)
         level, min_area = oof.identity[0], 0.0
-        if post is not None and name in post.params and post.params[name].threshold > 0:
-            level = int(np.argmin(np.abs(oof.thresholds - post.params[name].threshold)))
-            min_area = post.params[name].min_area
+        params = post.params.get(name) if post is not None else None
+        if params is not None:  # a class kept at argmax (threshold 0) may still have a minimum area
+            min_area = params.min_area
+            if params.threshold > 0:
+                level = int(np.argmin(np.abs(oof.thresholds - params.threshold)))
         emptied = area[:, level] < min_area * oof.n_pixels
         pred[:, j] = np.where(emptied, 0, area[:, level])
         inter[:, j] = np.where(emptied, 0, hits[:, level])

@@ -74,6 +74,21 @@ def test_reported_scores_equal_pixelwise_application(speckled):
     assert brute_force_score(speckled, post) == pytest.approx(post.oof_score_after, abs=1e-12)
 
 
+def test_the_report_applies_minimum_areas_of_argmax_classes_as_submissions_do(speckled):
+    """A class kept at argmax (threshold 0) may still have a minimum area: kseg report empties its rows too."""
+    from kseg.report import cv_report
+    from kseg.workdir import WorkDir
+
+    cfg = load_config(speckled / "kseg.yaml")
+    names = list(cfg.data.classes)
+    params = {names[1]: ClassParams(0.0, 0.02), names[2]: ClassParams(0.0, 0.02), names[3]: ClassParams(0.6, 0.002)}
+    post = PostProcess(names, params)
+    WorkDir(cfg.workdir).write_postprocess(post.to_json())
+    expected = brute_force_score(speckled, post)
+    assert expected > brute_force_score(speckled, None) + 0.01  # the areas matter here
+    assert cv_report(cfg).overall_after == pytest.approx(expected, abs=1e-12)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_tuning_never_lowers_the_in_sample_score(comp, seed):
     plant_oof(comp, speckles=seed % 2 == 0, seed=seed)
