@@ -291,9 +291,12 @@ class WorkDir:
     def settle(self, fold: int) -> bool:
         """Complete a commit that a killed run left half done, unless a live run trains the fold (it completes
         its own); whether one was completed. Readers call it (through ``committed``) before they read."""
-        if not self.journal(fold).is_file() or self.fold_is_held(fold):
+        if not self.journal(fold).is_file():
             return False
-        return self.roll_forward(fold)
+        try:
+            return not self.fold_is_held(fold) and self.roll_forward(fold)
+        except OSError:  # a read-only copy of a work folder (a Kaggle dataset): read it as it is
+            return False
 
     def hold_fold(self, fold: int) -> IO[str]:
         """Mark ``fold<N>/`` as trained by this process until the handle is closed or the process ends (a

@@ -125,3 +125,18 @@ def test_a_fold_is_trained_by_one_process_at_a_time_and_a_killed_one_holds_nothi
         process.wait()
     assert not work.fold_is_held(0)
     work.hold_fold(0).close()
+
+
+def test_a_read_only_work_folder_is_read_as_it_is(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    names = ["best.pt", "last.pt"]
+    _half_committed(WorkDir(tmp_path), names)
+
+    def read_only(*_args):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    reader = WorkDir(tmp_path)  # e.g. trained folds attached to a Kaggle notebook as a dataset
+    assert reader.best(0).read_text() == "best.pt of epoch 3" and reader.journal(0).is_file()

@@ -101,6 +101,7 @@ def pseudo(
     from kseg.infer import competition_test_images, list_images
     from kseg.pseudo import label_fold, prepare_run, pseudo_rows
     from kseg.train import FoldResult, folds_to_train, train_fold
+    from kseg.workdir import WorkDir
 
     options = {"pseudo.threshold": threshold, "pseudo.share": share, "pseudo.workdir": out}
     overrides = [*(set_ or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
@@ -119,7 +120,7 @@ def pseudo(
                     cfg, f, table, run_cfg.workdir, tta=cfg.infer.tta if tta else "none", on_progress=update
                 )
             render.pseudo_labels(labels, cfg.pseudo.threshold)
-            again = resume and run_cfg.workdir.joinpath(f"fold{f}", "last.pt").is_file()
+            again = resume and WorkDir(run_cfg.workdir).last(f).is_file()
             with render.training_progress(f, cfg.train.epochs, False) as callbacks:
                 rows = pseudo_rows(labels, cfg)
                 results.append(train_fold(run_cfg, f, again, **callbacks, deadline=deadline, pseudo=rows))
