@@ -86,15 +86,6 @@ class FoldRun:
         self.work = WorkDir(cfg.workdir)
         self.rank, self.world = distributed.init()
         self.main = self.rank == 0
-        self.hold = self.work.hold_fold(fold) if self.main else None  # readers leave our commits to us
-        try:
-            self._setup(resume, pseudo)
-        except BaseException:
-            self.release()
-            raise
-
-    def _setup(self, resume: bool, pseudo: PseudoRows | None) -> None:
-        cfg, fold = self.cfg, self.fold
         self.stale = self._recover() if self.main else []
         distributed.barrier(self.world)  # every rank then reads the recovered last.pt
         self.device = resolve_device(cfg.runtime)
@@ -127,12 +118,6 @@ class FoldRun:
     @property
     def precision(self) -> str:
         return PRECISION_NAMES[self.amp]
-
-    def release(self) -> None:
-        """Let other processes train the fold (and complete its commits) again."""
-        if self.hold is not None:
-            self.hold.close()
-            self.hold = None
 
     def _recover(self) -> list[Path]:
         """Finish the commit a killed run started (its staged epoch is complete), then remove what it left

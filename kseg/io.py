@@ -11,6 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+try:
+    import fcntl
+except ImportError:  # no advisory locks (Windows): every lock is free
+    fcntl = None  # type: ignore[assignment]
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -103,3 +108,27 @@ def remove_stale(folder: Path, target: str | None = None) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def try_lock(path: Path) -> IO[str] | None:
+    """An exclusive ``flock`` on ``path`` (created), held until the handle is closed or the process ends;
+    ``None`` when another open handle holds it."""
+    handle = open(path, "a", encoding="utf-8")
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+    return handle
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a live handle (this process's included) holds ``try_lock`` on ``path``."""
+    if not Path(path).is_file():
+        return False
+    handle = try_lock(path)
+    if handle is None:
+        return True
+    handle.close()
+    return False

@@ -82,11 +82,14 @@ def train_fold(
     note = on_note or (lambda _msg: None)
     if deadline is None and cfg.train.time_limit is not None:
         deadline = time.monotonic() + cfg.train.time_limit
-    run = FoldRun(cfg, fold, resume=resume, on_step=on_step, on_note=note, pseudo=pseudo)
+    rank, _ = distributed.init()
+    hold = WorkDir(cfg.workdir).hold_fold(fold) if rank == 0 else None  # readers leave our commits to us
     try:
+        run = FoldRun(cfg, fold, resume=resume, on_step=on_step, on_note=note, pseudo=pseudo)
         return _train(run, on_epoch, note, deadline, pseudo)
     finally:
-        run.release()
+        if hold is not None:
+            hold.close()
 
 
 def _train(

@@ -44,13 +44,8 @@ import numpy as np
 import pandas as pd
 
 from kseg.errors import KsegError
-from kseg.io import atomic_open, atomic_write_text
+from kseg.io import atomic_open, atomic_write_text, lock_is_held, try_lock
 from kseg.schema import Config
-
-try:
-    import fcntl
-except ImportError:  # no advisory locks (Windows): a pending commit is completed by whoever reads first
-    fcntl = None  # type: ignore[assignment]
 
 ID = "ImageID"
 FOLDS_NAME = "folds.csv"
@@ -175,16 +170,13 @@ class WorkDir:
 
     def folds_with(self, name: str) -> list[int]:
         """Fold numbers whose ``fold<N>/`` holds a file ``name``, ascending (pending commits completed first)."""
-        for journal in self.root.glob("fold*/commit.json"):
-            suffix = journal.parent.name[4:]
-            if suffix.isdigit():
-                self.settle(int(suffix))
-        found = []
-        for path in self.root.glob(f"fold*/{name}"):
-            suffix = path.parent.name[4:]
-            if suffix.isdigit():
-                found.append(int(suffix))
-        return sorted(found)
+        for fold in self._folds_holding("commit.json"):
+            self.settle(fold)
+        return self._folds_holding(name)
+
+    def _folds_holding(self, name: str) -> list[int]:
+        found = (path.parent.name[4:] for path in self.root.glob(f"fold*/{name}"))
+        return sorted(int(suffix) for suffix in found if suffix.isdigit())
 
     def trained_folds(self) -> list[int]:
         """Folds with a ``best.pt``."""
@@ -307,30 +299,17 @@ class WorkDir:
         """
         if not self.root.is_dir():  # nothing to protect yet, and nothing to train on
             raise KsegError(f"{self.folds_csv} does not exist; run 'kseg split' first")
-        handle = open(self.lock(fold), "a", encoding="utf-8")
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                raise KsegError(
-                    f"{self.fold_dir(fold)} is being trained by another kseg process; let it finish or stop it, "
-                    "then run again"
-                ) from None
+        handle = try_lock(self.lock(fold))
+        if handle is None:
+            raise KsegError(
+                f"{self.fold_dir(fold)} is being trained by another kseg process; let it finish or stop it, "
+                "then run again"
+            )
         return handle
 
     def fold_is_held(self, fold: int) -> bool:
         """Whether a live process (this one included, through ``hold_fold``) trains the fold."""
-        lock = self.lock(fold)
-        if fcntl is None or not lock.is_file():
-            return False
-        with open(lock, "a", encoding="utf-8") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return lock_is_held(self.lock(fold))
 
     def write_average(self, fold: int, info: dict[str, Any], staged: bool = False) -> None:
         path = self.staged(fold, "average.json") if staged else self.average_json(fold)
