@@ -92,7 +92,7 @@ def _load_for_hash(path: str) -> Image.Image:
         return image.convert("RGB")
 
 
-def _hash_one(item: tuple[str, str, int]) -> tuple[int, int, bytes | None, str | None]:
+def hash_image(item: tuple[str, str, int]) -> tuple[int, int, bytes | None, str | None]:
     """Worker: ``(height, width, packed hash bits, error)`` of one image."""
     import imagehash
 
@@ -204,12 +204,12 @@ def run_audit(cfg: Config, out: Path | None = None, on_stage: StageProgress | No
         return on_stage(stage) if on_stage else None
 
     items = [(p, cfg.audit.hash, cfg.audit.hash_size) for p in table["path"]]
-    hashed = parallel_map(_hash_one, items, workers, progress("hash"))
+    hashed = parallel_map(hash_image, items, workers, progress("hash"))
     table["height"] = [h for h, _, _, _ in hashed]
     table["width"] = [w for _, w, _, _ in hashed]
     table["hash"] = [b.hex() if b is not None else None for _, _, b, _ in hashed]
     table["error"] = [e for _, _, _, e in hashed]
-    groups = _duplicate_groups(table, [b for _, _, b, _ in hashed], cfg.audit)
+    groups = duplicate_groups(table, [b for _, _, b, _ in hashed], cfg.audit)
     readable_train = train[table["error"].iloc[: len(train)].isna().to_numpy()]
     masks = _mask_findings(cfg, readable_train, workers, progress("masks"))
     with atomic_dir(out) as tmp:  # everything goes into a fresh folder, swapped in at the end
@@ -220,9 +220,15 @@ def run_audit(cfg: Config, out: Path | None = None, on_stage: StageProgress | No
     return result
 
 
-def _duplicate_groups(table: pd.DataFrame, hashes: list[bytes | None], options: AuditConfig) -> pd.DataFrame:
+def duplicate_groups(table: pd.DataFrame, hashes: list[bytes | None], options: AuditConfig) -> pd.DataFrame:
     """One row per image in a group of near-identical hashes: ``group, kind, ImageID, set, distance``;
-    groups across train and test first, then the biggest."""
+    groups across train and test first, then the biggest.
+
+    Args:
+        table: ``ImageID, set, error`` per image (``error`` null where the image was hashed).
+        hashes: Each image's packed hash bits (``hash_image``), ``None`` where it failed.
+        options: The hash size and the distance threshold.
+    """
     readable = np.flatnonzero(table["error"].isna().to_numpy())
     n_bytes = (options.hash_size**2 + 7) // 8
     packed = np.zeros((len(readable), n_bytes), np.uint8)

@@ -7,8 +7,12 @@ In both, ``ignore_index`` (255) marks pixels that are not scored.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by the functions that take tensors: counting masks needs no torch
+    import torch
 
 
 def class_planes(labels: np.ndarray, n_classes: int, multilabel: bool, ignore_index: int | None = None) -> np.ndarray:
@@ -55,6 +59,8 @@ def bit_targets(target: torch.Tensor, n_classes: int, ignore_index: int) -> torc
         target ``(N, H, W)`` int64; returns ``(N, K, H, W)`` int64 (ignored pixels keep their value in every
         channel, so losses that skip ``ignore_index`` skip them).
     """
+    import torch
+
     shifts = torch.arange(n_classes, device=target.device).view(1, -1, 1, 1)
     bits = (target[:, None] >> shifts) & 1
     return torch.where(target[:, None] == ignore_index, ignore_index, bits)
@@ -84,4 +90,6 @@ def hard_labels(probs: torch.Tensor, multilabel: bool) -> np.ndarray:
     """
     if multilabel:
         return pack_planes((probs >= LABEL_THRESHOLD).numpy())
+    import torch
+
     return probs.argmax(0).to(torch.uint8).numpy()

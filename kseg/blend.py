@@ -24,6 +24,7 @@ from kseg.config import Config
 from kseg.ensemble import run_config
 from kseg.errors import KsegError
 from kseg.metrics import class_scores
+from kseg.pins import pin_run
 from kseg.postprocess import OOFBuilder, TuneResult, tune_oof
 from kseg.progress import Progress
 from kseg.workdir import ID, WorkDir
@@ -271,6 +272,10 @@ def blend_runs(cfg: Config, paths: list[Path], seed: int = 0, on_progress: Progr
             "kseg blend searches weights by pixel counts, which submission.metric instance_fbeta does not use; "
             "ensemble the runs' folds with kseg infer instead"
         )
+    resolved = [Path(p).resolve() for p in paths]
+    twice = next((p for i, p in enumerate(resolved) if p in resolved[:i]), None)
+    if twice is not None:
+        raise BlendError(f"run {twice} is given twice; give each run once")
     runs = [open_run(Path(p)) for p in paths]
     check_compatible(runs)
     if list(cfg.data.classes) != list(runs[0].cfg.data.classes):
@@ -291,7 +296,7 @@ def blend_runs(cfg: Config, paths: list[Path], seed: int = 0, on_progress: Progr
         "version": 1,
         "classes": list(cfg.data.classes),
         "runs": [
-            {"path": str(run.path.resolve()), "weight": float(w), "oof": s}
+            {"path": str(run.path.resolve()), "weight": float(w), "oof": s, "checkpoints": pin_run(run.path)}
             for run, w, s in zip(runs, weights, run_scores, strict=True)
         ],
         "grid_step": float(1 / (10 if len(runs) <= 4 else 5)),

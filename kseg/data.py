@@ -361,7 +361,13 @@ def _make_ids(table: pd.DataFrame, names: list[str], id_template: str | None) ->
         raw = [_format(id_template, r, "id_template") for r in table[names].to_dict("records")]
     else:
         raw = table[names].astype(str).agg("_".join, axis=1).tolist() if names else []
-    return pd.Series([_SAFE_ID.sub("_", s).strip("_") for s in raw], index=table.index, dtype=object)
+    return pd.Series([safe_id(s) for s in raw], index=table.index, dtype=object)
+
+
+def safe_id(text: str) -> str:
+    """The image id the glob layout makes of joined pattern fields: anything but letters, digits, ``.``,
+    ``_`` and ``-`` becomes ``_``."""
+    return _SAFE_ID.sub("_", text).strip("_")
 
 
 def _glob_table(data: DataConfig, which: str) -> pd.DataFrame:

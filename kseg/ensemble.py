@@ -13,7 +13,10 @@ from kseg import __version__
 from kseg.checkpoint import checkpoint_mismatch, load_checkpoint, save_checkpoint
 from kseg.config import Config, apply_overrides, build_config, load_config
 from kseg.errors import InferError
+from kseg.foldstate import require_finished
+from kseg.io import remove_stale
 from kseg.models import build_model
+from kseg.pins import check_pins
 from kseg.postprocess import PostProcess
 from kseg.postprocess import load as load_postprocess
 from kseg.workdir import WorkDir
@@ -39,6 +42,7 @@ class Ensemble:
     source: str
     post: PostProcess | None = None  # tuned post-processing, when there is one
     members: list[tuple[Ensemble, float]] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)  # unfinished folds used knowingly (--partial): "<run> fold N"
 
 
 def run_config(path: Path) -> Config:
@@ -57,28 +61,35 @@ def member_config(run: Config, cfg: Config) -> Config:
     return run.model_copy(update={"infer": infer, "runtime": cfg.runtime})
 
 
-def load_blend(cfg: Config, info: dict) -> Ensemble:
+def load_blend(cfg: Config, info: dict, partial: bool = False) -> Ensemble:
     """The ensemble ``blend.json`` describes: every trained fold of each run, the run's weight, and the
     post-processing tuned on the blend."""
     path = WorkDir(cfg.workdir).blend_json
+    gone = next((run["path"] for run in info["runs"] if not Path(run["path"]).is_dir()), None)
+    if gone is not None:
+        raise InferError(f"{path} blends run {gone}, which no longer exists; restore it, or run 'kseg blend' again")
+    check_pins(info, path)
     members = []
     for run in info["runs"]:
-        if not Path(run["path"]).is_dir():
-            raise InferError(
-                f"{path} blends run {run['path']}, which no longer exists; restore it, or run 'kseg blend' again"
-            )
-        member = load_ensemble(member_config(run_config(Path(run["path"])), cfg), use_blend=False)
+        member = load_ensemble(member_config(run_config(Path(run["path"])), cfg), use_blend=False, partial=partial)
         member.post = None
         members.append((member, float(run["weight"])))
     post = PostProcess.from_json(info["postprocess"], str(path)) if info.get("postprocess") else None
     weights = ", ".join(f"{w:g}" for _, w in members)
     folds = sorted({f for member, _ in members for f in member.folds})
     models = [m for member, _ in members for m in member.models]
-    return Ensemble(cfg, models, folds, None, f"blend of {len(members)} runs ({weights}; {path})", post, members)
+    used = [p for member, _ in members for p in member.partial]
+    source = f"blend of {len(members)} runs ({weights}; {path})"
+    return Ensemble(cfg, models, folds, None, source, post, members, partial=used)
 
 
 def load_ensemble(
-    cfg: Config, folds: list[int] | None = None, weights: list[float] | None = None, *, use_blend: bool = True
+    cfg: Config,
+    folds: list[int] | None = None,
+    weights: list[float] | None = None,
+    *,
+    use_blend: bool = True,
+    partial: bool = False,
 ) -> Ensemble:
     """The best checkpoint of each chosen fold (default: every trained fold), loaded once; or, when the
     work folder holds a ``blend.json`` (and ``use_blend``), the blend it describes."""
@@ -90,7 +101,7 @@ def load_ensemble(
                 f"{work.blend_json} blends every fold of its runs, so folds and fold weights cannot be chosen; "
                 "drop --folds / --fold-weights (and infer.folds), or predict without the blend (--no-blend)"
             )
-        return load_blend(cfg, blend)
+        return load_blend(cfg, blend, partial)
     available = work.trained_folds()
     if not available:
         raise InferError(
@@ -105,6 +116,7 @@ def load_ensemble(
         )
     if weights is not None and len(weights) != len(chosen):
         raise InferError(f"{len(weights)} fold weights for {len(chosen)} folds; give one weight per fold")
+    unfinished = require_finished(work, chosen, partial)
     models = []
     for f in chosen:
         path = work.best(f)
@@ -115,9 +127,9 @@ def load_ensemble(
         model = bare_model(cfg, cfg.n_classes)
         model.load_state_dict(saved["model"])
         models.append(model.eval())
-    return Ensemble(
-        cfg, models, chosen, weights, f"folds {', '.join(map(str, chosen))} of {cfg.workdir}", load_postprocess(cfg)
-    )
+    source = f"folds {', '.join(map(str, chosen))} of {cfg.workdir}"
+    used = [f"{cfg.workdir} fold {f}" for f in unfinished]
+    return Ensemble(cfg, models, chosen, weights, source, load_postprocess(cfg), partial=used)
 
 
 def _states(models: list[nn.Module], dtype: torch.dtype | None) -> list[dict[str, torch.Tensor]]:
@@ -130,10 +142,13 @@ def _states(models: list[nn.Module], dtype: torch.dtype | None) -> list[dict[str
     return states
 
 
-def export_bundle(cfg: Config, out: Path, folds: list[int] | None = None, half: bool = False) -> Path:
+def export_bundle(
+    cfg: Config, out: Path, folds: list[int] | None = None, half: bool = False, partial: bool = False
+) -> Path:
     """Pack the resolved config and the chosen folds' best weights into one file (``.kseg``); a blend is
     packed whole: each run's config, weights and blend weight."""
-    ensemble = load_ensemble(cfg, folds)
+    remove_stale(Path(out).parent, target=Path(out).name)  # what a killed export of the same file left
+    ensemble = load_ensemble(cfg, folds, partial=partial)
     dtype = torch.float16 if half else None
     parts = ensemble.members or [(ensemble, 1.0)]
     bundle = {
@@ -153,12 +168,22 @@ def export_bundle(cfg: Config, out: Path, folds: list[int] | None = None, half: 
         ],
         "postprocess": ensemble.post.to_json() if ensemble.post is not None else None,
         "source": ensemble.source,
+        "partial_folds": ensemble.partial,
     }
     save_checkpoint(out, bundle)
     return out
 
 
+FIXED_IN_BUNDLE = ("model.", "data.classes", "data.multilabel")
+
+
 def _bundle_member(tree: dict, states: list, overrides: list[str], source: str) -> Ensemble:
+    fixed = next((o for o in overrides if o.split("=", 1)[0].strip().startswith(FIXED_IN_BUNDLE)), None)
+    if fixed is not None:
+        raise InferError(
+            f"--set {fixed} changes the model that bundle {source} holds, which is fixed when it is exported; "
+            "leave it out (export another bundle for another model)"
+        )
     cfg = build_config(apply_overrides(tree, overrides), Path.cwd(), source=source, overrides=overrides)
     models = []
     for state in states:
@@ -166,6 +191,30 @@ def _bundle_member(tree: dict, states: list, overrides: list[str], source: str) 
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         models.append(model.eval())
     return Ensemble(cfg, models, [], None, source)
+
+
+def select_folds(ensemble: Ensemble, folds: list[int] | None, weights: list[float] | None, source: str) -> Ensemble:
+    """Keep some folds of a bundle's ensemble (``kseg infer --bundle --folds``), with optional fold weights.
+
+    Raises:
+        InferError: A fold the bundle does not hold, weights that do not fit, or folds of a blend.
+    """
+    if folds is None and weights is None:
+        return ensemble
+    if ensemble.members:
+        raise InferError(f"bundle {source} is a blend of every fold of its runs; drop --folds / --fold-weights")
+    chosen = folds if folds is not None else list(ensemble.folds)
+    missing = [f for f in chosen if f not in ensemble.folds]
+    if missing:
+        raise InferError(
+            f"bundle {source} holds folds {', '.join(map(str, ensemble.folds))}, not fold {missing[0]}; pick among "
+            "those with --folds, or export the fold into the bundle"
+        )
+    if weights is not None and len(weights) != len(chosen):
+        raise InferError(f"--fold-weights gives {len(weights)} weights for {len(chosen)} folds; give one per fold")
+    ensemble.models = [ensemble.models[ensemble.folds.index(f)] for f in chosen]
+    ensemble.folds, ensemble.weights = list(chosen), weights
+    return ensemble
 
 
 def load_bundle(path: Path, overrides: list[str] | None = None) -> Ensemble:
@@ -195,14 +244,14 @@ def load_bundle(path: Path, overrides: list[str] | None = None) -> Ensemble:
         ensemble = _bundle_member(member["config"], member["state_dicts"], overrides, str(path))
         ensemble.folds = list(member["folds"])
         parts.append((ensemble, float(member["weight"])))
+    partial = list(bundle.get("partial_folds") or [])
     if len(parts) == 1:
         single = parts[0][0]
-        single.source, single.post = f"bundle {path} (folds {bundle['folds']})", post
+        single.source, single.post, single.partial = f"bundle {path} (folds {bundle['folds']})", post, partial
         return single
     cfg = _bundle_member(bundle["config"], [], overrides, str(path)).cfg
     for ensemble, _ in parts:  # the bundle's inference settings (and --set) for every run
         ensemble.cfg = member_config(ensemble.cfg, cfg)
     models = [m for ensemble, _ in parts for m in ensemble.models]
-    return Ensemble(
-        cfg, models, list(bundle["folds"]), None, f"bundle {path} (blend of {len(parts)} runs)", post, parts
-    )
+    source = f"bundle {path} (blend of {len(parts)} runs)"
+    return Ensemble(cfg, models, list(bundle["folds"]), None, source, post, parts, partial=partial)

@@ -47,3 +47,7 @@ class InferError(KsegError):
 
 class TuneError(KsegError):
     """Post-processing cannot be tuned or applied as asked."""
+
+
+class InitError(KsegError):
+    """``kseg init`` cannot read a download as a competition, or cannot write its config."""

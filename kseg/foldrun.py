@@ -9,20 +9,26 @@ so a run resumed from ``last.pt`` continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import math
-import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from kseg import __version__, distributed
 from kseg.averaging import epochs_to_average
-from kseg.checkpoint import checkpoint_mismatch, inference_state, load_checkpoint, save_checkpoint, unwrap
+from kseg.checkpoint import (
+    checkpoint_mismatch,
+    inference_state,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
 from kseg.config import Config, save_resolved
 from kseg.data import MaskSpec
 from kseg.dataset import (
@@ -247,9 +253,7 @@ class FoldRun:
                 )
         rng = checkpoint.get("rng", {})
         if rng:
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+            set_rng_state(rng)
 
     def prepare_outputs(self) -> None:
         """The fold folder, its resolved config and the OOF truth (rank 0)."""
@@ -278,9 +282,16 @@ class FoldRun:
         n_batches = len(loader)
         for step, (images, masks) in enumerate(loader):
             loss = self._forward_backward(images, masks)
+            value = float(loss.detach())
+            if not math.isfinite(value):  # diverged: stop before a non-finite step reaches the weights
+                raise TrainError(
+                    f"fold {self.fold}, epoch {epoch + 1}, step {step + 1}: the training loss is {value} (training "
+                    f"diverged); lower train.lr (now {cfg.train.lr:g}), set train.clip_grad or runtime.amp: off, then "
+                    "train the fold again (its best.pt keeps the last finite epoch)"
+                )
             if (step + 1) % cfg.train.accumulate == 0 or step + 1 == n_batches:
                 self._optimizer_step()
-            running += float(loss.detach()) * len(images)
+            running += value * len(images)
             seen += len(images)
             if self.on_step and self.main:
                 speed = seen * self.world / max(time.perf_counter() - t0, 1e-9)
@@ -319,6 +330,12 @@ class FoldRun:
     def validate(self, epoch: int, train_loss: float, images_per_s: float, started: float) -> EpochStats:
         """Score the held-out fold (rank 0); keeps its OOF probabilities when the epoch is the best so far."""
         stats = self.score(self.predictor, epoch + 1, train_loss, images_per_s, started)
+        if not math.isfinite(stats.val_loss):  # the weights went non-finite at the epoch's last steps: keep none
+            raise TrainError(
+                f"fold {self.fold}, epoch {epoch + 1}: the validation loss is {stats.val_loss} (training diverged); "
+                f"lower train.lr (now {self.cfg.train.lr:g}), set train.clip_grad or runtime.amp: off, then train the "
+                "fold again (its best.pt keeps the last finite epoch)"
+            )
         if stats.best:
             self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = stats.val_score, epoch + 1, 0
         else:
@@ -386,7 +403,7 @@ class FoldRun:
             "classes": self.classes,
             "fold": self.fold,
             "kseg_version": __version__,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),
         }
         if self.ema is not None:
             state["raw_model"] = unwrap(self.model).state_dict()

@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from kseg.averaging import AverageResult
+from kseg.errors import KsegError
+from kseg.workdir import WorkDir
 
 StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, steps, loss, images/s
 NoteCallback = Callable[[str], None]
@@ -46,3 +48,72 @@ class RunProgress:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class FoldStatus:
+    """Whether a fold's training ended as planned.
+
+    Attributes:
+        fold: The fold.
+        finished: All its epochs ran, or early stopping ended it (and its checkpoint average, if asked, is
+            done); ``False`` for a run that was killed, stopped by the time limit, diverged, or is still
+            training (a new training of a fold makes it unfinished from its first epoch).
+        epochs: Epochs done.
+        planned: ``train.epochs`` of its run.
+        why: In words.
+    """
+
+    fold: int
+    finished: bool
+    epochs: int
+    planned: int
+    why: str
+
+
+def fold_status(work: WorkDir, fold: int) -> FoldStatus:
+    """Read from the fold's ``metrics.csv``, its run's ``config.yaml`` and ``average.json``."""
+    import yaml
+
+    from kseg.metrics import epoch_score
+
+    try:
+        tree = yaml.safe_load(work.fold_config(fold).read_text(encoding="utf-8")) or {}
+        history = work.read_metrics(fold).to_dict("records") if work.metrics(fold).is_file() else []
+    except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return FoldStatus(fold, False, 0, 0, "its config.yaml or metrics.csv cannot be read")
+    train = tree.get("train", {}) if isinstance(tree, dict) else {}
+    planned, patience, average = int(train.get("epochs", 0)), train.get("patience"), train.get("average")
+    done = len(history)
+    scores = [epoch_score(row) for row in history]
+    best = max(range(done), key=lambda i: scores[i]) + 1 if done else 0
+    if done >= planned > 0:
+        why, finished = f"all {planned} epoch(s)", True
+    elif patience and done - best >= int(patience):
+        why, finished = f"early stop after epoch {done} of {planned}", True
+    else:
+        return FoldStatus(fold, False, done, planned, f"it stopped after epoch {done} of {planned}")
+    if average:
+        info = work.read_average(fold)
+        if info is None or info.get("after_epoch") != done:
+            return FoldStatus(
+                fold, False, done, planned, f"its checkpoint average (train.average {average}) is not done"
+            )
+    return FoldStatus(fold, finished, done, planned, why)
+
+
+def require_finished(work: WorkDir, folds: list[int], partial: bool) -> list[int]:
+    """The unfinished folds among ``folds`` (to record), refused in one line unless ``partial``.
+
+    Raises:
+        KsegError: A fold is unfinished and ``partial`` is off.
+    """
+    unfinished = [s for s in (fold_status(work, f) for f in folds) if not s.finished]
+    if unfinished and not partial:
+        s = unfinished[0]
+        more = f" (and fold(s) {', '.join(str(u.fold) for u in unfinished[1:])})" if len(unfinished) > 1 else ""
+        raise KsegError(
+            f"fold {s.fold} of {work.root} is unfinished: {s.why}{more}; finish it with 'kseg train --fold {s.fold} "
+            "--resume', or pass --partial to use it as it is"
+        )
+    return [s.fold for s in unfinished]

@@ -213,6 +213,7 @@ def _inference_info(
     return {
         "source": ensemble.source,
         "folds": ensemble.folds,
+        "partial_folds": ensemble.partial,  # unfinished folds used with --partial
         "tta": tta,
         "mode": cfg.infer.mode,
         "merge": cfg.infer.merge,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -123,6 +124,16 @@ def try_lock(path: Path) -> IO[str] | None:
     return handle
 
 
+@contextlib.contextmanager
+def held_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created) for the block, waiting for another holder to finish."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def lock_is_held(path: Path) -> bool:
     """Whether a live handle (this process's included) holds ``try_lock`` on ``path``."""
     if not Path(path).is_file():
@@ -132,3 +143,12 @@ def lock_is_held(path: Path) -> bool:
         return True
     handle.close()
     return False
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """The SHA-256 of a file's bytes, hex (read in chunks: checkpoints are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -116,6 +116,8 @@ def _read_table(source: RleSource) -> pd.DataFrame:
             f"{path} has no column {missing[0]!r} (columns: {', '.join(table.columns)}); set data.rle.id_column, "
             "encoded_column or class_column"
         )
+    if table.empty:
+        raise DataError(f"{path} has a header but no rows, so every mask would be background; check the file")
     return table
 
 
@@ -200,6 +202,13 @@ def read_rle_labels(ref: str, source: RleSource) -> np.ndarray:
                 "pixel twice; keep one row per image and class"
             ) from None
         lines = ", ".join(map(str, rows.lines))
+        repeated = [k for k in set(rows.classes) if rows.classes.count(k) > 1]
+        if repeated and len(set(rows.classes)) == 1:  # one class's rows cover a pixel twice: a repeated row
+            name = source.classes[repeated[0]]
+            raise DataError(
+                f"{source.csv} lines {lines} (image {key!r}) cover the same pixels of class {name!r} twice; keep "
+                "one row per image and class (or one per object, without overlaps)"
+            ) from None
         raise DataError(
             f"{source.csv} lines {lines} (image {key!r}) give one pixel two classes; if classes may overlap, set "
             "data.multilabel: true"

@@ -38,6 +38,7 @@ from kseg.workdir import WorkDir
 
 PSEUDO_DIR = "pseudo"
 PSEUDO_INFO = "pseudo.json"
+PSEUDO_MARK = ".kseg-pseudo"  # in the root of every run kseg pseudo makes: the one kind of folder it writes into
 
 
 class PseudoError(KsegError):
@@ -71,6 +72,7 @@ def prepare_run(cfg: Config) -> Config:
     if target_dir.resolve() == cfg.workdir.resolve():
         raise PseudoError(f"pseudo.workdir {target_dir} is the source run's own folder; give another folder")
     source.read_folds()  # the source must be split
+    _check_target(target_dir)
     target = WorkDir(target_dir)
     if target.folds_csv.is_file():
         if target.folds_csv.read_bytes() != source.folds_csv.read_bytes():
@@ -80,10 +82,26 @@ def prepare_run(cfg: Config) -> Config:
             )
     else:
         target_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target_dir / PSEUDO_MARK, f"kseg pseudo run from {cfg.workdir.resolve()}\n")
         atomic_write_text(target.folds_csv, source.folds_csv.read_text(encoding="utf-8"))
     if source.class_pixels_csv.is_file() and not target.class_pixels_csv.is_file():
         shutil.copyfile(source.class_pixels_csv, target.class_pixels_csv)
     return cfg.model_copy(update={"workdir": target_dir})
+
+
+def _check_target(folder: Path) -> None:
+    """kseg pseudo writes into a new (or empty) folder, or an earlier pseudo run's: never another run's
+    folder or a folder of data."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise PseudoError(f"pseudo.workdir {folder} is a file; give a folder for the new run")
+    if (folder / PSEUDO_MARK).is_file() or (folder / PSEUDO_DIR).is_dir() or not any(folder.iterdir()):
+        return
+    raise PseudoError(
+        f"pseudo.workdir {folder} already holds files and is not a run kseg pseudo made (no {PSEUDO_MARK}); give a "
+        "new folder (--out), so that no other run or data is overwritten"
+    )
 
 
 @dataclass
@@ -115,6 +133,7 @@ def label_fold(
     run_dir: Path,
     *,
     tta: str = "none",
+    partial: bool = False,
     on_progress: Progress | None = None,
 ) -> FoldLabels:
     """Pseudo-label ``images`` (``ImageID``, ``image``) with fold ``fold``'s model of ``cfg.workdir`` only,
@@ -130,7 +149,7 @@ def label_fold(
         saved = json.loads(done.read_text(encoding="utf-8"))
         if {k: saved.get(k) for k in wanted} == wanted:
             return FoldLabels(fold, folder, rows, float(saved["kept"]), reused=True)
-    ensemble = load_ensemble(cfg, folds=[fold], use_blend=False)
+    ensemble = load_ensemble(cfg, folds=[fold], use_blend=False, partial=partial)
     predictor = run_predictor(ensemble, tta)
     threshold, ignore = cfg.pseudo.threshold, cfg.data.ignore_index
     kept, total = 0, 0

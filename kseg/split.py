@@ -6,6 +6,7 @@ mask scan of ``kseg.scan``), so both rare classes and the area of common ones ar
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,16 @@ def assign_folds(
     return group_folds[inverse]
 
 
+def id_groups(ids: list[str], pattern: str) -> np.ndarray:
+    """The group of each image id: the first group of ``pattern`` where it matches, else the id itself."""
+    regex = re.compile(pattern)
+    out = []
+    for image_id in ids:
+        match = regex.search(image_id)
+        out.append(match.group(1) if match and match.group(1) is not None else image_id)
+    return np.array(out, dtype=str)
+
+
 def make_folds(cfg: Config, on_progress: Progress | None = None) -> SplitResult:
     """Scan the training masks and write ``<workdir>/folds.csv`` (``ImageID,fold``).
 
@@ -173,12 +184,21 @@ def make_folds(cfg: Config, on_progress: Progress | None = None) -> SplitResult:
                 "fix split.group_by"
             )
         groups = samples[column].astype(str).to_numpy()
+    if cfg.split.group_pattern:
+        by_id = id_groups(samples[ID].tolist(), cfg.split.group_pattern)
+        groups = by_id if groups is None else np.char.add(np.char.add(groups, "\x00"), by_id)
     if cfg.split.duplicates:  # near-copies found by 'kseg audit' never straddle folds
         groups = merge_groups(samples[ID], groups, read_duplicate_groups(WorkDir(cfg.workdir)))
     if groups is not None:
         n_groups = len(set(groups))
         if n_groups < n_folds:
-            what = f"split.group_by {cfg.split.group_by!r}" if cfg.split.group_by else "split.duplicates"
+            what = (
+                f"split.group_by {cfg.split.group_by!r}"
+                if cfg.split.group_by
+                else f"split.group_pattern {cfg.split.group_pattern!r}"
+                if cfg.split.group_pattern
+                else "split.duplicates"
+            )
             raise SplitError(
                 f"{what} gives {n_groups} groups, fewer than split.n_folds={n_folds}; "
                 f"lower split.n_folds to at most {n_groups}"

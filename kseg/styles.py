@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from kseg.binary_styles import CARVANA_CLASSES, TGS_CLASSES, make_carvana, make_tgs
 from kseg.config import load_config
 from kseg.data import ID, MaskSpec, list_samples, read_mask
 from kseg.errors import KsegError
@@ -43,11 +44,17 @@ from kseg.synth import (
     synth_scene,
 )
 
-STYLES = ("drone", "severstal", "clouds", "instances")
+STYLES = ("drone", "severstal", "clouds", "instances", "tgs", "carvana")
 CLOUD_CLASSES = ["Fish", "Flower", "Gravel", "Sugar"]
 SEVERSTAL_CLASSES = ["background", "defect_1", "defect_2", "defect_3", "defect_4"]
 SHIP_CLASSES = ["sea", "ship"]
-FIXED_CLASSES = {"severstal": SEVERSTAL_CLASSES, "clouds": CLOUD_CLASSES, "instances": SHIP_CLASSES}
+FIXED_CLASSES = {
+    "severstal": SEVERSTAL_CLASSES,
+    "clouds": CLOUD_CLASSES,
+    "instances": SHIP_CLASSES,
+    "tgs": TGS_CLASSES,
+    "carvana": CARVANA_CLASSES,
+}
 
 SEVERSTAL_CONFIG = """\
 # kseg config for a synthetic competition in the shape of Severstal steel defects (`kseg synth --style
@@ -169,6 +176,10 @@ def make_styled(
         result, truth = _severstal(Path(out_dir), n_train, n_test, height, width, seed, on_progress)
     elif style == "clouds":
         result, truth = _clouds(Path(out_dir), n_train, n_test, height, width, seed, on_progress)
+    elif style == "tgs":
+        result, truth = make_tgs(Path(out_dir), n_train, n_test, height, width, seed, on_progress)
+    elif style == "carvana":
+        result, truth = make_carvana(Path(out_dir), n_train, n_test, height, width, seed, on_progress)
     else:
         result, truth = _instances(Path(out_dir), n_train, n_test, height, width, seed, on_progress)
     write_solution(result.config, truth)
@@ -275,8 +286,10 @@ def _write_images(
 def write_solution(config: Path, truth: dict[str, np.ndarray]) -> Path:
     """The truth label maps of the test images, written by ``kseg submit``'s own writer in the
     submission's layout, with a ``Usage`` column: the rows of every other test image Public, the rest
-    Private."""
-    cfg = load_config(config, ["submission.require_manifest=false", "submission.solution=null"])
+    Private. Every (image, class) row is listed, empty ones too, as a host's solution is, even where
+    submissions leave empty rows out."""
+    every_row = ["submission.rows=all"] if load_config(config).submission.rows == "nonempty" else []
+    cfg = load_config(config, ["submission.require_manifest=false", "submission.solution=null", *every_row])
     test = list_samples(cfg.data, "test")
     fmt = load_format(cfg, test)
     with tempfile.TemporaryDirectory(dir=cfg.data.root) as tmp:

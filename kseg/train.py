@@ -44,14 +44,18 @@ __all__ = [
 
 def folds_to_train(cfg: Config, fold: str) -> list[int]:
     """The folds ``--fold`` names: one number, or ``all`` (every fold of ``folds.csv``)."""
+    n_folds = WorkDir(cfg.workdir).n_folds()
     if fold == "all":
-        return list(range(WorkDir(cfg.workdir).n_folds()))
+        return list(range(n_folds))
     try:
-        return [int(fold)]
+        number = int(fold)
     except ValueError:
         raise KsegError(
             f"--fold {fold!r} is neither a fold number nor 'all'; use e.g. --fold 0 or --fold all"
         ) from None
+    if not 0 <= number < n_folds:
+        raise KsegError(f"--fold {number} is no fold of {cfg.workdir / 'folds.csv'} (folds 0-{n_folds - 1}); pick one")
+    return [number]
 
 
 def train_fold(

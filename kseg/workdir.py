@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from kseg.errors import KsegError
-from kseg.io import atomic_open, atomic_write_text, lock_is_held, try_lock
+from kseg.io import atomic_open, atomic_write_text, lock_is_held, remove_stale, try_lock
 from kseg.schema import Config
 
 ID = "ImageID"
@@ -169,13 +169,14 @@ class WorkDir:
         return self.committed(fold, "oof.csv")
 
     def folds_with(self, name: str) -> list[int]:
-        """Fold numbers whose ``fold<N>/`` holds a file ``name``, ascending (pending commits completed first)."""
-        for fold in self._folds_holding("commit.json"):
+        """Fold numbers whose ``fold<N>/`` holds a file ``name``, ascending (each fold settled first: pending
+        commits completed, a dead writer's staged files removed)."""
+        for fold in self._folds_holding(""):
             self.settle(fold)
         return self._folds_holding(name)
 
     def _folds_holding(self, name: str) -> list[int]:
-        found = (path.parent.name[4:] for path in self.root.glob(f"fold*/{name}"))
+        found = (path.parent.name[4:] if name else path.name[4:] for path in self.root.glob(f"fold*/{name}"))
         return sorted(int(suffix) for suffix in found if suffix.isdigit())
 
     def trained_folds(self) -> list[int]:
@@ -282,10 +283,13 @@ class WorkDir:
 
     def settle(self, fold: int) -> bool:
         """Complete a commit that a killed run left half done, unless a live run trains the fold (it completes
-        its own); whether one was completed. Readers call it (through ``committed``) before they read."""
-        if not self.journal(fold).is_file():
-            return False
+        its own), or remove what a killed run staged before it wrote its journal; whether a commit was
+        completed. Readers call it (through ``committed``) before they read."""
         try:
+            if not self.journal(fold).is_file():
+                if self.fold_dir(fold).is_dir() and not self.fold_is_held(fold):
+                    remove_stale(self.fold_dir(fold))  # what a killed run staged before its journal
+                return False
             return not self.fold_is_held(fold) and self.roll_forward(fold)
         except OSError:  # a read-only copy of a work folder (a Kaggle dataset): read it as it is
             return False

@@ -7,7 +7,8 @@
    each in a fresh process (goal: within 10%: memory must not grow with the number of images).
 
 Runs on the GPU when there is one, else on the CPU (and says so).
-Usage: python scripts/bench_infer.py [--images 4] [--rss-encoder resnet50] [--skip-rss]
+Usage: python scripts/bench_infer.py [--images 4] [--rss-encoder resnet50] [--skip-rss] [--smoke]
+(--smoke: 64x96 images, ResNet18, 2 images per batch, 8 and 16 streamed images: seconds, for CI)
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def _cfg(root: Path, encoder: str, batch: int | None):
     return build_config(tree, root)
 
 
+ENCODER = "resnet50"
+RSS_COUNTS = (64, 648)
+
+
 def throughput(n_images: int, device: torch.device) -> None:
     import segmentation_models_pytorch as smp
 
@@ -53,13 +58,13 @@ def throughput(n_images: int, device: torch.device) -> None:
         ttach = None
         print("(ttach not installed: pip install ttach for the per-view comparison)")
     torch.manual_seed(0)
-    model = smp.Unet("resnet50", encoder_weights=None, classes=K).eval().to(device)
-    cfg = _cfg(Path(tempfile.gettempdir()), "resnet50", batch=None)  # kseg's default chunking
+    model = smp.Unet(ENCODER, encoder_weights=None, classes=K).eval().to(device)
+    cfg = _cfg(Path(tempfile.gettempdir()), ENCODER, batch=None)  # kseg's default chunking
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(n_images)]
     batch = torch.stack([Predictor.from_config([model], cfg, device)._prepare(im) for im in images])
     transforms = {"none": None, "flip": "flip_transform", "d4": "d4_transform"}
-    print(f"UNet-ResNet50 {H}x{W}, {K} classes, {n_images} images per batch on {device_name(device)}")
+    print(f"UNet-{ENCODER} {H}x{W}, {K} classes, {n_images} images per batch on {device_name(device)}")
     for name, alias in transforms.items():
         predictor = Predictor.from_config([model], cfg, device, tta=name)
         predictor.predict_batch(batch[:1])  # warm-up
@@ -120,7 +125,7 @@ def rss(encoder: str) -> None:
         for i in range(64):  # 64 distinct files; the 648-image run cycles through them
             Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(folder / "images" / f"t{i:04d}.jpg")
         peaks = {}
-        for n in (64, 648):
+        for n in RSS_COUNTS:
             run = subprocess.run(
                 [
                     sys.executable,
@@ -131,6 +136,7 @@ def rss(encoder: str) -> None:
                     encoder,
                     "--rss-folder",
                     str(folder),
+                    *(["--smoke"] if H == 64 else []),
                 ],
                 capture_output=True,
                 text=True,
@@ -142,7 +148,8 @@ def rss(encoder: str) -> None:
                 f"  {n:4d} images: peak RSS {info['peak_mib']:7.1f} MiB "
                 f"({info['written']} written in {info['seconds']:.0f} s, UNet-{encoder}, TTA none)"
             )
-        print(f"  648 vs 64 images: {100 * (peaks[648] / peaks[64] - 1):+.1f}% peak RSS")
+        small, large = RSS_COUNTS
+        print(f"  {large} vs {small} images: {100 * (peaks[large] / peaks[small] - 1):+.1f}% peak RSS")
 
 
 def main() -> None:
@@ -152,7 +159,13 @@ def main() -> None:
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rss-folder", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        global H, W, ENCODER, RSS_COUNTS
+        H, W, ENCODER, RSS_COUNTS = 64, 96, "resnet18", (8, 16)
+        args.images = args.images or 2
+        args.rss_encoder = "resnet18"
     if args.rss_child is not None:
         rss_child(args.rss_child, args.rss_encoder, args.rss_folder)
         return

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -161,14 +164,15 @@ def best(fn, repeat: int) -> tuple[float, object]:
     return min(times), out
 
 
-def end_to_end(maps: np.ndarray, ids: list[str], cache: Path) -> tuple[float, float]:
-    """``write_submission`` and ``validate_file`` as the CLI runs them, on PNG predictions."""
+def end_to_end(maps: np.ndarray, ids: list[str], cache: Path, repeat: int) -> dict[str, float]:
+    """``kseg submit`` and ``kseg validate`` on PNG predictions: in-process (``write_submission``,
+    ``validate_file``) and as the command line runs them (a fresh process each, start-up included)."""
     from PIL import Image
 
-    from kseg.config import build_config
+    from kseg.config import load_config
     from kseg.submission import validate_file, write_submission
 
-    root = cache / "e2e"
+    root = cache / f"e2e-{len(maps)}"
     pred = root / "predictions"
     pred.mkdir(parents=True, exist_ok=True)
     image_ids = [f"img{i:04d}" for i in range(len(maps))]
@@ -177,20 +181,25 @@ def end_to_end(maps: np.ndarray, ids: list[str], cache: Path) -> tuple[float, fl
             Image.fromarray(label).save(pred / f"{image_id}.png")
     (root / "test.csv").write_text("ImageID\n" + "\n".join(image_ids) + "\n")
     pd.DataFrame({"ImageID": ids, "EncodedPixels": ""}).to_csv(root / "sample_submission.csv", index=False)
-    tree = {
-        "workdir": str(root / "work"),
-        "data": {
-            "root": str(root),
-            "classes": [f"c{k}" for k in range(K)],
-            "test_image_template": "predictions/{id}.png",
-        },
-        "submission": {"predictions": str(pred), "path": str(root / "submission.csv"), "size": [H, W]},
-    }
-    cfg = build_config(tree, root)
-    submit, _ = best(lambda: write_submission(cfg), 2)
-    check, report = best(lambda: validate_file(root / "submission.csv", cfg), 2)
+    classes = ", ".join(f"c{k}" for k in range(K))
+    (root / "kseg.yaml").write_text(
+        f"workdir: work\ndata:\n  root: .\n  classes: [{classes}]\n  test_image_template: predictions/{{id}}.png\n"
+        f"submission:\n  predictions: predictions\n  path: submission.csv\n  size: [{H}, {W}]\n"
+        "  require_manifest: false\n"
+    )
+    cfg = load_config(root / "kseg.yaml")
+    out = {}
+    out["submit, in-process"], _ = best(lambda: write_submission(cfg), repeat)
+    out["validate, in-process"], report = best(lambda: validate_file(root / "submission.csv", cfg), repeat)
     assert report.ok
-    return submit, check
+
+    def cli(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "kseg", *args], cwd=root, check=True, capture_output=True)
+
+    out["submit, CLI"], _ = best(lambda: cli("submit"), repeat)
+    out["validate, CLI"], _ = best(lambda: cli("validate"), repeat)
+    out["file MB"] = (root / "submission.csv").stat().st_size / 1e6
+    return out
 
 
 def main() -> None:
@@ -198,7 +207,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=648)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/kseg-bench"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here (scripts/bench_all.py)")
+    parser.add_argument("--smoke", action="store_true", help="16 maps, one repeat (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.repeat = 16, 1
     cores = os.cpu_count() or 1
     maps = label_maps(args.images, args.cache)
     ids = [f"img{i:04d}_{k}" for i in range(len(maps)) for k in range(K)]
@@ -268,9 +281,13 @@ def main() -> None:
     t, _ = best(lambda: pd.read_csv(target, dtype=str, keep_default_na=False), args.repeat)
     results["read the CSV (pandas)"] = t
 
-    submit_seconds, validate_seconds = end_to_end(maps, ids, args.cache)
-    results["kseg submit end to end (PNG read + encode + validate + write)"] = submit_seconds
-    results["kseg validate the 41 MB file"] = validate_seconds
+    e2e = end_to_end(maps, ids, args.cache, args.repeat)
+    results["kseg submit, in-process (PNG read + encode + validate + write)"] = e2e["submit, in-process"]
+    results["kseg validate, in-process"] = e2e["validate, in-process"]
+    results["kseg submit, command line (a fresh process)"] = e2e["submit, CLI"]
+    results[f"kseg validate of the {e2e['file MB']:.0f} MB file, command line"] = e2e["validate, CLI"]
+    if args.json is not None:
+        args.json.write_text(json.dumps({"images": len(maps), "cores": cores, **results, **e2e}, indent=2))
 
     width = max(map(len, results))
     for name, seconds in results.items():

@@ -7,7 +7,8 @@ masks/masks/<id>.png), generated once into --data (kept between runs), then time
   serial the same with one worker
   warm   the split again with the scan cache in place
 
-Usage: python scripts/bench_split.py [--data /tmp/kseg-bench-split] [--n 3269]
+Usage: python scripts/bench_split.py [--data /tmp/kseg-bench-split] [--n 3269] [--smoke]
+(--smoke: 40 masks, for CI)
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("/tmp/kseg-bench-split"))
     parser.add_argument("--n", type=int, default=3269)
+    parser.add_argument("--smoke", action="store_true", help="40 masks (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.data = 40, args.data.with_name(args.data.name + "-smoke")
     prepare(args.data, args.n)
     work = args.data / "work"
     t0 = time.perf_counter()

@@ -6,6 +6,7 @@ fresh process and reports that process's peak resident memory next to the raster
 
     python scripts/bench_tile.py                      # 4,000 px, 10 bands, mask 10x finer, 512 px tiles
     python scripts/bench_tile.py --size 2000 --fine 4
+    python scripts/bench_tile.py --smoke              # 256 px, 3 bands, mask 2x finer, 64 px tiles (CI)
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=10)
     parser.add_argument("--fine", type=int, default=10)
     parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.size, args.bands, args.fine, args.tile = 256, 3, 2, 64
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()

@@ -8,7 +8,8 @@ normalisation, with --workers processes), so a GPU starved by its loader is visi
 slower than the step, the GPU waits.
 
 On a machine without a GPU it runs on the CPU and says so (autocast on CPU is bf16).
-Usage: python scripts/bench_train.py [--device auto|cpu|cuda] [--batch N] [--steps N] [--workers N]
+Usage: python scripts/bench_train.py [--device auto|cpu|cuda] [--batch N] [--steps N] [--workers N] [--smoke]
+(--smoke: 64x96 images, ResNet18, batch 2, one timed step: seconds, for CI)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kseg.runtime import loader_workers
 from kseg.synth import make_competition
 
 H, W, K = 384, 512, 12
+ENCODER = "resnet50"
 
 
 def step_rate(device: torch.device, amp: bool, batch: int, steps: int, cfg, channels_last: bool = False) -> float:
@@ -92,7 +94,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 2 on CPU, 16 on GPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 30 on GPU)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     args = parser.parse_args()
+    global H, W, ENCODER
+    if args.smoke:
+        H, W, ENCODER = 64, 96, "resnet18"
+        args.batch, args.steps, args.workers = args.batch or 2, args.steps or 1, 0
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
     batch = args.batch or (16 if cuda else 2)
@@ -102,7 +109,7 @@ def main() -> None:
         if cuda
         else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads; no GPU)"
     )
-    print(f"UNet-ResNet50, {H}x{W}, {K} classes, batch {batch}, {steps} timed steps on {where}")
+    print(f"UNet-{ENCODER}, {H}x{W}, {K} classes, batch {batch}, {steps} timed steps on {where}")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -115,7 +122,7 @@ def main() -> None:
                 "image_size": [H, W],
                 "test_mask_template": None,
             },
-            "model": {"arch": "Unet", "encoder_name": "resnet50", "encoder_weights": None},
+            "model": {"arch": "Unet", "encoder_name": ENCODER, "encoder_weights": None},
             "train": {"batch_size": batch, "num_workers": args.workers},
         }
         cfg = build_config(tree, root)

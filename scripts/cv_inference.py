@@ -69,7 +69,15 @@ def main() -> None:
         help=r"also score per group: a regex whose first group is taken "
         r"from each ImageID, e.g. '^(Tile_\d+)'",
     )
+    parser.add_argument("--smoke", action="store_true", help="a tiny run trained here, TTA flip (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        import tempfile
+
+        from smoke import tiny_run
+
+        args.config, sets = tiny_run(Path(tempfile.mkdtemp(prefix="kseg-smoke-")))
+        args.sets, args.tta = [*sets, *args.sets], "flip"
 
     try:
         cfg = load_config(args.config, args.sets)

@@ -3,7 +3,7 @@
 The image is fixed in advance (image_part_005, the middle of Tile 7), not picked by its score.
 Usage (after the README's Dubai commands):
   python scripts/dubai_figure.py [--config configs/dubai-aerial.yaml] [--predictions runs/dubai-heldout]
-                                 [--name image_part_005] [--out docs/dubai-heldout.png]
+                                 [--name image_part_005] [--out docs/dubai-heldout.png] [--smoke]
 """
 
 from __future__ import annotations
@@ -27,7 +27,16 @@ def main() -> None:
     parser.add_argument("--tile", default="Tile 7")
     parser.add_argument("--name", default="image_part_005")
     parser.add_argument("--out", type=Path, default=Path("docs/dubai-heldout.png"))
+    parser.add_argument("--smoke", action="store_true", help="draw a tiny made-up image into a temporary folder (CI)")
     args = parser.parse_args()
+    overrides: list[str] = []
+    if args.smoke:
+        import tempfile
+
+        from smoke import tiny_dubai
+
+        root = tiny_dubai(Path(tempfile.mkdtemp(prefix="kseg-smoke-")))
+        overrides, args.predictions, args.out = [f"data.root={root}"], root / "predictions", root / "figure.png"
 
     import matplotlib
 
@@ -35,7 +44,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, overrides)
     spec = MaskSpec.from_config(cfg.data)
     image = read_image(cfg.data.root / args.tile / "images" / f"{args.name}.jpg")
     truth = read_mask(cfg.data.root / args.tile / "masks" / f"{args.name}.png", spec)

@@ -514,7 +514,7 @@ def table(rows: list[Row], device: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="folder for gpu_check.json (and the scratch files, removed after)")
-    parser.add_argument("--quick", action="store_true", help="toy sizes on a GPU too")
+    parser.add_argument("--quick", "--smoke", action="store_true", help="toy sizes on a GPU too (CI: --smoke)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch files under OUT/work")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()

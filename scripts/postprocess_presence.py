@@ -9,6 +9,7 @@ the mean row Dice tuned in-sample and tuned on one half and scored on the other 
 
 Usage:
     python scripts/postprocess_presence.py -c configs/dubai-aerial.yaml [--set workdir=runs/x]
+    python scripts/postprocess_presence.py --smoke     # on a tiny run trained first (CI)
 """
 
 from __future__ import annotations
@@ -42,10 +43,19 @@ def score_grid(oof: OOFSet, k: int, rows: np.ndarray, presence: bool, metric: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("-c", "--config", default=None)
     parser.add_argument("--set", action="append", default=[], dest="sets")
     parser.add_argument("--seed", type=int, default=0, help="the halves' seed (kseg tune's default)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run trained here (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        import tempfile
+        from pathlib import Path
+
+        from smoke import tiny_run
+
+        args.config, sets = tiny_run(Path(tempfile.mkdtemp(prefix="kseg-smoke-")))
+        args.sets = [*sets, *args.sets]
     cfg = load_config(args.config, args.sets)
     oof, metric = load_oof(cfg), cfg.submission.metric
     n = len(oof.ids)

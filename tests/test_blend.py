@@ -209,3 +209,29 @@ def test_other_classes_are_refused(comp):
     c.folds.loc[0, "ImageID"] = "elsewhere"
     with pytest.raises(BlendError, match="hold different image ids"):
         check_compatible([a, c])
+
+
+@pytest.mark.slow
+def test_a_blend_pins_its_checkpoints(runner, two_runs, tmp_path):
+    root = _copy(two_runs, tmp_path)
+    work, fpn = root / "work", root / "work_fpn"
+    args = ["-c", str(root / "kseg.yaml"), *sum((["--set", s] for s in FAST), [])]
+    twice = runner.invoke(app, ["blend", *args, str(work), str(root / "work") + "/"])
+    assert twice.exit_code == 1 and f"run {work} is given twice; give each run once" in " ".join(twice.output.split())
+    blend_runs(_cfg(root), [work, fpn])
+    pins = json.loads((work / "blend.json").read_text())["runs"][1]["checkpoints"]
+    assert sorted(pins) == ["0", "1", "2"] and all(len(d) == 64 for d in pins.values())
+    assert runner.invoke(app, ["infer", *args, "--out", str(tmp_path / "ok")]).exit_code == 0
+
+    shutil.copy(fpn / "fold0" / "best.pt", fpn / "fold1" / "best.pt")  # fold 1 replaced after the blend
+    for command in (["infer", "--out", str(tmp_path / "changed")], ["export", "--out", str(tmp_path / "m.kseg")]):
+        result = runner.invoke(app, [*command, *args])
+        assert result.exit_code == 1, result.output
+        text = " ".join(result.output.split())
+        assert f"blends fold 1 of run {fpn}, whose best.pt has changed since" in text and "kseg blend' again" in text
+    result = runner.invoke(app, ["submit", *args, "--predictions", str(tmp_path / "ok")])
+    assert result.exit_code == 1 and "has changed since" in result.output
+    assert not (root / "submissions" / "submission.csv").exists()  # refused before writing: file and log together
+    (fpn / "fold1" / "best.pt").unlink()
+    result = runner.invoke(app, ["infer", *args, "--out", str(tmp_path / "gone")])
+    assert result.exit_code == 1 and "whose best.pt is gone" in result.output

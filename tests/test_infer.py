@@ -422,3 +422,42 @@ def test_out_never_replaces_a_folder_kseg_did_not_write(trained_comp, tmp_path):
     with pytest.raises(InferError, match=r"holds files kseg infer did not write \(e.g. holiday.jpg\)"):
         run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), mine)
     assert [p.name for p in mine.iterdir()] == ["holiday.jpg"]
+
+
+def test_a_bundle_predicts_only_the_folds_it_holds_and_keeps_its_model(trained_comp, tmp_path, runner):
+    from kseg.cli import app
+
+    bundle = export_bundle(_cfg(trained_comp), tmp_path / "m.kseg", [0])
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((trained_comp / "images").glob("test_*.png"))[:2]:
+        shutil.copy(path, images / path.name)
+    base = ["infer", "--bundle", str(bundle), "--images", str(images), "--out"]
+    other = runner.invoke(app, [*base, str(tmp_path / "a"), "--folds", "1"])
+    assert other.exit_code == 1 and "holds folds 0, not fold 1" in " ".join(other.output.split())
+    assert not (tmp_path / "a").exists()
+    model = runner.invoke(app, [*base, str(tmp_path / "b"), "--set", "model.arch=FPN"])
+    text = " ".join(model.output.split())
+    assert model.exit_code == 1 and "--set model.arch=FPN changes the model that bundle" in text
+    assert "Traceback" not in model.output
+    same = runner.invoke(app, [*base, str(tmp_path / "c"), "--folds", "0"])
+    assert same.exit_code == 0, same.output
+
+
+def test_a_softmax_run_is_not_read_as_multilabel(trained_comp, tmp_path, runner):
+    from kseg.cli import app
+
+    args = ["infer", "-c", str(trained_comp / "kseg.yaml"), "--out", str(tmp_path / "p")]
+    result = runner.invoke(app, [*args, "--set", "data.multilabel=true", "--set", "data.palette=null"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "was trained softmax (one class per pixel) but the config says" in text
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_export_clears_what_a_killed_export_of_the_same_file_left(trained_comp, tmp_path):
+    left = tmp_path / ".m.kseg.k3j9x.tmp"
+    left.write_bytes(b"half a bundle")
+    other = tmp_path / ".other.kseg.k3j9x.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"x")
+    export_bundle(_cfg(trained_comp), tmp_path / "m.kseg", [0])
+    assert not left.exists() and other.exists() and (tmp_path / "m.kseg").is_file()

@@ -170,6 +170,18 @@ def test_two_classes_on_one_pixel_are_refused_until_multilabel(comp):
     assert "lines 2, 3 (image 'img_0000.png') give one pixel two classes" in text
 
 
+def test_a_repeated_row_and_a_table_without_rows_are_named(comp):
+    rows = [
+        {"Image_Label": "img_0000.png_road", "EncodedPixels": "1 10"},
+        {"Image_Label": "img_0000.png_road", "EncodedPixels": "1 10"},
+    ]
+    text = _bad(comp, rows, WIDE)
+    assert "lines 2, 3 (image 'img_0000.png') cover the same pixels of class 'road' twice" in text
+    (comp / "labels.csv").write_text("Image_Label,EncodedPixels\n")
+    with pytest.raises(DataError, match="has a header but no rows"):
+        _decoded(comp, *WIDE)
+
+
 def test_a_missing_column_names_the_columns_and_the_key(runner, comp):
     pd.DataFrame({"Image_Label": ["img_0000.png_road"], "Pixels": ["1 2"]}).to_csv(comp / "labels.csv", index=False)
     rle_index.cache_clear()

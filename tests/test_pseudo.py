@@ -108,3 +108,27 @@ def test_bad_threshold_is_one_line(runner, comp):
     result = runner.invoke(app, ["pseudo", "-c", str(comp / "kseg.yaml"), "--threshold", "1.5"])
     assert result.exit_code == 1
     assert "pseudo.threshold" in result.output and "Traceback" not in result.output
+
+
+def test_pseudo_writes_only_into_new_or_earlier_pseudo_runs(runner, trained, tmp_path):
+    root = tmp_path / "comp"
+    shutil.copytree(trained, root)
+    args = ["pseudo", "-c", str(root / "kseg.yaml"), *sum((["--set", s] for s in FAST), [])]
+    other = root / "runb"
+    (other / "fold0").mkdir(parents=True)
+    (other / "fold0" / "best.pt").write_bytes(b"another run's weights")
+    for target in (other, root / "images"):
+        result = runner.invoke(app, [*args, "--out", str(target), "--fold", "0"])
+        assert result.exit_code == 1 and "is not a run kseg pseudo made" in " ".join(result.output.split())
+    assert (other / "fold0" / "best.pt").read_bytes() == b"another run's weights"
+    assert not (root / "images" / "folds.csv").exists() and not (root / "images" / "pseudo").exists()
+
+
+@pytest.mark.parametrize("bad", [["--fold", "7"], ["--images", "EMPTY"]])
+def test_pseudo_that_fails_on_its_arguments_leaves_no_folder(runner, comp, tmp_path, bad):
+    assert runner.invoke(app, ["split", "-c", str(comp / "kseg.yaml")]).exit_code == 0
+    (tmp_path / "EMPTY").mkdir()
+    bad = [str(tmp_path / "EMPTY") if b == "EMPTY" else b for b in bad]
+    result = runner.invoke(app, ["pseudo", "-c", str(comp / "kseg.yaml"), "--out", str(tmp_path / "new"), *bad])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "new").exists()

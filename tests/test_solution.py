@@ -139,3 +139,66 @@ def test_ids_from_image_file_names_and_class_names(comp):
     solution = _solution(comp, "submission.id_format={file}_{name}")
     assert pd.read_csv(solution)["ImageID"].tolist() == sample["ImageID"].tolist()
     assert score_file(solution, _cfg(comp, "submission.id_format={file}_{name}"), solution).score == 1.0
+
+
+def _severstal(runner, tmp_path: Path) -> tuple[Path, object]:
+    """A Severstal-shaped competition (defects only, long layout) with noisy predictions submitted."""
+    comp = tmp_path / "sv"
+    assert (
+        runner.invoke(app, ["synth", str(comp), "--style", "severstal", "--train", "6", "--test", "6"]).exit_code == 0
+    )
+    cfg = _cfg(comp, "submission.require_manifest=false", "submission.solution=null")
+    truth = comp / "work" / "predictions"
+    truth.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for image_id in list_samples(cfg.data, "test")["ImageID"]:  # a rough guess: stripes of defect classes
+        h, w = 64, 96
+        Image.fromarray((rng.integers(0, 5, (h, 1)) * np.ones((1, w))).astype(np.uint8)).save(truth / f"{image_id}.png")
+    return write_submission(cfg).path, cfg
+
+
+def test_the_overall_score_and_its_usage_parts_count_the_same_rows(runner, tmp_path):
+    sub, cfg = _severstal(runner, tmp_path)
+    solution = tmp_path / "sv" / "solution.csv"
+    full = score_file(sub, cfg, solution)
+    n = full.rows["usage"].value_counts()
+    parts = (n["Public"] * full.by_usage["Public"] + n["Private"] * full.by_usage["Private"]) / n.sum()
+    assert full.score == pytest.approx(parts, abs=1e-12) and len(full.rows) == 6 * 4
+    table = pd.read_csv(solution, dtype=str, keep_default_na=False)
+    defects_only = table[table["EncodedPixels"] != ""]
+    keep = defects_only["ImageId"].unique()
+    rest = table[~table["ImageId"].isin(keep)].drop_duplicates("ImageId")  # one (empty) row of the others
+    pd.concat([defects_only, rest]).to_csv(solution, index=False)
+    short = score_file(sub, cfg, solution)  # rows left out are empty truth in their image's part
+    assert short.score == full.score and short.by_usage == full.by_usage
+
+
+@pytest.mark.parametrize(
+    ("usage", "outcome"),
+    [
+        (["public", "PRIVATE"], {"Public", "Private"}),
+        (["Public", "Foo"], "has Usage 'Foo', which is none of Public, Private and Ignored"),
+        (["Ignored", "Ignored"], "marks every row Ignored, so nothing is scored"),
+    ],
+)
+def test_usage_values_are_kaggles_three_in_any_case(runner, tmp_path, usage, outcome):
+    sub, cfg = _severstal(runner, tmp_path)
+    solution = tmp_path / "sv" / "solution.csv"
+    table = pd.read_csv(solution, dtype=str, keep_default_na=False)
+    table["Usage"] = np.resize(usage, len(table))
+    table.to_csv(solution, index=False)
+    if isinstance(outcome, set):
+        assert set(score_file(sub, cfg, solution).by_usage) == outcome
+    else:
+        with pytest.raises(SubmissionError, match=outcome):
+            score_file(sub, cfg, solution)
+
+
+def test_an_image_the_solution_never_names_belongs_to_no_part(runner, tmp_path):
+    sub, cfg = _severstal(runner, tmp_path)
+    solution = tmp_path / "sv" / "solution.csv"
+    table = pd.read_csv(solution, dtype=str, keep_default_na=False)
+    first = table["ImageId"].iloc[0]
+    table[table["ImageId"] != first].to_csv(solution, index=False)
+    with pytest.raises(SubmissionError, match=rf"no row of test image '{first[:-4]}'"):
+        score_file(sub, cfg, solution)

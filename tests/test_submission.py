@@ -141,6 +141,31 @@ def test_npy_predictions_and_empty_token(comp):
     assert result.empty_rows > 0
 
 
+def _first_pixel(labels: np.ndarray, value) -> np.ndarray:
+    labels[0, 0] = value
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (lambda m: _first_pixel(m.astype(np.int16), -1), "holds the negative value -1"),
+        (lambda m: _first_pixel(m.astype(np.float32), np.nan), "holds float32 values"),
+        (lambda m: m.astype(np.float64) + 0.4, "holds float64 values"),
+    ],
+)
+def test_npy_maps_of_negative_nan_or_fractional_values_are_refused(comp, values, message):
+    allow_hand_made(comp)
+    pred_dir = comp / "work" / "predictions"
+    pred_dir.mkdir(parents=True)
+    for path in (comp / "test_masks").glob("*.png"):
+        np.save(pred_dir / f"{path.stem}.npy", np.asarray(Image.open(path)))
+    np.save(pred_dir / "test_0002.npy", values(np.asarray(Image.open(comp / "test_masks" / "test_0002.png"))))
+    with pytest.raises(SubmissionError, match=rf"test_0002.npy {message}, but a label map holds class indices"):
+        write_submission(_cfg(comp))
+    assert not (comp / "submissions" / "submission.csv").exists()
+
+
 def test_missing_predictions_name_the_image_and_write_nothing(comp):
     hand_made_predictions(comp)
     (comp / "work" / "predictions" / "test_0002.png").unlink()

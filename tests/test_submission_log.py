@@ -155,3 +155,44 @@ def test_a_log_with_broken_rows_is_refused(tmp_path):
     path.write_text(",".join(COLUMNS) + '\n"unclosed\n')
     with pytest.raises(SubmissionError, match="cannot be read as a submission log"):
         read_log(path)
+
+
+def test_a_foreign_column_and_a_row_cut_short_are_named(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(",".join([*COLUMNS, "notes"]) + "\n")
+    with pytest.raises(SubmissionError, match="column 'notes' is none of kseg's"):
+        read_log(path)
+    path.write_text(",".join(COLUMNS[:-1]) + "\n")
+    with pytest.raises(SubmissionError, match="it lacks column 'public_score'"):
+        read_log(path)
+    full = ",".join("x" for _ in COLUMNS)
+    path.write_text(",".join(COLUMNS) + f"\n{full}\n2026-01-01,a.csv\n")
+    with pytest.raises(SubmissionError, match="line 3 has fewer fields than the log's 13 columns"):
+        read_log(path)
+
+
+def test_a_folder_in_the_logs_place_stops_submit_before_anything_is_written(runner, comp):
+    hand_made_predictions(comp)
+    (comp / "submissions" / "log.csv").mkdir(parents=True)
+    result = runner.invoke(app, ["submit", "-c", str(comp / "kseg.yaml")])
+    assert result.exit_code == 1 and "is a folder where the submission log goes" in _flat(result)
+    assert not (comp / "submissions" / "submission.csv").exists()
+
+
+@pytest.mark.slow
+def test_submits_at_once_each_log_their_own_file(comp):
+    """Two ``kseg submit`` processes at a time, twice: every run logs one row whose sha256 is its file's."""
+    import subprocess
+    import sys
+
+    hand_made_predictions(comp)
+    outs = [comp / "submissions" / f"s{i}.csv" for i in range(4)]
+    for pair in (outs[:2], outs[2:]):
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "kseg", "submit", "--out", str(out), *flags], cwd=comp)
+            for out, flags in zip(pair, ([], ["--no-postprocess"]), strict=True)
+        ]
+        assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    log = read_log(comp / "submissions" / "log.csv")
+    assert sorted(log["file"]) == [o.name for o in outs]
+    assert dict(zip(log["file"], log["sha256"], strict=True)) == {o.name: _sha(o) for o in outs}

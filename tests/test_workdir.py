@@ -54,6 +54,22 @@ def test_staged_files_without_a_journal_are_rolled_back(tmp_path):
     assert _contents(work) == {name: f"{name} of epoch 2" for name in names}
 
 
+def test_a_reader_clears_what_a_dead_writer_staged_and_leaves_a_live_ones(tmp_path):
+    work = WorkDir(tmp_path)
+    names = ["best.pt", "last.pt", "metrics.csv"]
+    _stage(work, names, 2)
+    work.commit(0, names)
+    _stage(work, ["best.pt"], 3)  # a training killed while staging epoch 3: no journal
+    (work.fold_dir(0) / ".last.pt.next.ab12.tmp").write_text("half of epoch 3's last.pt")
+    hold = work.hold_fold(0)  # while a live run holds the fold, its staged files are its own
+    try:
+        assert work.trained_folds() == [0] and work.staged(0, "best.pt").is_file()
+    finally:
+        hold.close()
+    assert work.trained_folds() == [0]  # what infer, tune and report call first
+    assert _contents(work) == {name: f"{name} of epoch 2" for name in names}
+
+
 def test_trained_folds_are_found_by_their_best_checkpoint(tmp_path):
     work = WorkDir(tmp_path)
     for fold in (0, 2, 10):

@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kseg import __version__, render
-from kseg.config import Config, load_config
 from kseg.errors import KsegError
+
+if TYPE_CHECKING:  # the config's schema (pydantic) loads with the first command that reads a config
+    from kseg.config import Config
 
 app = typer.Typer(
     name="kseg",
@@ -64,6 +66,8 @@ def handled(debug: bool = False) -> Iterator[None]:
 
 
 def config_from(config: Path | None, overrides: list[str] | None) -> Config:
+    from kseg.config import load_config
+
     return load_config(config, overrides or [])
 
 
@@ -93,6 +97,10 @@ def numbers(text: str | None, what: str, kind: type = int, example: str = "0,1,2
         raise KsegError(f"{what} {text!r} is not a comma-separated list of {noun}, e.g. {example}") from None
 
 
+PartialOpt = Annotated[
+    bool,
+    typer.Option("--partial", help="Use unfinished folds (killed, time limit, diverged) as they are; recorded."),
+]
 FoldsOpt = Annotated[
     str | None, typer.Option("--folds", help="Folds to use, e.g. 0,1,2 (default: every trained fold).")
 ]

@@ -13,6 +13,7 @@ from kseg.cli.common import (
     DebugOpt,
     FoldsOpt,
     NoPostOpt,
+    PartialOpt,
     SetOpt,
     app,
     config_from,
@@ -56,6 +57,7 @@ def infer(
     no_blend: Annotated[
         bool, typer.Option("--no-blend", help="Predict with this run's folds even where blend.json exists.")
     ] = False,
+    partial: PartialOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Predict the test set (or --images DIR) with the trained folds (or the blend), optionally with TTA."""
@@ -69,7 +71,7 @@ def infer(
             view_set_of(views)  # a bad name fails before any model is loaded
         if bundle is not None and (images is None or out is None):
             raise KsegError("with --bundle, give --images DIR and --out DIR (a bundle carries no data set)")
-        ensemble = _ensemble(bundle, config, set_, folds, fold_weights, no_blend)
+        ensemble = _ensemble(bundle, config, set_, folds, fold_weights, no_blend, partial)
         cfg = ensemble.cfg
         tiles_dir = tiles_folder(images) if stitch is not None else None
         if images is not None:
@@ -101,16 +103,25 @@ def _ensemble(
     folds: str | None,
     fold_weights: str | None,
     no_blend: bool,
+    partial: bool = False,
 ) -> Ensemble:
     """The models ``kseg infer`` predicts with: a bundle's, or the config's folds (or its blend)."""
-    from kseg.ensemble import load_bundle, load_ensemble
+    from kseg.ensemble import load_bundle, load_ensemble, select_folds
 
     if bundle is not None:
-        return load_bundle(bundle, set_ or [])
+        chosen = numbers(folds, "--folds")
+        weights = numbers(fold_weights, "--fold-weights", float, "1,1,2")
+        ensemble = select_folds(load_bundle(bundle, set_ or []), chosen, weights, str(bundle))
+        if ensemble.partial and not partial:
+            raise KsegError(
+                f"bundle {bundle} holds unfinished folds ({'; '.join(ensemble.partial)}), exported with --partial; "
+                "pass --partial to predict with it as it is"
+            )
+        return ensemble
     cfg = config_from(config, set_)
     chosen = numbers(folds, "--folds") or cfg.infer.folds
     weights = numbers(fold_weights, "--fold-weights", float, "1,1,2") or cfg.infer.fold_weights
-    return load_ensemble(cfg, chosen, weights, use_blend=not no_blend)
+    return load_ensemble(cfg, chosen, weights, use_blend=not no_blend, partial=partial)
 
 
 @app.command()
@@ -120,6 +131,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle file to write, e.g. model.kseg.")] = Path("model.kseg"),
     folds: FoldsOpt = None,
     half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (half the size).")] = False,
+    partial: PartialOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Pack the resolved config and the trained folds' best weights into one file for offline inference."""
@@ -127,7 +139,7 @@ def export(
 
     with handled(debug):
         cfg = config_from(config, set_)
-        path = export_bundle(cfg, out, numbers(folds, "--folds"), half)
+        path = export_bundle(cfg, out, numbers(folds, "--folds"), half, partial=partial)
     render.say(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); predict anywhere with "
         f"[bold]kseg infer --bundle {path.name} --images DIR --out DIR[/]"

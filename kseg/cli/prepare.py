@@ -1,4 +1,4 @@
-"""Commands that prepare a competition: synth, split, audit, tile, weights, config, demo."""
+"""Commands that prepare a competition: init, synth, split, audit, tile, weights, config, demo."""
 
 from __future__ import annotations
 
@@ -17,6 +17,51 @@ from kseg.cli.common import (
     handled,
     numbers,
 )
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="The unpacked download (default: the current folder).")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing kseg.yaml.")] = False,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="The competition's metric: row_dice, row_iou, dataset_iou or instance_fbeta (default: row_dice, "
+            "instance_fbeta when the labels list one row per object).",
+            show_default=False,
+        ),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            help="Class names in class order (a,b,c), or with their mask colours (a=#RRGGBB,b=#RRGGBB).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Where to write the config (default: FOLDER/kseg.yaml).", show_default=False),
+    ] = None,
+    gpu_memory: Annotated[
+        float, typer.Option("--gpu-memory", help="GiB of GPU memory the image size and batch are planned for.")
+    ] = 16.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fingerprint as JSON; write nothing.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Read a competition's download (images, labels, pixel order, submission) and write kseg.yaml."""
+    from kseg.planning.stage import run_init
+
+    with handled(debug), render.progress_bar("read files") as update:
+        result = run_init(
+            folder, out=out, force=force, metric=metric, classes=classes, gpu_memory=gpu_memory,
+            write=not as_json, on_progress=update,
+        )  # fmt: skip
+    if as_json:
+        print(result.fingerprint.to_json())
+        return
+    render.init_result(result)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from kseg.cli.common import (
     ConfigOpt,
     DebugOpt,
     NoPostOpt,
+    PartialOpt,
     SetOpt,
     SubmissionArg,
     app,
@@ -39,34 +40,40 @@ def submit(
     fill_empty: Annotated[
         bool, typer.Option("--fill-empty", help="Submit empty masks for test images kseg infer skipped.")
     ] = False,
+    partial: PartialOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Encode the predicted label maps into a validated submission.csv (optionally uploaded); log it."""
-    from kseg.submission import log_path, read_log, record_submission, write_submission
+    from kseg.io import held_lock
+    from kseg.submission import record_submission, write_submission
+    from kseg.submission.log import check_before_submit, log_lock
 
     with handled(debug):
         cfg = config_from(config, set_)
         if upload and not competition:
             raise KsegError("--upload needs --competition SLUG (the name in the competition's URL)")
-        read_log(log_path(out or cfg.submission.path))  # a foreign log.csv stops us before anything is written
-        with render.progress_bar("read predictions") as update:
-            result = write_submission(
+        target = out or cfg.submission.path
+        with held_lock(log_lock(target)):  # the file and its log row go in together, one submit at a time
+            check_before_submit(cfg, target)  # what would stop the log row stops us first
+            with render.progress_bar("read predictions") as update:
+                result = write_submission(
+                    cfg,
+                    out=out,
+                    predictions=predictions,
+                    on_progress=update,
+                    postprocess=not no_postprocess,
+                    fill_empty=fill_empty,
+                    partial=partial,
+                )
+            render.submission_written(result)
+            recorded = record_submission(
                 cfg,
-                out=out,
-                predictions=predictions,
-                on_progress=update,
-                postprocess=not no_postprocess,
-                fill_empty=fill_empty,
+                result.path,
+                result.predictions,
+                result.postprocess,
+                competition=competition if upload else "",
+                message=message,
             )
-        render.submission_written(result)
-        recorded = record_submission(
-            cfg,
-            result.path,
-            result.predictions,
-            result.postprocess,
-            competition=competition if upload else "",
-            message=message,
-        )
         render.submission_logged(recorded)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,12 +13,15 @@ from kseg import render
 from kseg.cli.common import (
     ConfigOpt,
     DebugOpt,
+    PartialOpt,
     SetOpt,
     app,
     config_from,
     handled,
 )
-from kseg.config import Config
+
+if TYPE_CHECKING:
+    from kseg.config import Config
 
 
 def _deadline(cfg: Config) -> float | None:
@@ -65,12 +68,13 @@ def train(
 
 
 @app.command()
-def tune(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+def tune(config: ConfigOpt = None, set_: SetOpt = None, partial: PartialOpt = False, debug: DebugOpt = False) -> None:
     """Tune per-class probability thresholds and minimum areas on the out-of-fold predictions."""
     from kseg.postprocess import tune as tune_postprocess
 
     with handled(debug):
         cfg = config_from(config, set_)
+        _finished_oof(cfg.workdir, partial)
         with render.progress_bar("read OOF") as update:
             result = tune_postprocess(cfg, on_progress=update)
     render.tune_result(result)
@@ -95,6 +99,7 @@ def pseudo(
     ] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Label with the config's TTA views.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the new run's folds from last.pt.")] = False,
+    partial: PartialOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Pseudo-label the test set with each fold's own model, then train the folds again with them."""
@@ -108,16 +113,22 @@ def pseudo(
     results: list[FoldResult] = []
     with handled(debug):
         cfg = config_from(config, overrides)
-        run_cfg = prepare_run(cfg)
         table = list_images(images) if images is not None else competition_test_images(cfg)
-        folds = folds_to_train(cfg, fold)
+        folds = folds_to_train(cfg, fold)  # the arguments are checked before the new run's folder is made
+        run_cfg = prepare_run(cfg)
         deadline = _deadline(cfg)
         for f in folds:
             if _out_of_time(results, deadline):
                 break
             with render.progress_bar(f"pseudo-label fold {f}") as update:
                 labels = label_fold(
-                    cfg, f, table, run_cfg.workdir, tta=cfg.infer.tta if tta else "none", on_progress=update
+                    cfg,
+                    f,
+                    table,
+                    run_cfg.workdir,
+                    tta=cfg.infer.tta if tta else "none",
+                    partial=partial,
+                    on_progress=update,
                 )
             render.pseudo_labels(labels, cfg.pseudo.threshold)
             again = resume and WorkDir(run_cfg.workdir).last(f).is_file()
@@ -133,6 +144,7 @@ def blend(
     runs: Annotated[list[Path], typer.Argument(help="Work folders of runs trained on the same folds.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    partial: PartialOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Blend runs with weights searched on their out-of-fold predictions; infer and export then use it."""
@@ -140,18 +152,33 @@ def blend(
 
     with handled(debug):
         cfg = config_from(config, set_)
+        for run in runs:
+            _finished_oof(run, partial)
         with render.progress_bar("score OOF blends") as update:
             result = blend_runs(cfg, runs, on_progress=update)
     render.blend_result(result)
 
 
 @app.command()
-def report(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+def report(config: ConfigOpt = None, set_: SetOpt = None, partial: PartialOpt = False, debug: DebugOpt = False) -> None:
     """Cross-validation report: per-fold and per-class OOF scores, confusion matrix, worst images."""
     from kseg.report import cv_report
 
     with handled(debug):
         cfg = config_from(config, set_)
+        _finished_oof(cfg.workdir, partial)
         with render.progress_bar("read OOF") as update:
             result = cv_report(cfg, on_progress=update)
     render.cv_report(result)
+
+
+def _finished_oof(workdir: Path, partial: bool) -> None:
+    """Out-of-fold predictions are read from finished folds only (``--partial``: any, with a note)."""
+    from kseg.foldstate import require_finished
+    from kseg.workdir import WorkDir
+
+    work = WorkDir(workdir)
+    if work.root.is_dir():
+        unfinished = require_finished(work, work.oof_folds(), partial)
+        if unfinished:
+            render.say(f"[yellow]unfinished fold(s) used as they are (--partial):[/] {', '.join(map(str, unfinished))}")

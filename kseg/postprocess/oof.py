@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from kseg.bits import LABEL_THRESHOLD, class_planes
 from kseg.config import Config
@@ -76,6 +75,8 @@ class OOFBuilder:
         if self.multilabel:
             self._add_planes(np.asarray(probs), np.asarray(truth))
             return
+        import torch  # here, not at the top: reading post-processing needs no torch
+
         k = self.k
         p = torch.from_numpy(np.array(probs))
         labels = torch.from_numpy(np.asarray(truth).astype(np.int64))

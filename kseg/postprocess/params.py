@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading post-processing needs no torch
+    import torch
 
 from kseg.bits import LABEL_THRESHOLD, class_planes, pack_planes
 from kseg.config import Config
@@ -66,6 +69,8 @@ def apply(probs: torch.Tensor | np.ndarray, post: PostProcess | None, multilabel
         probs ``(K, H, W)`` (float 0-1, or uint8 0-255); returns ``(H, W)`` uint8, 255 = no class
         (``multilabel``: class bitmasks, 0 = no class).
     """
+    import torch
+
     p = torch.from_numpy(np.array(probs)) if isinstance(probs, np.ndarray) else probs
     if p.dtype == torch.uint8:
         p = p.float() / 255

@@ -19,6 +19,7 @@ from kseg.render.core import (
 )
 from kseg.render.data import audit_result, installed_weights, split_result, tile_result
 from kseg.render.demo import RichReporter, demo_result
+from kseg.render.planning import init_result
 from kseg.render.submission import (
     score_result,
     submission_log,
@@ -48,6 +49,7 @@ __all__ = [
     "err_console",
     "error_line",
     "inference_result",
+    "init_result",
     "installed_weights",
     "metric_name",
     "os_error",

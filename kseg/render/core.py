@@ -17,7 +17,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kseg.metrics import METRIC_NAMES
 from kseg.progress import Progress as ProgressCallback
 
 console = Console()
@@ -99,4 +98,6 @@ def short(values: list[float]) -> str:
 
 def metric_name(result: Any) -> str:
     """How a result's metric is written (``submission.metric``)."""
+    from kseg.metrics import METRIC_NAMES  # numpy: loaded by the commands whose results name a metric
+
     return METRIC_NAMES.get(getattr(result, "metric", "row_dice"), "score")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from kseg.config import Config
+if TYPE_CHECKING:
+    from kseg.config import Config
 from kseg.render.core import console, pct, say, short
 
 
@@ -30,6 +31,7 @@ def split_result(result: Any, cfg: Config) -> None:
         table.add_row(name, f"{pct(all_img[k])} / {pct(all_px[k])}", *cells)
     console.print(table)
     by = [f"'{cfg.split.group_by}'"] if cfg.split.group_by else []
+    by += [f"ids matching '{cfg.split.group_pattern}'"] if cfg.split.group_pattern else []
     by_text = " and ".join(by + (["audit duplicates"] if cfg.split.duplicates else []))
     groups = f", {result.n_groups} groups by {by_text}" if result.n_groups else ""
     plain = "plain group KFold" if result.n_groups else "plain KFold"

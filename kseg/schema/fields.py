@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    ValidationInfo,
+    field_validator,
 )
 
 TTA_VIEWS = ("none", "hflip", "vflip", "flip", "rot90", "d4")
@@ -64,5 +67,29 @@ def is_weights_file(value: str | None) -> bool:
     return value.lower().endswith(WEIGHT_SUFFIXES) or "/" in value or "\\" in value or value.startswith("pip:")
 
 
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits ``True``/``False`` as themselves (not as the numbers 1 and 0)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_takes_bool(arg) for arg in typing.get_args(annotation))
+
+
+def _takes_number(annotation: Any) -> bool:
+    if annotation in (int, float):
+        return True
+    return any(_takes_number(arg) for arg in typing.get_args(annotation) if not isinstance(arg, str))
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # non-finite numbers (.inf, .nan) are refused everywhere: no setting means them
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML reads ``true`` as a boolean, which pydantic would take as the number 1 (``train.epochs: true``)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _takes_number(annotation) and not _takes_bool(annotation):
+                raise ValueError(f"{value!r} is a yes/no value where a number is meant; give a number")
+        return value

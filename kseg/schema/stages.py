@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Literal
@@ -21,10 +22,28 @@ class SplitConfig(Section):
     n_folds: int = Field(5, ge=2)
     seed: int = 42
     group_by: str | None = None
+    # a regular expression on the image id whose first group names the image's group: ids that share it stay in
+    # one fold ('^(.+)_[^_]+$' keeps <object>_<view> or <patient>_<slice> ids together); with group_by, both hold
+    group_pattern: str | None = None
     area_bins: int = Field(3, ge=0, le=10)
     workers: int | None = Field(None, ge=1)
     verify_images: bool = False
     duplicates: bool = False  # keep each duplicate group of 'kseg audit' in one fold
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _group_pattern(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression ({exc}); e.g. '^(.+)_[^_]+$'") from None
+        if compiled.groups < 1:
+            raise ValueError(
+                f"{value!r} has no group in parentheses; mark the part that names the group, e.g. '^(.+)_[^_]+$'"
+            )
+        return value
 
 
 class TileConfig(Section):

@@ -22,6 +22,7 @@ from kseg.config import Config
 from kseg.errors import SubmissionError
 from kseg.io import atomic_write_text
 from kseg.metrics import epoch_score
+from kseg.pins import check_pins
 from kseg.submission import kaggle
 from kseg.workdir import WorkDir, read_inference_info
 
@@ -41,6 +42,13 @@ COLUMNS = [
     "message",
     "public_score",
 ]
+
+
+def log_lock(submission: Path) -> Path:
+    """The lock file that ``kseg submit`` holds from writing a submission to logging it: two submits at
+    once write and log one after the other, and each row names its own file."""
+    log = log_path(submission)
+    return log.with_name(f".{log.name}.lock")
 
 
 def log_path(submission: Path) -> Path:
@@ -68,6 +76,8 @@ def read_log(path: Path) -> pd.DataFrame:
         SubmissionError: The file is not a kseg submission log.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise SubmissionError(f"{path} is a folder where the submission log goes; move it away or rename it")
     if not path.is_file():
         return pd.DataFrame(columns=COLUMNS)
     try:
@@ -75,17 +85,51 @@ def read_log(path: Path) -> pd.DataFrame:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise SubmissionError(f"{path} cannot be read as a submission log ({exc}); move it away") from None
     if list(table.columns) != COLUMNS:
+        extra = [c for c in table.columns if c not in COLUMNS]
+        missing = [c for c in COLUMNS if c not in table.columns]
+        what = (
+            f"column {extra[0]!r} is none of kseg's"
+            if extra
+            else (f"it lacks column {missing[0]!r}" if missing else "its columns are in another order")
+        )
         raise SubmissionError(
-            f"{path} is not kseg's submission log (its columns are {', '.join(map(str, table.columns[:4]))}...); "
-            f"move it away, or write the submission to another folder with --out"
+            f"{path} is not kseg's submission log ({what}); move it away, or write the submission to another "
+            "folder with --out"
+        )
+    short = _short_rows(path)
+    if short:
+        raise SubmissionError(
+            f"{path} line {short} has fewer fields than the log's {len(COLUMNS)} columns (a row cut short); fix or "
+            "remove that line"
         )
     return table
+
+
+def _short_rows(path: Path) -> int | None:
+    """The first line (1-based) of a log with fewer comma-separated fields than its header, else ``None``."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if number > 1 and len(row) < len(COLUMNS):
+                return number
+    return None
 
 
 def _write_log(path: Path, table: pd.DataFrame) -> None:
     buffer = io.StringIO()
     table[COLUMNS].to_csv(buffer, index=False)
     atomic_write_text(path, buffer.getvalue())
+
+
+def check_before_submit(cfg: Config, submission: Path) -> None:
+    """What would stop the log row after the file is written, checked before it is: a log that is not
+    kseg's, a blend whose checkpoints changed since ``kseg blend``."""
+    read_log(log_path(submission))
+    work = WorkDir(cfg.workdir)
+    blend = work.read_blend()
+    if blend is not None:
+        check_pins(blend, work.blend_json)
 
 
 def cv_estimate(cfg: Config, post_applied: bool) -> tuple[float, str]:
@@ -95,6 +139,7 @@ def cv_estimate(cfg: Config, post_applied: bool) -> tuple[float, str]:
     work = WorkDir(cfg.workdir)
     blend = work.read_blend()
     if blend is not None:
+        check_pins(blend, work.blend_json)
         key = "oof_tuned" if post_applied else "oof"
         return float(blend["blend"][key]), f"blend out-of-fold ({'tuned' if post_applied else 'raw'})"
     text = work.read_postprocess()
@@ -130,7 +175,8 @@ def make_entry(cfg: Config, submission: Path, predictions: Path, postprocess: st
         "sha256": file_sha256(submission),
         "config_hash": config_hash(cfg),
         "runs": str(info.get("source", "label maps made outside kseg")),
-        "folds": " ".join(map(str, info.get("folds", []))),
+        "folds": " ".join(map(str, info.get("folds", [])))
+        + (f" (partial: {'; '.join(info['partial_folds'])})" if info.get("partial_folds") else ""),
         "tta": str(info.get("tta", "")),
         "postprocess": postprocess,
         "cv": "" if np.isnan(cv) else f"{cv:.4f}",

@@ -60,9 +60,50 @@ def read_solution(path: Path, fmt: SubmissionFormat, check_overlap: bool) -> tup
     if USAGE in table.columns:
         index = fmt.row_index()
         keys = ids if classes is None else [grid_key(i, c) for i, c in zip(ids, classes, strict=True)]
-        usage[[index[x] for x in keys]] = table[USAGE].str.strip().to_numpy()
+        usage[[index[x] for x in keys]] = _usage_values(table[USAGE], path)
+        usage = _usage_of_absent_rows(usage, fmt, path)
     assert report.parsed is not None
     return report.parsed, usage
+
+
+USAGES = ("Public", "Private", IGNORED)
+
+
+def _usage_values(column: pd.Series, path: Path) -> np.ndarray:
+    """``Usage`` cells in Kaggle's spelling (any case); anything else is refused."""
+    canonical = {u.lower(): u for u in USAGES}
+    cells = column.str.strip()
+    unknown = sorted({c for c in cells if c.lower() not in canonical})
+    if unknown:
+        raise SubmissionError(
+            f"solution file {path} has Usage {unknown[0]!r}, which is none of Public, Private and Ignored; fix the "
+            "column (or drop it to score every row as one)"
+        )
+    return np.array([canonical[c.lower()] for c in cells], dtype=object)
+
+
+def _usage_of_absent_rows(usage: np.ndarray, fmt: SubmissionFormat, path: Path) -> np.ndarray:
+    """Rows a solution leaves out (a defects-only solution lists non-empty rows) are empty truth and take
+    the Usage of their image's other rows, so the overall score and its parts count the same rows, as
+    Kaggle splits a solution by image. An image with no row at all has no part: refused."""
+    missing = usage == ""
+    if missing.any():
+        by_image: dict[int, str] = {}
+        for image, value in zip(fmt.row_image[~missing].tolist(), usage[~missing].tolist(), strict=True):
+            by_image.setdefault(image, value)
+        lost = [i for i in np.unique(fmt.row_image[missing]).tolist() if i not in by_image]
+        if lost:
+            raise SubmissionError(
+                f"solution file {path} has a Usage column but no row of test image {fmt.image_ids[lost[0]]!r} "
+                f"({len(lost)} such), so its rows belong to no part; list every image (an empty row will do)"
+            )
+        usage = usage.copy()
+        usage[missing] = [by_image[i] for i in fmt.row_image[missing].tolist()]
+    if (usage == IGNORED).all():
+        raise SubmissionError(
+            f"solution file {path} marks every row Ignored, so nothing is scored; fix its Usage column"
+        )
+    return usage
 
 
 def coverage(starts: np.ndarray, stops: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

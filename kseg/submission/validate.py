@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class ValidationReport:
         return f"{p.kind}: {p.examples[0] if p.examples else ''}"
 
 
+CHUNK_CHARS = 16_000_000  # characters of runs checked in one pass (a 41 MB file: three passes)
 EXAMPLES = 3
 SHOWN = 40  # characters of an offending value shown; longer values are cut, with their length
 
@@ -240,7 +242,8 @@ def validate_bytes(
     ids = table[header[0]].tolist()
     if fmt.layout == "long":  # a row is named by its image and class cells
         ids = [grid_key(image, klass) for image, klass in zip(ids, table[header[2]].tolist(), strict=True)]
-    sample_row = np.array([fmt.row_index().get(x, -1) for x in ids], dtype=np.int64)
+    index = fmt.row_index()  # once: built per row, it made validation quadratic in the rows
+    sample_row = np.array([index.get(x, -1) for x in ids], dtype=np.int64)
     problems += _id_problems(ids, sample_row, fmt)
     texts = table[header[1]].tolist()
     results = _check_masks(texts, ids, sample_row, fmt, check_overlap)
@@ -274,19 +277,25 @@ def _id_problems(ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat) 
 def _check_masks(
     texts: list[str], ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat, check_overlap: bool
 ) -> list[tuple[_Findings, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """``_check_runs`` over chunks of a few images each (an image's rows together, for the overlap check),
-    in threads."""
+    """``_check_runs`` over the rows in chunks of about ``CHUNK_NUMBERS`` numbers (an image's rows together,
+    for the overlap check), in threads: one pass for most files, a few for the largest, so that the
+    arrays stay small while the per-call overhead stays negligible."""
     n = len(ids)
     image_of_row = np.where(sample_row >= 0, fmt.row_image[np.maximum(sample_row, 0)], -1)
     by_image = np.argsort(image_of_row, kind="stable")
-    per_chunk = 8
-    cuts = np.searchsorted(image_of_row[by_image], np.arange(0, len(fmt.image_ids) + per_chunk, per_chunk))
-    cuts = np.unique(np.concatenate([[0], cuts[(cuts > 0) & (cuts < n)], [n]]))
+    weight = np.fromiter((len(texts[r]) for r in by_image), dtype=np.int64, count=n)  # characters ~ numbers
+    per_image = np.bincount(np.searchsorted(np.unique(image_of_row[by_image]), image_of_row[by_image]), weights=weight)
+    per_chunk = min(CHUNK_CHARS, max(1, int(weight.sum()) // (2 * (os.cpu_count() or 1)) + 1))  # two per core
+    image_cuts = np.flatnonzero(np.diff(np.floor_divide(np.cumsum(per_image), per_chunk), prepend=0)) + 1
+    starts = np.searchsorted(image_of_row[by_image], np.unique(image_of_row[by_image]))
+    cuts = np.unique(np.concatenate([[0], starts[image_cuts[image_cuts < len(starts)]], [n]]))
     chunks = [by_image[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
     def work(rows: np.ndarray) -> tuple[_Findings, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         return _check_runs(texts, rows, ids, image_of_row, fmt, check_overlap)
 
+    if len(chunks) == 1:
+        return [work(chunks[0])]
     with ThreadPoolExecutor() as pool:
         return list(pool.map(work, chunks))
 
