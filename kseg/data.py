@@ -154,8 +154,7 @@ def read_image(path: Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _is_16_bit(image: Image.Image) -> bool:
-    # Pillow opens 16-bit PNGs as mode "I"; their values fit 16 bits
+def _is_16_bit(image: Image.Image) -> bool:  # Pillow opens 16-bit PNGs as mode "I": values within 16 bits
     lo, hi = np.asarray(image).min(), np.asarray(image).max()
     return 0 <= int(lo) and int(hi) <= 65535
 
@@ -365,8 +364,7 @@ def _make_ids(table: pd.DataFrame, names: list[str], id_template: str | None) ->
 
 
 def safe_id(text: str) -> str:
-    """The image id the glob layout makes of joined pattern fields: anything but letters, digits, ``.``,
-    ``_`` and ``-`` becomes ``_``."""
+    """The glob layout's id of joined pattern fields: other than ``[A-Za-z0-9._-]`` becomes ``_``."""
     return _SAFE_ID.sub("_", text).strip("_")
 
 

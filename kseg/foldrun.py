@@ -42,7 +42,7 @@ from kseg.dataset import (
 )
 from kseg.errors import TrainError
 from kseg.evaluation import EpochStats, evaluate, instance_buffer, oof_truth, summarize, validation_score
-from kseg.foldstate import FoldResult, NoteCallback, RunProgress, StepCallback
+from kseg.foldstate import FoldResult, NoteCallback, RunProgress, StepCallback, check_finite
 from kseg.io import remove_stale
 from kseg.losses import loss_from_config
 from kseg.metrics import pixel_metrics
@@ -232,14 +232,7 @@ class FoldRun:
         cfg = self.cfg
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
-        self.progress = RunProgress(
-            epoch=checkpoint["epoch"],
-            steps_done=checkpoint["steps_done"],
-            best_score=checkpoint["best_score"],
-            best_epoch=checkpoint["best_epoch"],
-            bad_epochs=checkpoint["bad_epochs"],
-            history=checkpoint["history"],
-        )
+        self.progress = RunProgress.from_checkpoint(checkpoint)
         if self.scheduler is not None:
             if checkpoint["total_epochs"] == cfg.train.epochs or not self.per_step:
                 self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -248,12 +241,9 @@ class FoldRun:
                     warnings.simplefilter("ignore")
                     for _ in range(checkpoint["steps_done"]):
                         self.scheduler.step()
-                self.note(
-                    f"train.epochs changed {checkpoint['total_epochs']} -> {cfg.train.epochs}: schedule stretched"
-                )
-        rng = checkpoint.get("rng", {})
-        if rng:
-            set_rng_state(rng)
+                self.note(f"train.epochs {checkpoint['total_epochs']} -> {cfg.train.epochs}: schedule stretched")
+        if checkpoint.get("rng"):
+            set_rng_state(checkpoint["rng"])
 
     def prepare_outputs(self) -> None:
         """The fold folder, its resolved config and the OOF truth (rank 0)."""
@@ -282,13 +272,10 @@ class FoldRun:
         n_batches = len(loader)
         for step, (images, masks) in enumerate(loader):
             loss = self._forward_backward(images, masks)
-            value = float(loss.detach())
-            if not math.isfinite(value):  # diverged: stop before a non-finite step reaches the weights
-                raise TrainError(
-                    f"fold {self.fold}, epoch {epoch + 1}, step {step + 1}: the training loss is {value} (training "
-                    f"diverged); lower train.lr (now {cfg.train.lr:g}), set train.clip_grad or runtime.amp: off, then "
-                    "train the fold again (its best.pt keeps the last finite epoch)"
-                )
+            value = float(loss.detach())  # a non-finite one stops the run before its step reaches the weights
+            check_finite(
+                value, f"fold {self.fold}, epoch {epoch + 1}, step {step + 1}: the training loss", cfg.train.lr
+            )
             if (step + 1) % cfg.train.accumulate == 0 or step + 1 == n_batches:
                 self._optimizer_step()
             running += value * len(images)
@@ -330,12 +317,7 @@ class FoldRun:
     def validate(self, epoch: int, train_loss: float, images_per_s: float, started: float) -> EpochStats:
         """Score the held-out fold (rank 0); keeps its OOF probabilities when the epoch is the best so far."""
         stats = self.score(self.predictor, epoch + 1, train_loss, images_per_s, started)
-        if not math.isfinite(stats.val_loss):  # the weights went non-finite at the epoch's last steps: keep none
-            raise TrainError(
-                f"fold {self.fold}, epoch {epoch + 1}: the validation loss is {stats.val_loss} (training diverged); "
-                f"lower train.lr (now {self.cfg.train.lr:g}), set train.clip_grad or runtime.amp: off, then train the "
-                "fold again (its best.pt keeps the last finite epoch)"
-            )
+        check_finite(stats.val_loss, f"fold {self.fold}, epoch {epoch + 1}: the validation loss", self.cfg.train.lr)
         if stats.best:
             self.progress.best_score, self.progress.best_epoch, self.progress.bad_epochs = stats.val_score, epoch + 1, 0
         else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from kseg.averaging import AverageResult
-from kseg.errors import KsegError
+from kseg.errors import KsegError, TrainError
 from kseg.workdir import WorkDir
 
 StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, steps, loss, images/s
@@ -48,6 +48,24 @@ class RunProgress:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> RunProgress:
+        """The progress a ``last.pt`` saved (``FoldRun.state``)."""
+        return cls(**{name: checkpoint[name] for name in cls.__dataclass_fields__})
+
+
+def check_finite(value: float, what: str, lr: float) -> None:
+    """Stop a run whose loss went non-finite (``what`` names the loss, its fold and epoch).
+
+    Raises:
+        TrainError: One line with the fix; the fold's ``best.pt`` keeps the last finite epoch.
+    """
+    if not math.isfinite(value):
+        raise TrainError(
+            f"{what} is {value} (training diverged); lower train.lr (now {lr:g}), set train.clip_grad or "
+            "runtime.amp: off, then train the fold again (its best.pt keeps the last finite epoch)"
+        )
 
 
 @dataclass

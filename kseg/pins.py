@@ -3,6 +3,7 @@ checkpoint replaced, or removed) after ``kseg blend`` is never used under the bl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,22 @@ from kseg.io import file_digest
 from kseg.workdir import WorkDir
 
 
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    return file_digest(Path(path))
+
+
+def checkpoint_digest(path: Path) -> str:
+    """The SHA-256 of a checkpoint, computed once per process for a file of the same time and size
+    (``kseg submit`` checks a blend before it writes and again when it logs)."""
+    st = Path(path).stat()
+    return _digest(str(path), st.st_mtime_ns, st.st_size)
+
+
 def pin_run(run: Path) -> dict[str, str]:
     """``{fold: SHA-256 of its best.pt}`` of a run's trained folds."""
     work = WorkDir(run)
-    return {str(fold): file_digest(work.best(fold)) for fold in work.trained_folds()}
+    return {str(fold): checkpoint_digest(work.best(fold)) for fold in work.trained_folds()}
 
 
 def check_pins(info: dict[str, Any], blend_json: Path) -> None:
@@ -41,7 +54,7 @@ def check_pins(info: dict[str, Any], blend_json: Path) -> None:
                     f"{blend_json} blends fold {fold} of run {run['path']}, whose {best.name} is gone; restore it, "
                     "or run 'kseg blend' again"
                 )
-            if file_digest(best) != digest:
+            if checkpoint_digest(best) != digest:
                 raise KsegError(
                     f"{blend_json} blends fold {fold} of run {run['path']}, whose {best.name} has changed since "
                     "(trained again?); run 'kseg blend' again so its weights and scores fit the new checkpoints"

@@ -68,9 +68,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny download (CI): 40 + 8 images of 64x96")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here (scripts/bench_all.py)")
     args = parser.parse_args()
-    figures: dict[str, float] = {"images": n_figure(args)}
     size = (64, 96) if args.smoke else (384, 512)
     n, n_test = (40, 8) if args.smoke else (args.n, args.test)
+    figures: dict[str, float] = {"images": n + n_test}
     data = args.data.with_name(args.data.name + "-smoke") if args.smoke else args.data
     prepare(data, n, n_test, *size)
     cores = os.cpu_count() or 1
@@ -99,10 +99,6 @@ def main() -> None:
     assert result.fingerprint.sample is not None and result.fingerprint.sample.id_format == "{id}_{k}"
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
-
-
-def n_figure(args: argparse.Namespace) -> int:
-    return 48 if args.smoke else args.n + args.test
 
 
 if __name__ == "__main__":

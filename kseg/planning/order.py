@@ -64,14 +64,14 @@ def against_masks(
         finding: The table (its order and first index are set).
         runs: Its parsed rows.
         names: The training images.
-        foreground: Image id -> the mask's object pixels (``(H, W)`` bool; ``None`` where unscored pixels
-            should be left out, as ``-1``... ) or ``None`` without a mask.
+        foreground: Image id -> the mask's object pixels (``(H, W)`` bool), or ``None`` for an image without
+            a mask.
         masks: The masks' pattern, named in messages.
 
     Raises:
         InitError: If no reading matches the masks.
     """
-    sampled = [s for s in _sampled(runs, names)]
+    sampled = _sampled(runs, names)
     firsts = (finding.first_index,) if finding.first_sure else (1, 0)
     readings = [(order, first) for order in ("column", "row") for first in firsts]
     missed = dict.fromkeys(readings, 0)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kseg.planning.fingerprint import GroupCandidate, MaskFinding, Structure, TableFinding
+from kseg.planning.fingerprint import GroupCandidate, MaskFinding, TableFinding
 from kseg.planning.tables import Runs
 
 STEM_SEPARATORS = ("_", "-")
@@ -102,15 +102,3 @@ def stem_groups(ids: list[str]) -> list[GroupCandidate]:
             regex = f"^(.+){escaped}[^{escaped}]+$"
             return [GroupCandidate("stem", regex, len(stems), size, f"{top!r}: {size} images")]
     return []
-
-
-def describe(structure: Structure, classes: list[str]) -> list[str]:
-    """Lines about empty-heavy classes, for the printed table."""
-    if not structure.images:
-        return []
-    out = []
-    for name, images in zip(classes, structure.class_images, strict=False):
-        share = images / structure.images
-        if share < 0.5:
-            out.append(f"{name} in {share:.0%} of images")
-    return out

@@ -64,21 +64,18 @@ def _as_rgb(image: Image.Image) -> Image.Image:
 def _cached_map(worker, items: list[tuple], cache: dict, kind: str, root: Path, workers: int | None, progress) -> list:
     """``worker`` over files, re-using cached records of files whose size and modification time are unchanged."""
     results: list[Any] = [None] * len(items)
-    todo = []
+    todo: list[tuple[int, str, os.stat_result]] = []
     for i, item in enumerate(items):
-        rel = Path(item[0]).relative_to(root).as_posix()
-        st = os.stat(item[0])
-        entry = cache.get(f"{kind}:{rel}")
+        key, st = f"{kind}:{Path(item[0]).relative_to(root).as_posix()}", os.stat(item[0])
+        entry = cache.get(key)
         if entry and entry["mtime"] == st.st_mtime_ns and entry["size"] == st.st_size:
             results[i] = entry["record"]
         else:
-            todo.append(i)
-    fresh = parallel_map(worker, [items[i] for i in todo], workers, progress)
-    for i, record in zip(todo, fresh, strict=True):
+            todo.append((i, key, st))
+    fresh = parallel_map(worker, [items[i] for i, _, _ in todo], workers, progress)
+    for (i, key, st), record in zip(todo, fresh, strict=True):
         results[i] = record
-        st = os.stat(items[i][0])
-        rel = Path(items[i][0]).relative_to(root).as_posix()
-        cache[f"{kind}:{rel}"] = {"mtime": st.st_mtime_ns, "size": st.st_size, "record": record}
+        cache[key] = {"mtime": st.st_mtime_ns, "size": st.st_size, "record": record}
     return results
 
 
@@ -164,20 +161,17 @@ def take_fingerprint(
     store = _load_cache(cache)
     test_files = layout.test.files if layout.test else []
     mask_files = layout.masks.files if layout.masks else []
-    items = [(str(root / f), True) for f in [*layout.train.files, *test_files]]
+    items = [(str(root / f), duplicates) for f in [*layout.train.files, *test_files]]
     total = len(items) + len(mask_files)
-    done = [0]
 
-    def progress(offset: int) -> Progress | None:
+    def progress(offset: int) -> Progress | None:  # one bar over images, then masks
         if on_progress is None:
             return None
         return lambda d, _t: on_progress(offset + d, total)
 
-    records = _cached_map(image_stats, [(p, duplicates) for p, _ in items], store, "image", root, workers, progress(0))
-    done[0] = len(items)
-    mask_records = _cached_map(
-        mask_stats, [(str(root / f),) for f in mask_files], store, "mask", root, workers, progress(done[0])
-    )
+    records = _cached_map(image_stats, items, store, "image", root, workers, progress(0))
+    masks = [(str(root / f),) for f in mask_files]
+    mask_records = _cached_map(mask_stats, masks, store, "mask", root, workers, progress(len(items)))
     _save_cache(cache, store)
     train_records, test_records = records[: len(layout.train.files)], records[len(layout.train.files) :]
     _unreadable(layout.train.files, train_records, "image")

@@ -110,13 +110,6 @@ class Runs:
     row_of: np.ndarray
     lines: np.ndarray
 
-    def rows_of(self, image_id: str) -> list[int]:
-        return [i for i, x in enumerate(self.image) if x == image_id]
-
-    def pairs(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        values = self.numbers[self.row_of == row]
-        return values[0::2], values[1::2]
-
 
 def id_split(values: list[str], names: ImageNames) -> tuple[str, str, str] | None:
     """How an id column names images: ``("long", kind, "")`` directly, or ``("wide", kind, separator)`` with
