@@ -87,12 +87,32 @@ class AverageResult:
     bn_batches: int
     after_epoch: int
     figures: dict[str, float]
+    # the epochs of an earlier average (of a shorter run, resumed) that best.pt held when this one was made
+    # and still holds when this one was not kept; None when best.pt was an epoch
+    previous: list[int] | None = None
 
     @classmethod
     def from_json(cls, info: dict[str, Any] | None) -> AverageResult | None:
         if info is None:
             return None
         try:
-            return cls(**{k: info[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: info[k] for k in cls.__dataclass_fields__ if k in info or k != "previous"})
         except (KeyError, TypeError):
             return None
+
+    def best_label(self, best_epoch: int) -> str:
+        """What ``best.pt`` holds after this average: ``average of 4,5``, or the epoch (or earlier average)
+        it did not beat."""
+        if self.kept:
+            return "average of " + ",".join(map(str, self.epochs))
+        if self.previous:
+            return "average of " + ",".join(map(str, self.previous))
+        return str(best_epoch)
+
+
+def best_is_average(previous: AverageResult | None, best_score: float, history: list[dict[str, Any]]) -> bool:
+    """Whether ``best.pt`` is still the earlier average ``previous``: it was kept, and no epoch since has
+    beaten it (epochs after an average must beat the average to replace it)."""
+    if previous is None or not previous.kept:
+        return False
+    return best_score == previous.score and all(epoch_score(row) < previous.score for row in history)

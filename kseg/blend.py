@@ -56,6 +56,8 @@ def open_run(path: Path) -> RunOOF:
         BlendError: The folder is not a trained run, or a fold has no OOF files.
     """
     path = Path(path)
+    if path.is_file():
+        raise BlendError(f"run {path} is a file, not a folder; give the work folders of trained runs (e.g. ./work)")
     if not path.is_dir():
         raise BlendError(f"run folder {path} does not exist; give the work folders of trained runs")
     work = WorkDir(path)
@@ -71,10 +73,9 @@ def open_run(path: Path) -> RunOOF:
     for f in sorted(folds["fold"].unique().tolist()):
         try:
             p, m, table = work.read_oof(f)
-        except (OSError, ValueError):
+        except KsegError as exc:
             raise BlendError(
-                f"run {path} has no out-of-fold predictions for fold {f} ({work.oof(f)}); "
-                f"train it with 'kseg train --fold {f}' (train.save_oof: true)"
+                f"run {path}: {exc}; train the fold again with 'kseg train --fold {f}' (train.save_oof: true)"
             ) from None
         probs[f], masks[f], ids[f] = p, m, table[ID].astype(str).tolist()
     return RunOOF(path, cfg, folds, probs, masks, ids)

@@ -134,14 +134,34 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def _origin(dotted: str, source: str, overrides: list[str], message: str) -> str:
+    """Where a value at ``dotted`` came from: the ``--set`` that gave it, else the config file. An error of a
+    whole section (``data``: palette against classes) names the file with the ``--set`` items inside the
+    section whose keys the message names (all of them when it names none)."""
+    keys = {item: item.partition("=")[0].strip() for item in overrides}
+    exact = [item for item, key in keys.items() if key == dotted or dotted.startswith(key + ".")]
+    if exact:
+        return f"--set {exact[-1]}"
+    inside = [item for item, key in keys.items() if key.startswith(dotted + ".")]
+    named = [item for item in inside if re.search(rf"\b{re.escape(keys[item].rsplit('.', 1)[-1])}\b", message)]
+    given = named or inside
+    return f"{source} with {', '.join('--set ' + item for item in given)}" if given else source
+
+
+def _mapping_cause(dotted: str, overrides: list[str]) -> str:
+    """Why YAML made a mapping of a text value: an unquoted ``{...}`` or a ``word:`` (``pip:``)."""
+    raw = next((v for k, _, v in (o.partition("=") for o in reversed(overrides)) if k.strip() == dotted), None)
+    if raw is None:
+        return " (an unquoted {...} or a 'word:' is read so)"
+    if raw.strip().startswith("{"):
+        return " (an unquoted {...}, such as {id}_{k})"
+    return f" ('{raw.strip()}' ends in a colon or holds ': ')"
+
+
 def _explain(error: Any, source: str, overrides: list[str]) -> str:
     loc = tuple(str(p) for p in error["loc"])
     dotted = ".".join(loc)
-    origin = source
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
-            origin = f"--set {item}"
+    origin = _origin(dotted, source, overrides, error["msg"])
     if error["type"] == "extra_forbidden":
         parent = _section_model(loc[:-1])
         valid = sorted(parent.model_fields) if parent else []
@@ -156,7 +176,7 @@ def _explain(error: Any, source: str, overrides: list[str]) -> str:
         shown = error.get("input")
         got = f" (got {shown!r})" if not isinstance(shown, dict) else ""
         if error["type"] == "string_type" and isinstance(shown, dict):
-            got = " (YAML read an unquoted {...} as a mapping: quote the value, e.g. '{id}_{k}')"
+            got = f" (YAML read it as a mapping{_mapping_cause(dotted, overrides)}: quote the value)"
         return f"config key '{dotted}' in {origin}: {message}{got}; fix it in the file or with --set"
     return f"config {origin}: {message}"
 

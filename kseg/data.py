@@ -308,15 +308,17 @@ def _csv_table(data: DataConfig, which: str) -> pd.DataFrame:
         raise DataError("this config has no test set; set data.test_csv, or pass --images DIR")
     table = _read_id_csv(root, csv_name, data.id_column)
     image_t = data.image_template if which == "train" else (data.test_image_template or data.image_template)
+    image_key = "data.test_image_template" if which == "test" and data.test_image_template else "data.image_template"
     mask_t = data.mask_template if which == "train" else data.test_mask_template
+    mask_key = "data.mask_template" if which == "train" else "data.test_mask_template"
     if data.mask_format == "rle":
         mask_t = None  # training masks come from the runs table (list_samples); no hidden test masks
     rows = table.to_dict("records")
     table["image"] = [str(root / _format(image_t, {**r, "id": r[ID]}, "image_template")) for r in rows]
-    _check_exist(table["image"], "image", f"check data.root and data.image_template ({image_t!r})")
+    _check_exist(table["image"], "image", f"check data.root and {image_key} ({image_t!r})")
     if mask_t:
         table["mask"] = [str(root / _format(mask_t, {**r, "id": r[ID]}, "mask_template")) for r in rows]
-        fix = f"each image needs its mask; check data.mask_template ({mask_t!r})"
+        fix = f"each image needs its mask; check {mask_key} ({mask_t!r})"
         _check_exist(table["mask"], "mask", fix)
     return table
 

@@ -192,8 +192,8 @@ class FoldRun:
             if self.counts is None:
                 raise TrainError("train.sampling: rare needs the class pixel counts of 'kseg split'; run it first")
             self.sample_weights = rare_class_weights(self.counts)
-        steps_per_epoch = math.ceil(len(self.loader(0)) / cfg.train.accumulate)
-        self.scheduler = build_scheduler(cfg.train, self.optimizer, steps_per_epoch)
+        self.steps_per_epoch = math.ceil(len(self.loader(0)) / cfg.train.accumulate)
+        self.scheduler = build_scheduler(cfg.train, self.optimizer, self.steps_per_epoch)
         self.per_step = self.scheduler is not None and cfg.train.scheduler != "plateau"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         aug = cfg.train.augment
@@ -237,6 +237,9 @@ class FoldRun:
             if checkpoint["total_epochs"] == cfg.train.epochs or not self.per_step:
                 self.scheduler.load_state_dict(checkpoint["scheduler"])
             else:  # train.epochs changed: the schedule is stretched to the new length from where it was
+                # built again on the restored optimiser, whose groups lack a schedule's keys when the earlier,
+                # shorter run had none (too few steps for one cycle)
+                self.scheduler = build_scheduler(cfg.train, self.optimizer, self.steps_per_epoch)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     for _ in range(checkpoint["steps_done"]):

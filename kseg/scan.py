@@ -151,11 +151,37 @@ def scan_masks(cfg: Config, samples: pd.DataFrame | None = None, on_progress: Pr
     int_cols = ["height", "width", "ignore", *px_cols]
     table[int_cols] = table[int_cols].astype(np.int64)
     table["unknown"] = table["unknown"].fillna("{}")
+    if spec.multilabel and spec.format == "index" and len(table):
+        check_bitmask_reading(table[px_cols].to_numpy(np.int64).sum(0), list(classes), str(samples["mask"].iloc[0]))
 
     work.write_class_pixels(table, fingerprint)
     unknown = tally_unknown([json.loads(blob) for blob in table["unknown"]], spec)
     out = table[[ID, "height", "width", "ignore", *px_cols]].reset_index(drop=True)
     return ClassStats(out, list(classes), unknown, n_scanned=len(items))
+
+
+def check_bitmask_reading(pixels: np.ndarray, classes: list[str], example: str) -> None:
+    """Refuse index masks read as bitmasks (``data.multilabel: true`` on masks of class indices).
+
+    Class indices 0..K-1 read as bitmasks never set the bits of the classes whose bit value ``2**k`` is K or
+    more, so those classes get no pixel in any mask; bitmask masks of a real multilabel set show each
+    class's bit where the class is alone.
+
+    Args:
+        pixels: Pixels per class over every training mask, read as bitmasks. Shape: ``(K,)``.
+        classes: Class names, in index order.
+        example: A mask file, to name in the message.
+    """
+    k = len(classes)
+    high = [c for c in range(k) if 2**c >= k]
+    if k < 3 or not high or pixels[high].any():
+        return
+    names = ", ".join(f"{classes[c]} (bit value {2**c})" for c in high)
+    raise DataError(
+        f"read as bitmasks (data.multilabel: true), the training masks (e.g. {example}) give no pixel to {names}: "
+        f"their values stay below {k}, as the class indices of {k} classes do; if the masks hold one class "
+        "index per pixel, set data.multilabel: false (a bitmask mask sets bit k for class k)"
+    )
 
 
 def _usable_cache(table: pd.DataFrame | None, px_cols: list[str]) -> pd.DataFrame | None:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from kseg.config import Config, save_resolved
 from kseg.data import ID, list_samples
-from kseg.errors import SplitError, TrainError
+from kseg.errors import KsegError, SplitError, TrainError
 from kseg.groups import merge_groups, read_duplicate_groups
 from kseg.progress import Progress
 from kseg.scan import ClassStats, class_pixel_counts, scan_masks
@@ -216,6 +216,7 @@ def make_folds(cfg: Config, on_progress: Progress | None = None) -> SplitResult:
         raise SplitError(f"fold(s) {empty} got no images; lower split.n_folds or change split.seed")
     table = pd.DataFrame({ID: samples[ID], "fold": folds})
     work = WorkDir(cfg.workdir)
+    keep_trained_folds(work, table)
     path = work.write_folds(table)
     save_resolved(cfg, work.config_yaml)
     image_share, pixel_share = fold_shares(counts, folds, n_folds)
@@ -232,6 +233,28 @@ def make_folds(cfg: Config, on_progress: Progress | None = None) -> SplitResult:
         n_groups=None if groups is None else len(set(groups)),
         path=path,
     )
+
+
+def keep_trained_folds(work: WorkDir, table: pd.DataFrame) -> None:
+    """Refuse a new ``folds.csv`` that moves images under folds already trained from the old one: their
+    checkpoints and out-of-fold files would be scored, resumed and blended against folds that put their own
+    training images in validation."""
+    trained = work.folds_with("config.yaml")
+    if not trained or not work.folds_csv.is_file():
+        return
+    try:
+        old = work.read_folds()
+    except KsegError:
+        return  # unreadable: nothing to keep consistent with
+    was = dict(zip(old[ID].astype(str), old["fold"].astype(int), strict=True))
+    now = dict(zip(table[ID].astype(str), table["fold"].astype(int), strict=True))
+    moved = [i for i in now if was.get(i) != now[i]] + [i for i in was if i not in now]
+    if moved:
+        raise SplitError(
+            f"{work.folds_csv} has trained folds ({', '.join(map(str, trained))}) and this split changes the fold "
+            f"of {len(moved)} image(s) (e.g. {moved[0]}), so models would be validated on images they trained on; "
+            f"write the new split to another work folder (--set workdir=...), or remove {work.root}/fold* first"
+        )
 
 
 def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from kseg import distributed
-from kseg.averaging import AverageResult, average_weights, recalibrate_batchnorm
+from kseg.averaging import AverageResult, average_weights, best_is_average, recalibrate_batchnorm
 from kseg.checkpoint import inference_state, load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config
 from kseg.dataset import PseudoRows
@@ -211,6 +211,10 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
             f"{work.snapshot(fold, missing[0])} is missing, so train.average cannot take epoch {missing[0]}; "
             f"train fold {fold} again without --resume to average its epochs"
         )
+    earlier = AverageResult.from_json(work.read_average(fold))
+    previous = (
+        earlier.epochs if earlier and best_is_average(earlier, run.progress.best_score, run.progress.history) else None
+    )
     started = time.perf_counter()
     model = copy.deepcopy(unwrap(run.eval_model))
     model.load_state_dict(average_weights([load_checkpoint(work.snapshot(fold, e))["model"] for e in epochs]))
@@ -228,6 +232,7 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
         bn_batches,
         after,
         stats.row(),
+        previous if not stats.best else None,
     )
     names = []
     if stats.best:  # later epochs of a resumed run must beat the average to replace it
@@ -240,10 +245,10 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
     work.write_average(fold, result.__dict__, staged=True)
     work.commit(fold, [*names, "average.json"])
     if note:
-        verdict = "kept as best.pt" if stats.best else "best.pt stays the best epoch"
+        holder = f"the average of epochs {', '.join(map(str, previous))}" if previous else "the best epoch"
+        verdict = "kept as best.pt" if stats.best else f"best.pt stays {holder}"
         note(
             f"average of epochs {', '.join(map(str, epochs))}: validation {cfg.submission.metric} "
-            f"{stats.val_score:.4f} vs "
-            f"{result.best_epoch_score:.4f} for the best epoch; {verdict}"
+            f"{stats.val_score:.4f} vs {result.best_epoch_score:.4f} for {holder}; {verdict}"
         )
     return result

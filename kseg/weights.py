@@ -108,6 +108,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     Raises:
         ModelError: Missing, truncated or foreign file, or one that holds no state dict of tensors.
     """
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(WEIGHT_SUFFIXES))
+        found = f" (it holds {', '.join(inside[:3])})" if inside else ""
+        raise ModelError(f"model.encoder_weights {path} is a folder, not a weights file{found}; give the file's path")
     if not path.is_file():
         raise ModelError(f"model.encoder_weights file {path} does not exist; check the path")
     try:

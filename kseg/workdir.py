@@ -332,13 +332,28 @@ class WorkDir:
         """``(probabilities (N, K, H, W), true labels (N, H, W), ids table)``, arrays memory-mapped.
 
         Raises:
-            OSError, ValueError: A file is missing or damaged.
+            KsegError: A file is missing, damaged (truncated), or the three disagree on the number of images;
+                the message names the file and the problem, the caller adds the fix.
         """
-        return (
-            np.load(self.oof(fold), mmap_mode="r"),
-            np.load(self.oof_masks(fold), mmap_mode="r"),
-            pd.read_csv(self.oof_csv(fold), dtype={ID: str}),
-        )
+        paths = (self.oof(fold), self.oof_masks(fold), self.oof_csv(fold))
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise KsegError(f"fold {fold} has no {missing.name} ({missing})")
+        read: list[Any] = []
+        for path in paths:
+            try:
+                read.append(
+                    pd.read_csv(path, dtype={ID: str}) if path.suffix == ".csv" else np.load(path, mmap_mode="r")
+                )
+            except (OSError, ValueError, pd.errors.ParserError) as exc:
+                raise KsegError(f"{path} is damaged, perhaps truncated ({exc})") from None
+        probs, masks, table = read
+        if ID not in table.columns or not len(probs) == len(masks) == len(table):
+            raise KsegError(
+                f"fold {fold}'s out-of-fold files disagree: {len(probs)} probability maps, {len(masks)} masks, "
+                f"{len(table)} rows in {paths[2].name}"
+            )
+        return probs, masks, table
 
     # ------------------------------------------------------------------------ postprocess.json
 

@@ -12,7 +12,7 @@ from conftest import FAST as SHARED
 from conftest import fast_config
 from torch import nn
 
-from kseg.averaging import average_weights, epochs_to_average, recalibrate_batchnorm
+from kseg.averaging import AverageResult, average_weights, best_is_average, epochs_to_average, recalibrate_batchnorm
 from kseg.cli import app
 from kseg.errors import ConfigError
 from kseg.split import make_folds
@@ -156,3 +156,41 @@ def test_cli_time_limit_stops_cleanly_and_resume_finishes_every_fold(runner, spl
     assert "CV (mean of fold bests)" in finished.output
     for f in range(3):
         assert len(pd.read_csv(root / "work" / f"fold{f}" / "metrics.csv")) == 2
+
+
+def test_best_label_names_what_best_pt_holds_and_old_files_still_read():
+    history = [{"epoch": 1, "val_score": 0.2}, {"epoch": 2, "val_score": 0.3}]
+    old = {"epochs": [1, 2], "rule": "last", "score": 0.5, "best_epoch_score": 0.3, "kept": True}
+    old |= {"bn_batches": 1, "after_epoch": 2, "figures": {}}
+    earlier = AverageResult.from_json(old)  # written before 'previous' existed
+    assert earlier is not None and earlier.previous is None and earlier.best_label(2) == "average of 1,2"
+    # epochs 3 and 4 did not beat the earlier average: best.pt is still that average
+    longer = [*history, {"epoch": 3, "val_score": 0.45}, {"epoch": 4, "val_score": 0.4}]
+    assert best_is_average(earlier, 0.5, longer)
+    lost = AverageResult([3, 4], "last", 0.42, 0.5, False, 1, 4, {}, previous=[1, 2])
+    assert lost.best_label(3) == "average of 1,2"
+    # an epoch beat the earlier average: best.pt is that epoch
+    beaten = [*history, {"epoch": 3, "val_score": 0.6}]
+    assert not best_is_average(earlier, 0.6, beaten)
+    assert AverageResult([2, 3], "last", 0.5, 0.6, False, 1, 3, {}).best_label(3) == "3"
+    assert not best_is_average(AverageResult([1, 2], "last", 0.2, 0.3, False, 1, 2, {}), 0.3, history)
+
+
+def test_resume_with_more_epochs_builds_the_schedule_a_short_run_had_none_of(split_comp, tmp_path):
+    """Two epochs of one step each are too few for a one-cycle schedule (none is made); resumed to four
+    epochs, the schedule is built on the restored optimiser (it raised KeyError 'initial_lr' before), and a
+    new average that does not beat the earlier one leaves best.pt naming the earlier one."""
+    root = _copy(split_comp, tmp_path)
+    extra = ["train.batch_size=64", "train.scheduler=onecycle", "train.average=2", "train.average_rule=last"]
+    first = train_fold(_cfg(root, "train.epochs=2", *extra), 0)
+    assert first.average is not None and first.average.epochs == [1, 2]
+    more = train_fold(_cfg(root, "train.epochs=4", *extra), 0, resume=True)
+    assert more.epochs_done == 4 and more.average is not None and more.average.epochs == [3, 4]
+    best = torch.load(root / "work" / "fold0" / "best.pt", weights_only=True)
+    held = best.get("averaged_epochs")
+    if more.average.kept:
+        assert held == [3, 4]
+    elif first.average.kept and more.average.previous:
+        assert held == [1, 2] == more.average.previous and more.average.best_label(more.best_epoch) == "average of 1,2"
+    else:
+        assert held is None and more.average.best_label(more.best_epoch) == str(more.best_epoch)

@@ -191,10 +191,28 @@ def test_runs_that_do_not_match_are_refused(runner, two_runs, tmp_path):
     assert moved.exit_code == 1 and "put images in different folds" in moved.output
     assert "Traceback" not in moved.output and not (work / "blend.json").exists()
 
-    (fpn / "fold2" / "oof.npy").unlink()
+    a_file = runner.invoke(app, [*base, str(work), str(root / "kseg.yaml")])
+    assert a_file.exit_code == 1 and "is a file, not a folder" in a_file.output
+
     shutil.copy(work / "folds.csv", fpn / "folds.csv")
+    table = fpn / "fold1" / "oof.csv"
+    table.rename(table.with_suffix(".bak"))
+    no_table = runner.invoke(app, [*base, str(work), str(fpn)])
+    text = " ".join(no_table.output.split())
+    assert no_table.exit_code == 1 and "fold 1 has no oof.csv" in text and "oof.npy" not in text
+    table.with_suffix(".bak").rename(table)
+    probs = fpn / "fold1" / "oof.npy"
+    with probs.open("r+b") as f:
+        f.truncate(probs.stat().st_size // 2)
+    cut = runner.invoke(app, [*base, str(work), str(fpn)])
+    text = " ".join(cut.output.split())
+    assert cut.exit_code == 1 and "oof.npy is damaged, perhaps truncated" in text and "kseg train --fold 1" in text
+    tune = runner.invoke(app, ["tune", "-c", str(root / "kseg.yaml"), "--set", f"workdir={fpn}"])
+    assert tune.exit_code == 1 and "oof.npy is damaged, perhaps truncated" in " ".join(tune.output.split())
+
+    (fpn / "fold0" / "oof.npy").unlink()
     missing = runner.invoke(app, [*base, str(work), str(fpn)])
-    assert missing.exit_code == 1 and "no out-of-fold predictions for fold 2" in missing.output
+    assert missing.exit_code == 1 and "fold 0 has no oof.npy" in " ".join(missing.output.split())
 
 
 def test_other_classes_are_refused(comp):

@@ -144,13 +144,24 @@ def test_override_into_a_value_is_refused(comp):
         ("data.mask_format=color", "needs a palette"),  # palette removed below
         ("submission.id_format='{id}'", "has no class field, which only works when one class gets rows"),
         ("submission.id_format='{id}_{klass}'", "has the field {klass}; the fields are {id}"),
-        ("submission.id_format={id}", "quote the value"),
+        ("submission.id_format={id}", r"an unquoted \{...\}.*quote the value"),
+        ("model.encoder_weights=pip:", r"'pip:' ends in a colon or holds ': '\): quote the value"),
     ],
 )
 def test_invalid_values_are_explained(comp, override, fragment):
     overrides = [override] + (["data.palette=null"] if "mask_format" in override else [])
     with pytest.raises(ConfigError, match=fragment):
         load_config(comp / "kseg.yaml", overrides)
+
+
+def test_a_section_error_names_the_set_it_comes_from_not_the_last_one(comp):
+    """A check of a whole section (palette against classes) names the --set whose key the message names."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(comp / "kseg.yaml", ["data.classes=[a,b,c]", "data.image_size=[64,64]", "train.epochs=2"])
+    text = str(caught.value)
+    assert "with --set data.classes=[a,b,c]:" in text and "image_size" not in text and "epochs" not in text
+    with pytest.raises(ConfigError, match=r"in --set train.lr=.inf: Input should be a finite number"):
+        load_config(comp / "kseg.yaml", ["train.lr=.inf", "train.epochs=2"])
 
 
 def test_invalid_yaml_names_the_line(comp):

@@ -148,6 +148,34 @@ def test_a_full_disk_for_the_oof_array_is_one_error_not_a_bus_error(runner, comp
     assert runner.invoke(app, ["split", "-c", config]).exit_code == 0
     overrides = [x for item in [*FAST, "train.num_workers=0"] for x in ("--set", item)]
     text = _one_error_line(runner.invoke(app, ["train", "-c", config, "--fold", "0", *overrides]))
-    assert "oof.npy" in text and "No space left on device" in text and "free disk space" in text
+    assert "oof.npy" in text and "no space left on the disk" in text and "free some space" in text
     fold = comp / "work" / "fold0"
     assert not list(fold.glob("oof.npy*")) and not (fold / "best.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (IsADirectoryError(21, "Is a directory", "out"), "out is a folder, not a file; give a file's name"),
+        (NotADirectoryError(20, "Not a directory", "a.csv/b"), "a.csv/b: a part of this path is a file"),
+        (FileNotFoundError(2, "No such file or directory", "gone.png"), "gone.png does not exist; check the path"),
+        (PermissionError(13, "Permission denied", "/root/x"), "/root/x: permission denied; write somewhere you may"),
+        (OSError(28, "No space left on device", "big.npy"), "no space left on the disk while writing big.npy"),
+    ],
+)
+def test_operating_system_errors_name_the_path_first_and_the_fix_last(capsys, exc, expected):
+    from kseg.render.core import os_error
+
+    os_error(exc)
+    text = " ".join(capsys.readouterr().err.split())
+    assert text.startswith("error: ") and expected in text and text.count("error:") == 1
+
+
+def test_a_file_given_as_the_predictions_folder_and_a_wrong_test_mask_key_are_named(runner, comp):
+    config = ["-c", str(comp / "kseg.yaml")]
+    text = _one_error_line(runner.invoke(app, ["submit", *config, "--predictions", str(comp / "kseg.yaml")]))
+    assert "is a file, not a folder; give the folder 'kseg infer' wrote" in text
+    solution = comp / "sample_submission.csv"
+    moved = ["--set", "data.test_mask_template=nowhere/{id}.png"]
+    text = _one_error_line(runner.invoke(app, ["score", str(solution), *config, *moved]))
+    assert "check data.test_mask_template ('nowhere/{id}.png')" in text

@@ -123,3 +123,54 @@ def test_a_second_training_of_a_fold_in_progress_stops_with_one_line(comp):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "fold0 is being trained by another kseg process; let it finish or stop it" in done.stderr
     assert not (comp / "work" / "fold0" / "last.pt").exists()
+
+
+def _output(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.slow
+def test_kills_of_a_retraining_an_export_and_a_pseudo_run_leave_nothing_half_done(comp):
+    """A finished fold trained again without --resume, an export and a pseudo run, each SIGKILLed at random
+    moments: the fold is the old finished one or an unfinished one that infer refuses in one line (and
+    --partial takes), the bundle the old one or a new whole one, and the pseudo run's folder one that the
+    same command resumes or starts again; no temporary file outlives the next command."""
+    from kseg.ensemble import load_bundle
+    from kseg.split import make_folds
+
+    make_folds(load_config(comp / "kseg.yaml"))
+    work = WorkDir(comp / "work")
+    _run(_kseg(comp, "train", "--fold", "0", "--set", "train.epochs=1"))
+    bundle = comp / "m.kseg"
+    _run(_kseg(comp, "export", "--out", str(bundle), "--folds", "0"))
+    rng = random.Random(1)
+    killed = False
+    for _ in range(1):  # one round of three kills (more rounds: more moments, 40 s each)
+        killed |= _kill_after(_kseg(comp, "train", "--fold", "0", "--set", "train.epochs=3"), rng.uniform(2.0, 12.0))
+        _fold_is_consistent(work)
+        infer = _output(_kseg(comp, "infer", "--folds", "0"))
+        refused = infer.returncode == 1 and "fold 0 of" in infer.stderr + infer.stdout
+        assert infer.returncode == 0 or refused, infer.stderr[-500:]
+        assert "Traceback" not in infer.stderr
+        if refused:  # unfinished: one line with the fix, and --partial goes on knowingly
+            assert "unfinished" in infer.stderr + infer.stdout and "--resume" in infer.stderr + infer.stdout
+            _run(_kseg(comp, "infer", "--folds", "0", "--partial"))
+            _run(_kseg(comp, "train", "--fold", "0", "--resume", "--set", "train.epochs=3"))
+        _run(_kseg(comp, "infer", "--folds", "0"))
+        assert not list(work.fold_dir(0).glob("*.next")) and not list(work.fold_dir(0).glob(".*.tmp"))
+
+        old = bundle.read_bytes()
+        killed |= _kill_after(_kseg(comp, "export", "--out", str(bundle), "--folds", "0"), rng.uniform(0.5, 5.0))
+        assert bundle.read_bytes() == old or load_bundle(bundle).models  # the old bundle or a whole new one
+        _run(_kseg(comp, "export", "--out", str(bundle), "--folds", "0"))
+        assert not list(comp.glob(".m.kseg.*"))
+
+        out = comp / "runp"
+        pseudo = ["pseudo", "--out", str(out), "--fold", "0", "--set", "train.epochs=1"]
+        killed |= _kill_after(_kseg(comp, *pseudo), rng.uniform(2.0, 15.0))
+        again = _output(
+            _kseg(comp, *pseudo, "--resume") if (out / "fold0" / "last.pt").exists() else _kseg(comp, *pseudo)
+        )
+        assert again.returncode == 0, again.stderr[-800:]
+        assert not list((out / "fold0").glob("*.next")) and not list((out / "fold0").glob(".*.tmp"))
+    assert killed, "no run was interrupted: the kill moments missed them all"

@@ -254,3 +254,22 @@ def test_pseudo_labels_refuse_multilabel_runs(comp):
     cfg = load_config(comp / "kseg.yaml", ["data.multilabel=true", "data.classes=[a,b,c]", "data.palette=null"])
     with pytest.raises(PseudoError, match="multilabel runs"):
         prepare_run(cfg)
+
+
+def test_index_masks_read_as_bitmasks_are_refused_by_the_scan(comp):
+    """The synthetic competition's index masks (values 0-5, six classes) under data.multilabel: true: the
+    classes of bits 8, 16 and 32 would never appear, and kseg split says why instead of splitting."""
+    from typer.testing import CliRunner
+
+    from kseg.cli import app
+    from kseg.scan import check_bitmask_reading
+
+    out = CliRunner().invoke(app, ["split", "-c", str(comp / "kseg.yaml"), "--set", "data.multilabel=true"])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 1 and "give no pixel to building (bit value 8)" in text and "Traceback" not in text
+    assert "set data.multilabel: false" in text and not (comp / "work" / "folds.csv").exists()
+    # real bitmasks: every class's bit shows somewhere
+    check_bitmask_reading(np.array([5, 0, 3, 9]), CLASSES, "m.png")
+    check_bitmask_reading(np.array([5, 7, 3, 0]), CLASSES, "m.png")  # one class absent: not the index pattern
+    with pytest.raises(DataError, match=r"no pixel to Gravel \(bit value 4\), Sugar \(bit value 8\)"):
+        check_bitmask_reading(np.array([5, 7, 0, 0]), CLASSES, "m.png")

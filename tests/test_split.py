@@ -179,3 +179,20 @@ def test_real_dubai_split_by_tile(dubai, tmp_path):
     assert (result.folds.groupby(tiles)["fold"].nunique() == 1).all()
     assert result.n_groups == 6  # Tile 7 is held out by data.exclude
     assert len(result.folds) == 54
+
+
+def test_a_new_split_under_trained_folds_is_refused_unless_it_keeps_every_fold(comp):
+    """Trained folds come from folds.csv: a split that moves images would validate their models on images
+    they trained on, so it is refused; the same split again, or a split after the folds are gone, is not."""
+    cfg = load_config(comp / "kseg.yaml")
+    first = make_folds(cfg).folds
+    work = WorkDir(cfg.workdir)
+    work.fold_dir(0).mkdir()
+    (work.fold_dir(0) / "config.yaml").write_text("trained: yes\n")
+    assert make_folds(cfg).folds.equals(first)  # the same settings: the same folds, kept
+    before = work.folds_csv.read_bytes()
+    with pytest.raises(SplitError, match=r"has trained folds \(0\) and this split changes the fold of \d+ image"):
+        make_folds(load_config(comp / "kseg.yaml", ["split.seed=7"]))
+    assert work.folds_csv.read_bytes() == before
+    (work.fold_dir(0) / "config.yaml").unlink()
+    assert not make_folds(load_config(comp / "kseg.yaml", ["split.seed=7"])).folds.equals(first)

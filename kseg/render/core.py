@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,11 +39,24 @@ def error_line(text: str) -> None:
 
 
 def os_error(exc: OSError) -> None:
-    """An operating-system error (disk full, permission, missing file) as one ``error:`` line."""
-    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-    error_line(
-        f"{exc.strerror or exc}{where}; check the path, permissions and free disk space (--debug shows the traceback)"
-    )
+    """An operating-system error (disk full, permission, missing file) as one ``error:`` line that names the
+    path first and the fix last."""
+    name = getattr(exc, "filename", None)
+    if not name:
+        text = f"{exc.strerror or exc}; check the paths, permissions and free disk space (--debug shows the traceback)"
+    elif isinstance(exc, IsADirectoryError):
+        text = f"{name} is a folder, not a file; give a file's name (a path inside the folder, or another name)"
+    elif isinstance(exc, NotADirectoryError):
+        text = f"{name}: a part of this path is a file, not a folder; fix the path"
+    elif isinstance(exc, FileNotFoundError):
+        text = f"{name} does not exist; check the path"
+    elif isinstance(exc, PermissionError):
+        text = f"{name}: permission denied; write somewhere you may, or fix the permissions"
+    elif exc.errno == errno.ENOSPC:
+        text = f"no space left on the disk while writing {name}; free some space or write elsewhere"
+    else:
+        text = f"{name}: {exc.strerror or exc}; check the path, permissions and free disk space (--debug shows more)"
+    error_line(text)
 
 
 @contextlib.contextmanager

@@ -81,16 +81,15 @@ def training_results(results: list[Any], folds: list[int] | None = None) -> None
         table.add_column(column, justify="right" if column != "outputs" else "left")
     for r in results:
         stop = " (early stop)" if r.stopped_early else " (time limit)" if r.stopped_by_time else ""
-        best = str(r.best_epoch)
-        if r.average is not None and r.average.kept:
-            best = "average of " + ",".join(map(str, r.average.epochs))
+        best = r.average.best_label(r.best_epoch) if r.average is not None else str(r.best_epoch)
         table.add_row(str(r.fold), best, f"{r.best_score:.4f}", f"{r.epochs_done}{stop}", str(r.dir))
     console.print(table)
     for r in results:
         if r.average is not None and not r.average.kept:
+            holder = f"the average of epochs {','.join(map(str, r.average.previous))}" if r.average.previous else None
             say(
                 f"fold {r.fold}: the average of epochs {','.join(map(str, r.average.epochs))} scored "
-                f"{r.average.score:.4f}, below the best epoch; best.pt is the best epoch"
+                f"{r.average.score:.4f}, below {holder or 'the best epoch'}; best.pt is {holder or 'the best epoch'}"
             )
     done = [r.fold for r in results if not r.stopped_by_time]
     left = [f for f in (folds or []) if f not in done]

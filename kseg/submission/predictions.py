@@ -31,7 +31,7 @@ def check_manifest(
     info = read_inference_info(directory)
     if info is None or "image_ids" not in info:
         if not directory.is_dir():
-            raise SubmissionError(f"predictions folder {directory} does not exist; run 'kseg infer' first")
+            raise SubmissionError(missing_folder(directory))
         if required:
             what = "has no" if info is None else "has an older kseg's"
             raise SubmissionError(
@@ -66,10 +66,17 @@ def check_manifest(
     return empty, note
 
 
+def missing_folder(directory: Path) -> str:
+    """Why ``directory`` cannot be the predictions folder (a file, or nothing), and the fix."""
+    if directory.exists():
+        return f"predictions folder {directory} is a file, not a folder; give the folder 'kseg infer' wrote"
+    return f"predictions folder {directory} does not exist; run 'kseg infer' first"
+
+
 def find_predictions(directory: Path, image_ids: list[str]) -> list[Path]:
     """The prediction file of each test image in ``directory`` (``<id>.png`` or ``<id>.npy``)."""
     if not directory.is_dir():
-        raise SubmissionError(f"predictions folder {directory} does not exist; run 'kseg infer' first")
+        raise SubmissionError(missing_folder(directory))
     paths, missing = [], []
     for image_id in image_ids:
         for suffix in (".png", ".npy"):
