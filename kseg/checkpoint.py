@@ -100,16 +100,28 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     random.setstate(rng["python"])
 
 
+MODEL_KEYS = ("arch", "encoder_name", "in_channels")  # what a checkpoint's weights must agree with
+
+
 def checkpoint_mismatch(checkpoint: dict[str, Any], cfg: Config) -> str | None:
     """How a checkpoint's model or classes differ from the config's (``None`` when they agree)."""
-    saved = checkpoint.get("config", {}).get("model", {})
-    for key in ("arch", "encoder_name", "in_channels"):
-        if saved.get(key) != getattr(cfg.model, key):
-            return f"was trained with model.{key}={saved.get(key)!r} but the config says {getattr(cfg.model, key)!r}"
-    if checkpoint.get("classes") != list(cfg.data.classes):
-        return f"was trained on classes {checkpoint.get('classes')}, not {list(cfg.data.classes)}"
-    trained = bool(checkpoint.get("config", {}).get("data", {}).get("multilabel", False))
-    if trained != cfg.data.multilabel:
+    model = {key: getattr(cfg.model, key) for key in MODEL_KEYS}
+    return checkpoint_mismatch_of(checkpoint, model, list(cfg.data.classes), cfg.data.multilabel)
+
+
+def checkpoint_mismatch_of(
+    checkpoint: dict[str, Any], model: dict[str, Any], classes: list[str], multilabel: bool
+) -> str | None:
+    """``checkpoint_mismatch`` against explicit values: ``model`` holds ``MODEL_KEYS``."""
+    config = checkpoint.get("config") or {}
+    saved = config.get("model") or {}
+    for key in MODEL_KEYS:
+        if saved.get(key) != model[key]:
+            return f"was trained with model.{key}={saved.get(key)!r} but the config says {model[key]!r}"
+    if checkpoint.get("classes") != list(classes):
+        return f"was trained on classes {checkpoint.get('classes')}, not {list(classes)}"
+    trained = bool((config.get("data") or {}).get("multilabel", False))
+    if trained != multilabel:
         kinds = {True: "multilabel (a sigmoid per class)", False: "softmax (one class per pixel)"}
-        return f"was trained {kinds[trained]} but the config says data.multilabel: {str(cfg.data.multilabel).lower()}"
+        return f"was trained {kinds[trained]} but the config says data.multilabel: {str(multilabel).lower()}"
     return None

@@ -135,3 +135,29 @@ def require_finished(work: WorkDir, folds: list[int], partial: bool) -> list[int
             "--resume', or pass --partial to use it as it is"
         )
     return [s.fold for s in unfinished]
+
+
+def sibling_mismatch(work: WorkDir, fold: int, model: dict, classes: list[str], multilabel: bool) -> str | None:
+    """How a fold already trained in ``work`` (other than ``fold``) differs from a new training's model,
+    classes or mode, read from its ``config.yaml``; ``None`` when every trained fold agrees.
+
+    The folds of one work folder are one ensemble (``kseg infer``, ``tune``, ``export``), so a fold of
+    another model belongs in another work folder.
+    """
+    import yaml
+
+    from kseg.checkpoint import checkpoint_mismatch_of
+
+    for other in work.folds_with("config.yaml"):
+        if other == fold:
+            continue
+        try:
+            tree = yaml.safe_load(work.fold_config(other).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # unreadable: fold_status calls it unfinished
+        data = tree.get("data", {}) if isinstance(tree, dict) else {}
+        saved = {"config": tree, "classes": data.get("classes") if isinstance(data, dict) else None}
+        mismatch = checkpoint_mismatch_of(saved, model, classes, multilabel)
+        if mismatch:
+            return f"fold {other} of {work.root} {mismatch.replace('the config says', 'this training has')}"
+    return None

@@ -16,13 +16,13 @@ from collections.abc import Callable
 
 from kseg import distributed
 from kseg.averaging import AverageResult, average_weights, best_is_average, recalibrate_batchnorm
-from kseg.checkpoint import inference_state, load_checkpoint, save_checkpoint, unwrap
+from kseg.checkpoint import MODEL_KEYS, inference_state, load_checkpoint, save_checkpoint, unwrap
 from kseg.config import Config
 from kseg.dataset import PseudoRows
 from kseg.errors import KsegError, TrainError
 from kseg.evaluation import EpochStats
 from kseg.foldrun import FoldRun
-from kseg.foldstate import FoldResult, NoteCallback, StepCallback
+from kseg.foldstate import FoldResult, NoteCallback, StepCallback, sibling_mismatch
 from kseg.metrics import epoch_score
 from kseg.predictor import Predictor
 from kseg.runtime import seed_everything
@@ -86,6 +86,18 @@ def train_fold(
     note = on_note or (lambda _msg: None)
     if deadline is None and cfg.train.time_limit is not None:
         deadline = time.monotonic() + cfg.train.time_limit
+    mismatch = sibling_mismatch(
+        WorkDir(cfg.workdir),
+        fold,
+        {key: getattr(cfg.model, key) for key in MODEL_KEYS},
+        list(cfg.data.classes),
+        cfg.data.multilabel,
+    )
+    if mismatch:
+        raise TrainError(
+            f"{mismatch}; the folds of one work folder are one ensemble, so train another model in another work "
+            f"folder (--set workdir=...; kseg blend combines runs), or remove that fold's folder first"
+        )
     rank, _ = distributed.init()
     hold = WorkDir(cfg.workdir).hold_fold(fold) if rank == 0 else None  # readers leave our commits to us
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -83,3 +84,41 @@ def test_readers_refuse_an_unfinished_fold_unless_partial(runner, comp, tmp_path
     assert done.exit_code == 0, done.output
     assert fold_status(WorkDir(comp / "work"), 0).finished
     assert runner.invoke(app, ["infer", "-c", str(comp / "kseg.yaml"), *finish]).exit_code == 0
+
+
+def test_a_fold_of_another_model_is_refused_before_anything_is_written(comp):
+    """The folds of a work folder are one ensemble: training fold 1 as FPN beside a UNet fold 0 stops in one
+    line naming the fold and the key, before fold1/ exists."""
+    from kseg.config import load_config, save_resolved
+    from kseg.errors import TrainError
+    from kseg.split import make_folds
+    from kseg.train import train_fold
+
+    cfg = load_config(comp / "kseg.yaml", ["model.encoder_name=resnet18"])
+    make_folds(cfg)
+    work = WorkDir(cfg.workdir)
+    work.fold_dir(0).mkdir()
+    save_resolved(cfg, work.fold_config(0))
+    fpn = load_config(comp / "kseg.yaml", ["model.encoder_name=resnet18", "model.arch=FPN"])
+    with pytest.raises(TrainError, match=r"fold 0 of .* with model.arch='Unet' but this training has 'FPN'"):
+        train_fold(fpn, 1)
+    assert not work.fold_dir(1).exists()
+    other = load_config(comp / "kseg.yaml", ["model.encoder_name=resnet18", "data.classes=[a,b,c,d,e,f]"])
+    with pytest.raises(TrainError, match="was trained on classes"):
+        train_fold(other, 1)
+
+
+def test_folds_trained_at_different_sizes_are_refused_by_tune(comp):
+    from kseg.config import load_config
+    from kseg.errors import TuneError
+    from kseg.postprocess import load_oof
+
+    cfg = load_config(comp / "kseg.yaml")
+    work = WorkDir(cfg.workdir)
+    for fold, side in ((0, 8), (1, 4)):
+        work.fold_dir(fold).mkdir(parents=True)
+        np.save(work.fold_dir(fold) / "oof.npy", np.zeros((2, 6, side, side), np.uint8))
+        np.save(work.fold_dir(fold) / "oof_masks.npy", np.zeros((2, side, side), np.uint8))
+        pd.DataFrame({"ImageID": [f"a{fold}", f"b{fold}"]}).to_csv(work.fold_dir(fold) / "oof.csv", index=False)
+    with pytest.raises(TuneError, match=r"fold 1's out-of-fold maps are 4x4 but fold 0's are 8x8"):
+        load_oof(cfg)

@@ -250,6 +250,37 @@ def test_each_corruption_is_rejected(perfect, runner, kind):
     assert "Traceback" not in result.output
 
 
+READINGS = {  # files that the fast reader must read as pandas does, or leave to pandas
+    "as written": lambda L: L,
+    "windows line ends": lambda L: [line + "\r" for line in L],
+    "quoted cells": lambda L: [L[0]] + [f'"{a}","{b}"' for a, b in (line.split(",", 1) for line in L[1:])],
+    "a blank line": lambda L: L[:3] + [""] + L[3:],
+    "a third cell": lambda L: L[:2] + [L[2] + ",x"] + L[3:],
+    "a short line": lambda L: L[:2] + [L[2].split(",")[0]] + L[3:],
+    "non-ascii id": lambda L: L[:2] + ["tëst," + L[2].split(",")[1]] + L[3:],
+    "spaces around runs": lambda L: L[:1] + [L[1].split(",")[0] + ", 1 2  3 4 "] + L[2:],
+    "duplicate header": lambda L: ["ImageID,ImageID"] + L[1:],
+    "empty token": lambda L: L[:1] + [L[1].split(",")[0] + ",-1"] + L[2:],
+    "not integers": CORRUPTIONS["not integers"],
+    "classes overlap": CORRUPTIONS["classes overlap"],
+}
+
+
+@pytest.mark.parametrize("reading", list(READINGS))
+def test_the_fast_reader_reports_what_pandas_reading_reports(perfect, monkeypatch, reading):
+    """validate_bytes reads plain files without pandas; each variant gives the same report both ways."""
+    from kseg.submission import table
+
+    data = ("\n".join(READINGS[reading](_lines(perfect))) + "\n").encode()
+    fmt = load_format(_cfg(perfect))
+    fast = validate_bytes(data, fmt)
+    monkeypatch.setattr(table, "_plain", lambda _data: None)
+    slow = validate_bytes(data, fmt)
+    assert (fast.n_rows, fast.problems) == (slow.n_rows, slow.problems)
+    valid = ("as written", "windows line ends", "quoted cells", "a blank line", "a short line", "spaces around runs")
+    assert fast.ok == (reading in valid)  # a short line is an empty mask; extra spaces separate numbers
+
+
 def test_not_a_csv(perfect):
     report = validate_bytes(b'ImageID,EncodedPixels\n"unterminated,1 2\n', load_format(_cfg(perfect)))
     assert _kinds(report) == {"not a CSV"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -65,10 +65,26 @@ def handled(debug: bool = False) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def config_from(config: Path | None, overrides: list[str] | None) -> Config:
+def config_from(
+    config: Path | None, overrides: list[str] | None, options: dict[str, tuple[str, Any]] | None = None
+) -> Config:
+    """The config under ``--set`` overrides and command options that stand for config keys
+    (``options``: ``{"--threshold": ("pseudo.threshold", 0.9)}``, ``None`` values left out); an error in
+    an option's value names the option as typed, not the key it sets."""
     from kseg.config import load_config
+    from kseg.errors import ConfigError
 
-    return load_config(config, overrides or [])
+    given = {flag: (key, value) for flag, (key, value) in (options or {}).items() if value is not None}
+    items = {flag: f"{key}={value}" for flag, (key, value) in given.items()}
+    try:
+        return load_config(config, [*(overrides or []), *items.values()])
+    except ConfigError as exc:
+        text = str(exc)
+        for flag, item in items.items():
+            if f"--set {item}" in text:
+                text = text.replace(f"--set {item}", f"{flag} {given[flag][1]}")
+                text = text.replace("; fix it in the file or with --set", f"; give {flag} another value")
+        raise ConfigError(text) from None
 
 
 def _version(value: bool) -> None:

@@ -108,11 +108,14 @@ def pseudo(
     from kseg.train import FoldResult, folds_to_train, train_fold
     from kseg.workdir import WorkDir
 
-    options = {"pseudo.threshold": threshold, "pseudo.share": share, "pseudo.workdir": out}
-    overrides = [*(set_ or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
+    options = {
+        "--threshold": ("pseudo.threshold", threshold),
+        "--share": ("pseudo.share", share),
+        "--out": ("pseudo.workdir", out),
+    }
     results: list[FoldResult] = []
     with handled(debug):
-        cfg = config_from(config, overrides)
+        cfg = config_from(config, set_, options)
         table = list_images(images) if images is not None else competition_test_images(cfg)
         folds = folds_to_train(cfg, fold)  # the arguments are checked before the new run's folder is made
         run_cfg = prepare_run(cfg)

@@ -137,6 +137,15 @@ def read_oof_images(
         except KsegError as exc:
             raise TuneError(f"{exc}; train the fold again with 'kseg train --fold {f}'") from None
     total = sum(len(table) for _, _, table in tables.values())
+    sizes = {f: tuple(probs.shape[2:]) for f, (probs, _, _) in tables.items()}
+    first = folds[0]
+    odd = next((f for f in folds if sizes[f] != sizes[first]), None)
+    if odd is not None:
+        (h0, w0), (h1, w1) = sizes[first], sizes[odd]
+        raise TuneError(
+            f"fold {odd}'s out-of-fold maps are {h1}x{w1} but fold {first}'s are {h0}x{w0} (the folds were trained "
+            "with different data.image_size); train every fold of a work folder at one size"
+        )
     done = 0
     for f, (probs, masks, table) in tables.items():
         if probs.shape[1] != k:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -16,24 +17,48 @@ def _parse8(data: np.ndarray, last: np.ndarray, n_digits: np.ndarray) -> np.ndar
     """Values of digit tokens of at most 8 digits ending at byte ``last``, eight bytes at a time.
 
     Each token's last 8 bytes are read as one little-endian uint64 (an unaligned view), leading bytes
-    are masked off, and the digits are combined pairwise with three multiply-shift steps (SWAR).
+    are masked off, and the digits are combined pairwise with three multiply-shift steps (SWAR), in place.
     """
     padded = np.zeros(len(data) + 8, dtype=np.uint8)
     padded[8:] = data
     windows = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
     x = windows[last + 1]  # bytes data[last - 7 .. last]
     x &= _NIBBLES[np.minimum(n_digits, 8)]
-    x = ((x * np.uint64(10 * 256 + 1)) >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)
-    x = ((x * np.uint64(100 * 65536 + 1)) >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)
-    x = (x * np.uint64(10000 * 2**32 + 1)) >> np.uint64(32)
-    return x.astype(np.int64)
+    for multiplier, shift, keep in _SWAR:
+        x *= multiplier
+        x >>= shift
+        if keep is not None:
+            x &= keep
+    return x.view(np.int64)  # every value is below 10**8
 
 
-def parse_rows(rows: Sequence[str], empty: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# (multiplier, shift, mask) of the three SWAR steps: digit pairs, then pairs of pairs, then halves
+_SWAR = (
+    (np.uint64(10 * 256 + 1), np.uint64(8), np.uint64(0x00FF00FF00FF00FF)),
+    (np.uint64(100 * 65536 + 1), np.uint64(16), np.uint64(0x0000FFFF0000FFFF)),
+    (np.uint64(10000 * 2**32 + 1), np.uint64(32), None),
+)
+
+
+def _joined(rows: Sequence[str] | Sequence[bytes], empty: str) -> bytes:
+    """The rows as one ASCII blob, one row per line, empty-token rows blank; a non-ASCII character becomes
+    a byte that is neither a digit nor a space, so its row is bad."""
+    if rows and isinstance(rows[0], bytes):
+        token = empty.encode("utf-8")
+        return b"\n".join(b"" if r.strip() == token else r for r in cast("Sequence[bytes]", rows))
+    texts = ["" if r is None or r.strip() == empty else r for r in cast("Sequence[str]", rows)]
+    try:
+        return "\n".join(texts).encode("ascii")
+    except UnicodeEncodeError:
+        return "\n".join(t if t.isascii() else "\x00" for t in texts).encode("ascii")
+
+
+def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tokenise many RLE strings at once.
 
     Args:
-        rows: RLE strings; a row equal to ``empty`` (after stripping) has no tokens.
+        rows: RLE strings, or their bytes (as a submission file holds them: no decoding, no copy per
+            character); a row equal to ``empty`` (after stripping) has no tokens.
         empty: The empty-mask token.
 
     Returns:
@@ -41,22 +66,22 @@ def parse_rows(rows: Sequence[str], empty: str = "") -> tuple[np.ndarray, np.nda
         from, and the sorted indices of rows holding anything but ASCII digits and spaces (their
         tokens are dropped). Numbers of more than 18 digits (never pixel numbers) are returned as -1.
     """
-    texts = ["" if r is None or r.strip() == empty else r for r in rows]
-    try:
-        blob = "\n".join(texts).encode("ascii")
-    except UnicodeEncodeError:
-        blob = "\n".join(t if t.isascii() else "\x00" for t in texts).encode("ascii")
+    blob = _joined(rows, empty)
     data = np.frombuffer(blob, dtype=np.uint8)
     none = np.zeros(0, np.int64)
     if data.size == 0:
         return none, none, none
-    newlines = np.flatnonzero(data == 10)
     digit = (data - np.uint8(48)) < 10
-    other = ~(digit | (data == 10) | (data == 32))
-    bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other))) if other.any() else none
-    edges = np.diff(digit.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    first = np.flatnonzero(edges == 1)
-    last = np.flatnonzero(edges == -1) - 1
+    n_digit = int(np.count_nonzero(digit))
+    newlines = np.flatnonzero(data == 10)
+    if n_digit + blob.count(b" ") + len(newlines) == len(data):  # only digits, spaces and line ends
+        bad_rows = none
+    else:
+        other = ~(digit | (data == 10) | (data == 32))
+        bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other)))
+    edges = np.flatnonzero(np.diff(digit.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
+    first = edges[0::2]  # a token starts where a digit follows a non-digit and ends before the next change
+    last = edges[1::2] - 1
     n_digits = last - first + 1
     values = _parse8(data, last, n_digits)
     long = np.flatnonzero(n_digits > 8)
@@ -64,11 +89,11 @@ def parse_rows(rows: Sequence[str], empty: str = "") -> tuple[np.ndarray, np.nda
         token = blob[first[i] : last[i] + 1]
         values[i] = int(token) if len(token) <= 18 else -1
     per_row = np.diff(np.searchsorted(first, newlines), prepend=0, append=len(first))  # one search per row
-    row = np.repeat(np.arange(len(per_row)), per_row)
+    row = np.repeat(np.arange(len(per_row), dtype=np.int64), per_row)
     if len(bad_rows):
         keep = ~np.isin(row, bad_rows)
         values, row = values[keep], row[keep]
-    return values, row.astype(np.int64), bad_rows.astype(np.int64)
+    return values, row, bad_rows.astype(np.int64)
 
 
 def _pairs(rle: str, empty: str) -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,46 @@
 ``validate``, ``score`` (the metric, locally) and ``kaggle`` (upload). The names below are the package's
 public API, as before the split."""
 
-from kseg.submission.format import SubmissionFormat, format_csv, load_format
-from kseg.submission.kaggle import kaggle_api, upload_submission
-from kseg.submission.log import Recorded, fill_public_scores, log_path, read_log, record_submission
-from kseg.submission.predictions import check_manifest, find_predictions
-from kseg.submission.score import ScoreResult, score_file, score_label_maps
-from kseg.submission.validate import Problem, ValidationReport, validate_bytes, validate_file
-from kseg.submission.write import WriteResult, read_prediction, write_submission
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> module: loaded on first use, so that 'kseg validate' does not import what 'kseg submit --upload'
+# needs (a package's __init__ runs before any of its modules)
+_HOME = {
+    "SubmissionFormat": "format",
+    "format_csv": "format",
+    "load_format": "format",
+    "kaggle_api": "kaggle",
+    "upload_submission": "kaggle",
+    "Recorded": "log",
+    "fill_public_scores": "log",
+    "log_path": "log",
+    "read_log": "log",
+    "record_submission": "log",
+    "check_manifest": "predictions",
+    "find_predictions": "predictions",
+    "ScoreResult": "score",
+    "score_file": "score",
+    "score_label_maps": "score",
+    "Problem": "validate",
+    "ValidationReport": "validate",
+    "validate_bytes": "validate",
+    "validate_file": "validate",
+    "WriteResult": "write",
+    "read_prediction": "write",
+    "write_submission": "write",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"kseg.submission.{_HOME[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kseg.submission' has no attribute {name!r}")
+
 
 __all__ = [
     "Problem",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ from kseg import rle
 from kseg.config import Config
 from kseg.errors import SubmissionError
 from kseg.submission.format import SubmissionFormat, grid_key, load_format
+from kseg.submission.table import NotCSV, read_table
 
 
 @dataclass
@@ -59,8 +59,10 @@ EXAMPLES = 3
 SHOWN = 40  # characters of an offending value shown; longer values are cut, with their length
 
 
-def clip(value: str, quoted: bool = True) -> str:
+def clip(value: str | bytes, quoted: bool = True) -> str:
     """A value as shown in a problem (quoted), cut after ``SHOWN`` characters with its full length."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
     show = repr if quoted else str
     return show(value) if len(value) <= SHOWN else f"{show(value[:SHOWN])}... ({len(value):,} characters)"
 
@@ -100,7 +102,7 @@ class _Findings:
 
 
 def _check_runs(
-    texts: list[str],
+    texts: list[bytes],
     rows: np.ndarray,
     ids: list[str],
     image_of_row: np.ndarray,
@@ -125,8 +127,9 @@ def _check_runs(
         rows[odd],
         lambda i: f"line {_line(rows[odd][i])} ({clip(ids[rows[odd][i]], False)}): {counts[odd][i]} numbers",
     )
-    keep = counts[local] % 2 == 0
-    numbers, local = numbers[keep], local[keep]
+    if len(odd):  # drop the odd rows' numbers, so that the rest pair up (skipped when every row pairs)
+        keep = counts[local] % 2 == 0
+        numbers, local = numbers[keep], local[keep]
     starts, lengths, prow = numbers[0::2], numbers[1::2], rows[local[0::2]]
 
     def flag(kind: str, hit: np.ndarray, detail: Callable[[int], str]) -> None:
@@ -149,14 +152,15 @@ def _check_runs(
         overlapping,
         lambda j: f"run {starts[j]}+{lengths[j]} starts inside run {starts[j - 1]}+{lengths[j - 1]}",
     )
-    image = image_of_row[prow]
-    known = image >= 0
-    shape = fmt.shapes[np.maximum(image, 0)]
-    size = np.where(known, shape[:, 0] * shape[:, 1], np.iinfo(np.int64).max)
+    # pixels of each row's image (unknown images: no limit), one gather per run
+    row_size = np.where(
+        image_of_row >= 0, np.prod(fmt.shapes, axis=1)[np.maximum(image_of_row, 0)], np.iinfo(np.int64).max
+    )
+    size = row_size[prow]
     outside = (starts < 0) | (lengths < 0) | (starts + lengths - 1 > size)
 
     def outside_detail(j: int) -> str:
-        h, w = shape[j]
+        h, w = fmt.shapes[image_of_row[prow[j]]]
         if starts[j] < 0 or lengths[j] < 0:
             return f"a number with more than 18 digits, far past the last pixel {h * w} ({h}x{w})"
         return f"run {starts[j]}+{lengths[j]} ends at {starts[j] + lengths[j] - 1} > {h * w} pixels ({h}x{w})"
@@ -164,7 +168,7 @@ def _check_runs(
     flag("outside the mask", outside, outside_detail)
 
     if check_overlap and not found.rows:
-        _flag_overlaps(found, ids, prow, starts, lengths, np.where(known, image, -1), size)
+        _flag_overlaps(found, ids, prow, starts, lengths, image_of_row[prow], size)
     return found, (prow, starts, lengths)
 
 
@@ -177,13 +181,21 @@ def _flag_overlaps(
     image: np.ndarray,
     size: np.ndarray,
 ) -> None:
-    """Add the pixels that two rows of one image both claim (``image`` is -1 for unknown images)."""
-    known = image >= 0
-    ends = starts + lengths
-    key = image * (int(size[known].max()) + 1 if known.any() else 1) + starts
+    """Add the pixels that two rows of one image both claim (``image`` is -1 for unknown images).
+
+    Each run's start and end become positions on one line, image after image (``image * stride + pixel``,
+    the stride above every image's size); sorted by start, a run clashes with the one before it when it
+    starts before that one ends, which the stride keeps within one image."""
+    known = np.flatnonzero(image >= 0)
+    if len(known) < len(image):
+        prow, starts, lengths, image, size = prow[known], starts[known], lengths[known], image[known], size[known]
+    if not len(image):
+        return
+    stride = int(size.max()) + 1
+    key = image * stride + starts
     by_pos = np.argsort(key, kind="stable")
-    same_image = known[by_pos][1:] & (image[by_pos][1:] == image[by_pos][:-1])
-    clash = np.flatnonzero(same_image & (starts[by_pos][1:] < ends[by_pos][:-1]))
+    sorted_key = key[by_pos]
+    clash = np.flatnonzero(sorted_key[1:] < (sorted_key + lengths[by_pos])[:-1])
     a, b = by_pos[clash], by_pos[clash + 1]
     first_row, second_row = np.minimum(prow[a], prow[b]), np.maximum(prow[a], prow[b])
     pairs = len(clash)
@@ -228,24 +240,23 @@ def validate_bytes(
         keep_runs: Keep the parsed runs in ``report.parsed`` (for scoring).
     """
     try:
-        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        return ValidationReport(0, [Problem("not a CSV", "write a plain comma-separated file", 1, [reason])])
-    header = list(table.columns)
+        table = read_table(data)
+    except NotCSV as exc:
+        return ValidationReport(0, [Problem("not a CSV", "write a plain comma-separated file", 1, [str(exc)])])
+    header = table.header
     problems: list[Problem] = []
     if header != fmt.header:
         line = f"line 1 is {clip(','.join(header))} but should be {','.join(fmt.header)!r}"
         problems.append(Problem("header", f"write the header exactly as in {fmt.source}", 1, [line]))
         if len(header) < len(fmt.header):
-            return ValidationReport(len(table), problems)
-    ids = table[header[0]].tolist()
-    if fmt.layout == "long":  # a row is named by its image and class cells
-        ids = [grid_key(image, klass) for image, klass in zip(ids, table[header[2]].tolist(), strict=True)]
+            return ValidationReport(len(table.first), problems)
+    ids = table.first
+    if fmt.layout == "long" and table.third is not None:  # a row is named by its image and class cells
+        ids = [grid_key(image, klass) for image, klass in zip(ids, table.third, strict=True)]
     index = fmt.row_index()  # once: built per row, it made validation quadratic in the rows
     sample_row = np.array([index.get(x, -1) for x in ids], dtype=np.int64)
     problems += _id_problems(ids, sample_row, fmt)
-    texts = table[header[1]].tolist()
+    texts = table.runs
     results = _check_masks(texts, ids, sample_row, fmt, check_overlap)
     found = _Findings()
     for part, _ in results:
@@ -275,7 +286,7 @@ def _id_problems(ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat) 
 
 
 def _check_masks(
-    texts: list[str], ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat, check_overlap: bool
+    texts: list[bytes], ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat, check_overlap: bool
 ) -> list[tuple[_Findings, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """``_check_runs`` over the rows in chunks of about ``CHUNK_NUMBERS`` numbers (an image's rows together,
     for the overlap check), in threads: one pass for most files, a few for the largest, so that the
@@ -300,14 +311,14 @@ def _check_masks(
         return list(pool.map(work, chunks))
 
 
-def _run_problems(found: _Findings, texts: list[str], fmt: SubmissionFormat) -> list[Problem]:
+def _run_problems(found: _Findings, texts: list[bytes], fmt: SubmissionFormat) -> list[Problem]:
     """The findings as problems, with a hint when an empty-mask token seems to be the cause."""
     fixes = dict(RUN_FIXES)
     fixes["outside the mask"] += f" ({fmt.order} order)"
     problems = found.problems(fixes)
     for problem in problems:
         if problem.kind == "not integers" and any(
-            texts[r].strip() in ("-1", "[]", "nan", "None") for r in np.concatenate(found.rows[problem.kind])[:50]
+            texts[r].strip() in (b"-1", b"[]", b"nan", b"None") for r in np.concatenate(found.rows[problem.kind])[:50]
         ):
             problem.fix += (
                 f"; if the competition marks empty masks with such a token, set submission.empty_token "
