@@ -289,3 +289,24 @@ def save_resolved(cfg: Config, path: Path) -> Path:
     """Write the resolved config (absolute paths, all defaults) next to the run's outputs."""
     atomic_write_text(path, to_yaml(cfg))
     return path
+
+
+MODEL_KEYS = ("arch", "encoder_name", "in_channels")  # what a checkpoint's weights must agree with
+
+
+def checkpoint_mismatch_of(
+    checkpoint: dict[str, Any], model: dict[str, Any], classes: list[str], multilabel: bool
+) -> str | None:
+    """``checkpoint_mismatch`` against explicit values: ``model`` holds ``MODEL_KEYS``."""
+    config = checkpoint.get("config") or {}
+    saved = config.get("model") or {}
+    for key in MODEL_KEYS:
+        if saved.get(key) != model[key]:
+            return f"was trained with model.{key}={saved.get(key)!r} but the config says {model[key]!r}"
+    if checkpoint.get("classes") != list(classes):
+        return f"was trained on classes {checkpoint.get('classes')}, not {list(classes)}"
+    trained = bool((config.get("data") or {}).get("multilabel", False))
+    if trained != multilabel:
+        kinds = {True: "multilabel (a sigmoid per class)", False: "softmax (one class per pixel)"}
+        return f"was trained {kinds[trained]} but the config says data.multilabel: {str(multilabel).lower()}"
+    return None

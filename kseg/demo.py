@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Protocol
 
 from kseg.config import Config, load_config
-from kseg.ensemble import load_ensemble
+from kseg.cv.report import Report, cv_report
+from kseg.data.split import make_folds
 from kseg.errors import KsegError
-from kseg.infer import OutputOptions, competition_test_images, run_inference
 from kseg.postprocess import tune
-from kseg.report import Report, cv_report
-from kseg.split import make_folds
+from kseg.prediction.ensemble import load_ensemble
+from kseg.prediction.infer import OutputOptions, competition_test_images, run_inference
 from kseg.submission import score_file, validate_file, write_submission
-from kseg.synth import make_competition
-from kseg.train import train_fold
-from kseg.workdir import WorkDir, default_predictions
+from kseg.synth.aerial import make_competition
+from kseg.training.train import train_fold
+from kseg.workspace.workdir import WorkDir, default_predictions
 
 # Large enough for a small UNet to learn the scenes in a few CPU minutes, small enough to stay there.
 DEMO_COMPETITION = {"n_train": 48, "n_test": 16, "height": 64, "width": 96, "n_classes": 6}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from kseg.progress import Progress
+from kseg.common import Progress
 
 
 def apply_chunk(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:

@@ -50,7 +50,7 @@ RSS_COUNTS = (64, 648)
 def throughput(n_images: int, device: torch.device) -> None:
     import segmentation_models_pytorch as smp
 
-    from kseg.predictor import Predictor
+    from kseg.prediction.predictor import Predictor
 
     try:
         import ttach
@@ -102,9 +102,9 @@ def rss_child(n: int, encoder: str, folder: Path) -> None:
     """Run in a fresh process: stream n images through inference, print peak RSS (MiB) as JSON."""
     import pandas as pd
 
-    from kseg.ensemble import Ensemble
-    from kseg.infer import run_inference
-    from kseg.models import build_model
+    from kseg.models.build import build_model
+    from kseg.prediction.ensemble import Ensemble
+    from kseg.prediction.infer import run_inference
 
     cfg = _cfg(folder, encoder, batch=None)
     torch.manual_seed(0)

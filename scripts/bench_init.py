@@ -26,7 +26,7 @@ from PIL import Image
 from kseg.planning.rules import make_plan
 from kseg.planning.stage import CACHE, run_init
 from kseg.planning.survey import take_fingerprint
-from kseg.synth import synth_scene
+from kseg.synth.aerial import synth_scene
 
 K = 12
 

@@ -30,7 +30,7 @@ import pandas as pd
 
 from kseg import rle
 from kseg.submission import format_csv
-from kseg.synth import synth_scene
+from kseg.synth.aerial import synth_scene
 
 H, W, K = 384, 512, 12
 

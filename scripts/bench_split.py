@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from kseg.config import build_config
-from kseg.scan import scan_masks
-from kseg.split import assign_folds, make_folds
-from kseg.synth import class_names, synth_scene
+from kseg.data.scan import scan_masks
+from kseg.data.split import assign_folds, make_folds
+from kseg.synth.aerial import class_names, synth_scene
 
 H, W, K = 384, 512, 12
 

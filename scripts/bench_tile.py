@@ -71,7 +71,7 @@ def main() -> None:
             f"mask {args.size * args.fine}x{args.size * args.fine} px uint8 ({mask_mb:,.0f} MiB); "
             f"written in {made:.1f} s ({(image.stat().st_size + mask.stat().st_size) / 2**20:,.0f} MiB on disk)"
         )
-        baseline = _peak("import rasterio, numpy, kseg.cli, kseg.tile")
+        baseline = _peak("import rasterio, numpy, kseg.cli, kseg.data.tile")
         argv = ["kseg", "tile", str(image), "--mask", str(mask), "--out", str(root / "tiles"), "--size", str(args.tile)]
         t0 = time.perf_counter()
         peak = _peak(f"import sys; sys.argv = {argv!r}; from kseg.cli import app; app()", cwd=root)

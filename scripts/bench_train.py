@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from kseg.config import build_config
-from kseg.dataset import TrainDataset, train_loader
-from kseg.losses import loss_from_config
-from kseg.models import build_model
-from kseg.optim import build_optimizer
+from kseg.models.build import build_model
 from kseg.runtime import loader_workers
-from kseg.synth import make_competition
+from kseg.synth.aerial import make_competition
+from kseg.training.dataset import TrainDataset, train_loader
+from kseg.training.losses import loss_from_config
+from kseg.training.optim import build_optimizer
 
 H, W, K = 384, 512, 12
 ENCODER = "resnet50"
@@ -72,7 +72,7 @@ def step_rate(device: torch.device, amp: bool, batch: int, steps: int, cfg, chan
 
 
 def loader_rate(cfg, root: Path, batch: int, batches: int) -> float:
-    from kseg.data import list_samples
+    from kseg.data.reading import list_samples
 
     samples = list_samples(cfg.data, "train")
     dataset = TrainDataset.from_config(samples, cfg)

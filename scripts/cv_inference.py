@@ -50,9 +50,9 @@ def _group_regex(text: str) -> re.Pattern:
 
 def main() -> None:
     from kseg.config import load_config
-    from kseg.data import ID
+    from kseg.data.reading import ID
     from kseg.errors import KsegError
-    from kseg.workdir import WorkDir
+    from kseg.workspace.workdir import WorkDir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, default=None, help="experiment YAML (default ./kseg.yaml)")
@@ -98,13 +98,13 @@ def main() -> None:
 
 def score_folds(cfg, others: list, chosen: list[int], tta: str, group: re.Pattern | None) -> None:
     """Print each fold's, each group's and the overall mean row Dice of ``chosen`` folds."""
-    from kseg.data import ID, MaskSpec
-    from kseg.ensemble import load_ensemble
-    from kseg.evaluation import evaluate, summarize
-    from kseg.losses import loss_from_config
-    from kseg.predictor import Predictor
+    from kseg.data.reading import ID, MaskSpec
+    from kseg.prediction.ensemble import load_ensemble
+    from kseg.prediction.predictor import Predictor
     from kseg.runtime import resolve_device
-    from kseg.train import fold_tables
+    from kseg.training.evaluation import evaluate, summarize
+    from kseg.training.losses import loss_from_config
+    from kseg.training.train import fold_tables
 
     loss_fn = loss_from_config(cfg)
     device = resolve_device(cfg.runtime)

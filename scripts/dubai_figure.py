@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from kseg.config import load_config
-from kseg.data import MaskSpec, read_image, read_mask
-from kseg.metrics import label_counts, row_dice
+from kseg.data.reading import MaskSpec, read_image, read_mask
+from kseg.metrics.scores import label_counts, row_dice
 from kseg.plotting import palette_rgb
 
 

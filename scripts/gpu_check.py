@@ -105,7 +105,7 @@ class Runner:
 
 
 def make_comp(root: Path, n_train: int, n_test: int, h: int, w: int, k: int) -> Path:
-    from kseg.synth import make_competition
+    from kseg.synth.aerial import make_competition
 
     make_competition(root, n_train=n_train, n_test=n_test, height=h, width=w, n_classes=k, seed=0)
     return root
@@ -114,7 +114,7 @@ def make_comp(root: Path, n_train: int, n_test: int, h: int, w: int, k: int) -> 
 def comp_config(root: Path, device: str, *overrides: str) -> Any:
     """The toy competition's config on ``device``, split into folds in its work folder."""
     from kseg.config import load_config
-    from kseg.split import make_folds
+    from kseg.data.split import make_folds
 
     base = [
         f"runtime.device={device}",
@@ -158,7 +158,7 @@ def falling(curve: list[float]) -> None:
 
 
 def check_training(comp: Path, work: Path, device: str, label: str, *overrides: str) -> tuple[str, dict]:
-    from kseg.train import train_fold
+    from kseg.training.train import train_fold
 
     cfg = comp_config(comp, device, f"workdir={fresh(work)}", *overrides)
     result = train_fold(cfg, 0)
@@ -169,7 +169,7 @@ def check_training(comp: Path, work: Path, device: str, label: str, *overrides: 
 
 def check_close_first_epoch(comp: Path, work: Path, device: str, label: str, tol: float, *overrides: str):
     """The first epoch's loss with ``overrides`` against the plain fp32 run's (same seed, same batches)."""
-    from kseg.train import train_fold
+    from kseg.training.train import train_fold
 
     runs = {}
     for name, extra in (("reference", ["runtime.channels_last=false", "runtime.amp=off"]), (label, list(overrides))):
@@ -184,7 +184,7 @@ def check_close_first_epoch(comp: Path, work: Path, device: str, label: str, tol
 
 
 def check_resume(comp: Path, work: Path, device: str) -> tuple[str, dict]:
-    from kseg.train import train_fold
+    from kseg.training.train import train_fold
 
     straight = comp_config(comp, device, f"workdir={fresh(work / 'straight')}", "train.epochs=2")
     train_fold(straight, 0)
@@ -288,10 +288,10 @@ def check_torchrun(comp: Path, work: Path, device: str) -> tuple[str, dict]:
 def train_rate(device: torch.device, s: Sizes, mode: str, batch: int) -> float:
     """Images/s of full UNet training steps (forward, CE + Dice, backward, AdamW) on random tensors."""
     from kseg.config import build_config
-    from kseg.losses import loss_from_config
-    from kseg.models import build_model
-    from kseg.optim import build_optimizer
+    from kseg.models.build import build_model
     from kseg.runtime import amp_dtype, autocast
+    from kseg.training.losses import loss_from_config
+    from kseg.training.optim import build_optimizer
 
     tree = {
         "data": {"root": ".", "classes": [f"c{k}" for k in range(12)], "image_size": [s.height, s.width]},
@@ -359,9 +359,9 @@ def figure_training(device: torch.device, s: Sizes, batch: int, rates: dict) -> 
 
 
 def figure_loader(comp: Path, device: str, batch: int, step_rate: float) -> tuple[str, dict]:
-    from kseg.data import list_samples
-    from kseg.dataset import TrainDataset, train_loader
+    from kseg.data.reading import list_samples
     from kseg.runtime import default_workers
+    from kseg.training.dataset import TrainDataset, train_loader
 
     cfg = comp_config(comp, device, f"train.batch_size={batch}", "runtime.num_workers=null")
     dataset = TrainDataset.from_config(list_samples(cfg.data, "train"), cfg)
@@ -382,7 +382,7 @@ def figure_tta(device: torch.device, s: Sizes) -> tuple[str, dict]:
     import segmentation_models_pytorch as smp
 
     from kseg.config import build_config
-    from kseg.predictor import Predictor
+    from kseg.prediction.predictor import Predictor
 
     tree = {
         "data": {"root": ".", "classes": [f"c{k}" for k in range(12)], "image_size": [s.height, s.width]},

@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 
 from kseg.config import load_config
-from kseg.metrics import class_scores
+from kseg.metrics.scores import class_scores
 from kseg.postprocess.oof import OOFSet, class_table, load_oof
 from kseg.postprocess.params import AREA_FRACTIONS
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kseg.config import Config, load_config
-from kseg.synth import make_competition
+from kseg.synth.aerial import make_competition
 
 REPO = Path(__file__).resolve().parents[1]
 DUBAI = Path(os.environ.get("KSEG_DUBAI", REPO.parent / "shared" / "data" / "dubai-aerial"))

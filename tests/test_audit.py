@@ -11,13 +11,13 @@ import pytest
 from conftest import dubai_config
 from PIL import Image
 
-from kseg.audit import run_audit
 from kseg.cli import app
 from kseg.config import load_config
+from kseg.data.audit import run_audit
+from kseg.data.groups import connected_groups, hamming_pairs, merge_groups
+from kseg.data.split import make_folds
 from kseg.errors import AuditError
-from kseg.groups import connected_groups, hamming_pairs, merge_groups
-from kseg.split import make_folds
-from kseg.synth import make_competition
+from kseg.synth.aerial import make_competition
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,17 @@ from conftest import FAST as SHARED
 from conftest import fast_config
 from torch import nn
 
-from kseg.averaging import AverageResult, average_weights, best_is_average, epochs_to_average, recalibrate_batchnorm
 from kseg.cli import app
+from kseg.data.split import make_folds
 from kseg.errors import ConfigError
-from kseg.split import make_folds
-from kseg.train import train_fold
+from kseg.models.averaging import (
+    AverageResult,
+    average_weights,
+    best_is_average,
+    epochs_to_average,
+    recalibrate_batchnorm,
+)
+from kseg.training.train import train_fold
 
 FAST = SHARED
 
@@ -77,12 +83,12 @@ def test_average_larger_than_epochs_is_refused(split_comp):
 
 
 def _evaluate(cfg, state_dict, fold):
-    from kseg.data import MaskSpec
-    from kseg.evaluation import evaluate, summarize
-    from kseg.losses import loss_from_config
-    from kseg.models import build_model
-    from kseg.predictor import Predictor
-    from kseg.split import fold_tables
+    from kseg.data.reading import MaskSpec
+    from kseg.data.split import fold_tables
+    from kseg.models.build import build_model
+    from kseg.prediction.predictor import Predictor
+    from kseg.training.evaluation import evaluate, summarize
+    from kseg.training.losses import loss_from_config
 
     model, _ = build_model(cfg.model.model_copy(update={"encoder_weights": None}), cfg.n_classes)
     model.load_state_dict(state_dict)

@@ -12,14 +12,14 @@ from conftest import FAST as SHARED
 from conftest import fast_config
 from PIL import Image
 
-from kseg.blend import BlendError, RunOOF, blend_runs, check_compatible, search_weights, weight_grid
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.ensemble import export_bundle, load_bundle, load_ensemble
+from kseg.cv.blend import BlendError, RunOOF, blend_runs, check_compatible, search_weights, weight_grid
+from kseg.data.split import make_folds
 from kseg.errors import InferError
-from kseg.metrics import row_dice
-from kseg.split import make_folds
-from kseg.train import train_fold
+from kseg.metrics.scores import row_dice
+from kseg.prediction.ensemble import export_bundle, load_bundle, load_ensemble
+from kseg.training.train import train_fold
 
 FAST = [*SHARED, "train.epochs=2"]
 

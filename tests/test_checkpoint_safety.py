@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kseg.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kseg.cli import app
 from kseg.errors import TrainError
+from kseg.models.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 class _WritesAFile:

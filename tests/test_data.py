@@ -8,9 +8,9 @@ from conftest import dubai_config
 from PIL import Image
 
 from kseg.config import build_config, load_config
-from kseg.data import MaskSpec, decode_mask, list_samples, read_image, read_mask
+from kseg.data.reading import MaskSpec, decode_mask, list_samples, read_image, read_mask
+from kseg.data.scan import scan_masks
 from kseg.errors import DataError
-from kseg.scan import scan_masks
 
 COLOURS = ["#3C1098", "#8429F6", "#6EC1E4", "#FEDD3A", "#E2A929", "#50E3C2"]
 

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from kseg.config import load_config
-from kseg.data import list_samples
-from kseg.dataset import TrainDataset, rare_class_weights, rescale
+from kseg.data.images import rescale
+from kseg.data.reading import list_samples
 from kseg.errors import DataError
+from kseg.training.dataset import TrainDataset, rare_class_weights
 
 ALL_AUG = [
     "train.crop=random_crop",

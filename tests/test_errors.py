@@ -11,10 +11,10 @@ from PIL import Image
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.data import read_image
+from kseg.data.reading import read_image
+from kseg.data.split import make_folds
 from kseg.errors import DataError, TrainError
-from kseg.split import make_folds
-from kseg.train import train_fold
+from kseg.training.train import train_fold
 
 FAST = ["model.encoder_name=resnet18", "data.image_size=[64,64]", "train.batch_size=4", "train.epochs=1"]
 
@@ -121,7 +121,7 @@ def test_resume_with_fewer_epochs_than_done_says_what_to_do(comp):
 
 
 def test_a_failed_checkpoint_write_is_an_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
-    from kseg import checkpoint
+    from kseg.models import checkpoint
 
     def full_disk(obj, handle):
         handle.write(b"partial")

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from kseg.config import load_config
-from kseg.dataset import copy_paste, cutmix, paste_classes
+from kseg.data.split import make_folds
 from kseg.errors import DataError, TrainError
-from kseg.metrics import pixel_metrics
-from kseg.split import make_folds
-from kseg.train import train_fold
+from kseg.metrics.scores import pixel_metrics
+from kseg.training.dataset import copy_paste, cutmix, paste_classes
+from kseg.training.train import train_fold
 
 FAST = ["train.num_workers=0", "train.batch_size=4", "model.encoder_name=resnet18", "train.epochs=1"]
 

@@ -19,7 +19,7 @@ import torch
 
 from kseg.config import load_config
 from kseg.submission import check_manifest, validate_file
-from kseg.workdir import WorkDir
+from kseg.workspace.workdir import WorkDir
 
 FAST = [
     "model.encoder_name=resnet18",
@@ -67,7 +67,7 @@ def _fold_is_consistent(work: WorkDir) -> int:
 
 @pytest.mark.slow
 def test_kills_at_random_moments_leave_the_previous_or_the_new_outputs(comp):
-    from kseg.split import make_folds
+    from kseg.data.split import make_folds
 
     make_folds(load_config(comp / "kseg.yaml"))
     work = WorkDir(comp / "work")
@@ -110,7 +110,7 @@ def test_kills_at_random_moments_leave_the_previous_or_the_new_outputs(comp):
 
 
 def test_a_second_training_of_a_fold_in_progress_stops_with_one_line(comp):
-    from kseg.split import make_folds
+    from kseg.data.split import make_folds
 
     make_folds(load_config(comp / "kseg.yaml"))
     hold = WorkDir(comp / "work").hold_fold(0)  # as a live 'kseg train --fold 0' holds it
@@ -135,8 +135,8 @@ def test_kills_of_a_retraining_an_export_and_a_pseudo_run_leave_nothing_half_don
     moments: the fold is the old finished one or an unfinished one that infer refuses in one line (and
     --partial takes), the bundle the old one or a new whole one, and the pseudo run's folder one that the
     same command resumes or starts again; no temporary file outlives the next command."""
-    from kseg.ensemble import load_bundle
-    from kseg.split import make_folds
+    from kseg.data.split import make_folds
+    from kseg.prediction.ensemble import load_bundle
 
     make_folds(load_config(comp / "kseg.yaml"))
     work = WorkDir(comp / "work")

@@ -12,8 +12,8 @@ import yaml
 from conftest import FAST
 
 from kseg.cli import app
-from kseg.foldstate import fold_status
-from kseg.workdir import WorkDir
+from kseg.workspace.folds import fold_status
+from kseg.workspace.workdir import WorkDir
 
 
 def _fold(tmp_path, epochs: int, done_scores: list[float], patience=None, average=None, averaged=None) -> WorkDir:
@@ -90,9 +90,9 @@ def test_a_fold_of_another_model_is_refused_before_anything_is_written(comp):
     """The folds of a work folder are one ensemble: training fold 1 as FPN beside a UNet fold 0 stops in one
     line naming the fold and the key, before fold1/ exists."""
     from kseg.config import load_config, save_resolved
+    from kseg.data.split import make_folds
     from kseg.errors import TrainError
-    from kseg.split import make_folds
-    from kseg.train import train_fold
+    from kseg.training.train import train_fold
 
     cfg = load_config(comp / "kseg.yaml", ["model.encoder_name=resnet18"])
     make_folds(cfg)

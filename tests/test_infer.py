@@ -12,13 +12,13 @@ from torch import nn
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.ensemble import export_bundle, load_bundle, load_ensemble
+from kseg.data.split import make_folds
 from kseg.errors import InferError, SubmissionError
-from kseg.infer import OutputOptions, list_images, run_inference
-from kseg.predictor import Predictor, window_weights
-from kseg.predictor import window_origins as tile_origins
-from kseg.split import make_folds
-from kseg.train import train_fold
+from kseg.prediction.ensemble import export_bundle, load_bundle, load_ensemble
+from kseg.prediction.infer import OutputOptions, list_images, run_inference
+from kseg.prediction.predictor import Predictor, window_weights
+from kseg.prediction.predictor import window_origins as tile_origins
+from kseg.training.train import train_fold
 
 FAST = [
     "train.num_workers=0",
@@ -76,7 +76,7 @@ def test_tiling_matches_whole_image_and_covers_every_pixel(comp, shape, tta):
         ).predict([image])
     )
     assert tuple(tiled.shape) == (4, *shape)
-    from kseg.dataset import normalize
+    from kseg.data.images import normalize
 
     with torch.no_grad():
         whole = model(normalize(image, cfg.data.mean, cfg.data.std)[None]).softmax(1)[0]
@@ -329,7 +329,7 @@ def test_per_image_normalisation_ignores_lighting(comp, mode):
 
 
 def _test_images(root: Path) -> pd.DataFrame:
-    from kseg.infer import competition_test_images
+    from kseg.prediction.infer import competition_test_images
 
     return competition_test_images(_cfg(root))
 
@@ -358,7 +358,7 @@ def test_a_failed_run_leaves_the_previous_predictions_whole(trained_comp, tmp_pa
 
 
 def test_a_full_disk_during_inference_leaves_no_partial_predictions(trained_comp, tmp_path, monkeypatch):
-    import kseg.infer
+    import kseg.prediction.infer
 
     calls = []
 
@@ -368,8 +368,8 @@ def test_a_full_disk_during_inference_leaves_no_partial_predictions(trained_comp
             raise OSError(28, "No space left on device", str(args[0] / f"{args[1]}.png"))
         return real(*args, **kwargs)
 
-    real = kseg.infer._write_outputs
-    monkeypatch.setattr(kseg.infer, "_write_outputs", disk_full)
+    real = kseg.prediction.infer._write_outputs
+    monkeypatch.setattr(kseg.prediction.infer, "_write_outputs", disk_full)
     with pytest.raises(OSError, match="No space left"):
         run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), tmp_path / "pred")
     assert list(tmp_path.iterdir()) == []

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from kseg.config import load_config
+from kseg.data.labels import RleSource, read_rle_labels
 from kseg.errors import ConfigError
-from kseg.instances import IOU_THRESHOLDS, components, fbeta, iou_matrix, mask_fbeta
-from kseg.labels import RleSource, read_rle_labels
+from kseg.metrics.instances import IOU_THRESHOLDS, components, fbeta, iou_matrix, mask_fbeta
 from kseg.schema import DataConfig
-from kseg.workdir import WorkDir
+from kseg.workspace.workdir import WorkDir
 
 INSTANCES = [
     "data.classes=[sea,ship]",
@@ -184,7 +184,7 @@ def test_tuning_under_fbeta_scores_what_applying_the_choice_scores(comp):
 
 
 def test_blends_refuse_the_instance_metric(comp, tmp_path):
-    from kseg.blend import BlendError, blend_runs
+    from kseg.cv.blend import BlendError, blend_runs
 
     cfg = load_config(comp / "kseg.yaml", INSTANCES)
     with pytest.raises(BlendError, match="instance_fbeta does not use"):

@@ -13,9 +13,9 @@ from conftest import FAST
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.data import MaskSpec, list_samples, read_mask
+from kseg.data.labels import rle_index, rle_table
+from kseg.data.reading import MaskSpec, list_samples, read_mask
 from kseg.errors import DataError
-from kseg.labels import rle_index, rle_table
 from kseg.rle import encode
 
 CLASSES = ["background", "vegetation", "road", "building", "water", "car"]

@@ -1,8 +1,10 @@
-"""kseg's import graph: one-way layers, no cycles, no private names imported across modules."""
+"""kseg's import graph: folders by role whose imports run one way (a table of what each folder may use),
+no cycles, no private names imported across modules."""
 
 from __future__ import annotations
 
 import ast
+from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kseg"
@@ -76,7 +78,7 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 def test_no_import_cycle_inside_kseg():
     graph = _graph()
-    assert "kseg.train" in graph and graph["kseg.train"], "the import graph was not read"
+    assert "kseg.training.train" in graph and graph["kseg.training.train"], "the import graph was not read"
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
@@ -93,7 +95,7 @@ def test_no_private_name_is_imported_from_another_module():
 
 def test_the_lowest_layers_import_nothing_above_them():
     graph = _graph()
-    lowest = {"kseg.errors": set(), "kseg.io": set(), "kseg.progress": set(), "kseg.bits": set()}
+    lowest = {"kseg.errors": set(), "kseg.io": set(), "kseg.common": set(), "kseg.bits": set()}
     for module, allowed in lowest.items():
         assert graph[module] <= allowed, f"{module} imports {graph[module] - allowed}"
     schema = {name for name in graph if name == "kseg.schema" or name.startswith("kseg.schema.")}
@@ -101,3 +103,96 @@ def test_the_lowest_layers_import_nothing_above_them():
         assert graph[module] <= {"kseg.errors", "kseg.io"} | schema, f"{module} imports {graph[module] - schema}"
     importers = {name for name, targets in graph.items() if "kseg.cli" in targets}
     assert importers <= {"kseg.__main__"}, f"only the entry point may import the CLI, not {importers}"
+
+
+# unit -> the units it may import (a unit is a folder of kseg, or a module at kseg's top level). Lower layers
+# first; nothing may import cli, and only cli and demo may import everything.
+ALLOWED: dict[str, set[str]] = {
+    "common": set(),
+    "errors": set(),
+    "io": set(),
+    "rle": set(),  # the RLE codec: numpy only
+    "schema": set(),
+    "parallel": {"common"},
+    "config": {"errors", "io", "schema"},
+    "bits": set(),
+    "runtime": {"errors", "schema"},
+    "plotting": {"io", "schema"},
+    "metrics": {"bits"},
+    "models": {"config", "errors", "io", "metrics", "schema"},
+    "workspace": {"common", "config", "errors", "io", "metrics", "schema"},
+    "data": {"bits", "common", "config", "errors", "io", "parallel", "plotting", "rle", "schema", "workspace"},
+    "postprocess": {"bits", "common", "config", "data", "errors", "metrics", "workspace"},
+    "planning": {"common", "config", "data", "errors", "io", "parallel", "rle"},
+    "submission": {"bits", "common", "config", "data", "errors", "io", "metrics", "postprocess", "rle", "workspace"},
+    "synth": {"common", "config", "data", "errors", "io", "metrics", "rle", "submission"},
+    "prediction": {
+        *("common", "config", "data", "errors", "io", "models", "plotting", "postprocess", "runtime", "workspace"),
+    },
+    "training": {
+        *("bits", "common", "config", "data", "errors", "io", "metrics", "models", "plotting", "prediction"),
+        *("runtime", "workspace"),
+    },
+    "cv": {"common", "config", "data", "errors", "io", "metrics", "plotting", "postprocess", "prediction", "workspace"},
+    "render": {"common", "config", "metrics", "planning"},
+    "demo": {"config", "cv", "data", "errors", "postprocess", "prediction", "submission", "synth", "training"}
+    | {"workspace"},
+    "cli": {"config", "cv", "data", "demo", "errors", "io", "models", "planning", "postprocess", "prediction"}
+    | {"render", "submission", "synth", "training", "workspace"},
+    "__main__": {"cli"},
+    "__init__": set(),
+}
+
+
+def _unit(module: str) -> str:
+    """``kseg.training.train`` -> ``training``; ``kseg.io`` -> ``io``; ``kseg`` -> ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _edges() -> dict[str, set[str]]:
+    """The module graph (``_graph``) seen from the folders: unit -> the units it imports."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for module, targets in _graph().items():
+        source = _unit(module)
+        edges[source] |= {_unit(t) for t in targets} - {source}
+    return edges
+
+
+def test_every_import_runs_the_way_the_table_allows():
+    edges = _edges()
+    units = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or p.is_dir()}
+    units -= {"__pycache__"}
+    assert units <= set(ALLOWED), f"units without a row in the table: {sorted(units - set(ALLOWED))}"
+    wrong = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets if b not in ALLOWED[a])
+    assert not wrong, "imports against the layers: " + ", ".join(wrong)
+
+
+def test_the_table_has_no_cycle_and_its_key_rules_hold():
+    """prediction never imports training, cv or cli; the codec, the submission files and the planner never
+    reach a model; the metrics read label maps only."""
+    done: set[str] = set()
+
+    def visit(unit: str, path: tuple[str, ...]) -> None:
+        assert unit not in path, f"cycle: {' -> '.join((*path, unit))}"
+        if unit not in done:
+            for dep in ALLOWED[unit]:
+                visit(dep, (*path, unit))
+            done.add(unit)
+
+    for unit in ALLOWED:
+        visit(unit, ())
+
+    def reach(unit: str) -> set[str]:
+        seen, todo = set(), [unit]
+        while todo:
+            for dep in ALLOWED[todo.pop()] - seen:
+                seen.add(dep)
+                todo.append(dep)
+        return seen
+
+    assert not reach("prediction") & {"training", "cv", "cli", "demo"}
+    assert not reach("submission") & {"training", "prediction", "models", "runtime"}
+    assert not reach("planning") & {"training", "prediction", "models", "runtime"}
+    assert reach("rle") == set() and reach("metrics") == {"bits"}
+    assert all("cli" not in deps for unit, deps in ALLOWED.items() if unit != "__main__")

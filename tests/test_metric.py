@@ -11,14 +11,14 @@ from PIL import Image
 from test_submission import allow_hand_made
 
 from kseg.config import load_config
-from kseg.metrics import class_scores, metric_score
+from kseg.cv.report import cv_report
+from kseg.data.split import make_folds
+from kseg.metrics.scores import class_scores, metric_score
 from kseg.postprocess import tune
-from kseg.report import cv_report
-from kseg.split import make_folds
 from kseg.submission import score_label_maps
 from kseg.submission.score import score_file
 from kseg.submission.write import write_submission
-from kseg.train import train_fold
+from kseg.training.train import train_fold
 
 METRICS = ["row_dice", "row_iou", "dataset_iou"]
 
@@ -62,7 +62,7 @@ def test_each_metric_on_counts():
 
 def test_the_epoch_score_has_the_bits_of_the_mean_row_dice_column():
     """best_score (the metric over the scored classes) is max(val_dice) exactly when every class is scored."""
-    from kseg.evaluation import summarize, validation_score
+    from kseg.training.evaluation import summarize, validation_score
 
     rng = np.random.default_rng(0)
     for n, k in [(4, 5), (7, 12), (54, 5)]:
@@ -119,7 +119,7 @@ def test_training_tuning_and_report_follow_the_metric(comp):
 def test_cv_scores_only_the_submitted_classes(comp):
     """With submission.classes (Severstal: the defects, not the background), the best epoch, tune and the
     report average those classes only, as the leaderboard does."""
-    from kseg.synth import class_names
+    from kseg.synth.aerial import class_names
 
     names = class_names(6)
     cfg = fast_config(comp, "train.epochs=2", f"submission.classes=[{names[2]},{names[4]}]")
@@ -143,7 +143,7 @@ def test_cv_scores_only_the_submitted_classes(comp):
 def test_blend_search_scores_each_weight_vector_by_the_metric(comp, metric):
     from test_blend import _fake_run
 
-    from kseg.blend import search_weights
+    from kseg.cv.blend import search_weights
 
     cfg = load_config(comp / "kseg.yaml")
     rng = np.random.default_rng(2)

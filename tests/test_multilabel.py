@@ -11,14 +11,14 @@ from PIL import Image
 
 from kseg.bits import LABEL_THRESHOLD, bit_targets, class_planes, hard_labels, pack_planes
 from kseg.config import load_config
-from kseg.data import MaskSpec, decode_mask
+from kseg.data.labels import RleSource, read_rle_labels, rle_table
+from kseg.data.reading import MaskSpec, decode_mask
 from kseg.errors import DataError
-from kseg.labels import RleSource, read_rle_labels, rle_table
-from kseg.losses import build_loss
-from kseg.metrics import label_counts
+from kseg.metrics.scores import label_counts
 from kseg.plotting import palette_rgb
 from kseg.postprocess import OOFBuilder, apply, tune_oof
 from kseg.schema import DataConfig
+from kseg.training.losses import build_loss
 
 CLASSES = ["Fish", "Flower", "Gravel", "Sugar"]
 
@@ -249,7 +249,7 @@ def _assert_round_trip(cfg, path, tmp_path) -> None:
 
 
 def test_pseudo_labels_refuse_multilabel_runs(comp):
-    from kseg.pseudo import PseudoError, prepare_run
+    from kseg.training.pseudo import PseudoError, prepare_run
 
     cfg = load_config(comp / "kseg.yaml", ["data.multilabel=true", "data.classes=[a,b,c]", "data.palette=null"])
     with pytest.raises(PseudoError, match="multilabel runs"):
@@ -262,7 +262,7 @@ def test_index_masks_read_as_bitmasks_are_refused_by_the_scan(comp):
     from typer.testing import CliRunner
 
     from kseg.cli import app
-    from kseg.scan import check_bitmask_reading
+    from kseg.data.scan import check_bitmask_reading
 
     out = CliRunner().invoke(app, ["split", "-c", str(comp / "kseg.yaml"), "--set", "data.multilabel=true"])
     text = " ".join(out.output.split())

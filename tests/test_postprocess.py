@@ -9,9 +9,9 @@ from PIL import Image
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.metrics import label_counts, row_dice
+from kseg.data.split import make_folds
+from kseg.metrics.scores import label_counts, row_dice
 from kseg.postprocess import ClassParams, PostProcess, TuneError, apply, apply_to_labels, load, tune
-from kseg.split import make_folds
 
 K = 6
 
@@ -78,8 +78,8 @@ def test_reported_scores_equal_pixelwise_application(speckled):
 
 def test_the_report_applies_minimum_areas_of_argmax_classes_as_submissions_do(speckled):
     """A class kept at argmax (threshold 0) may still have a minimum area: kseg report empties its rows too."""
-    from kseg.report import cv_report
-    from kseg.workdir import WorkDir
+    from kseg.cv.report import cv_report
+    from kseg.workspace.workdir import WorkDir
 
     cfg = load_config(speckled / "kseg.yaml")
     names = list(cfg.data.classes)
@@ -179,7 +179,7 @@ def test_submit_applies_the_areas_and_infer_records_it(speckled, tmp_path):
 
 @pytest.mark.slow
 def test_infer_applies_postprocessing_and_says_so(runner, comp_template, tmp_path):
-    from kseg.train import train_fold
+    from kseg.training.train import train_fold
 
     root = tmp_path / "comp"
     shutil.copytree(comp_template, root)

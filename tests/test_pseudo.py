@@ -16,12 +16,13 @@ from PIL import Image
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.dataset import load_image, mixed_order
-from kseg.ensemble import load_ensemble
+from kseg.data.images import load_image
+from kseg.data.split import fold_tables, make_folds, with_pseudo_rows
 from kseg.errors import TrainError
-from kseg.infer import run_predictor
-from kseg.split import fold_tables, make_folds, with_pseudo_rows
-from kseg.train import train_fold
+from kseg.prediction.ensemble import load_ensemble
+from kseg.prediction.infer import run_predictor
+from kseg.training.dataset import mixed_order
+from kseg.training.train import train_fold
 
 FAST = [*SHARED, "train.epochs=1"]
 

@@ -15,7 +15,7 @@ from test_submission import allow_hand_made, hand_made_predictions
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.data import list_samples
+from kseg.data.reading import list_samples
 from kseg.errors import SubmissionError
 from kseg.submission import load_format, score_file, write_submission
 

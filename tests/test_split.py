@@ -4,17 +4,17 @@ import pytest
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.errors import SplitError
-from kseg.scan import scan_masks
-from kseg.split import (
+from kseg.data.scan import scan_masks
+from kseg.data.split import (
     assign_folds,
     imbalance,
     make_folds,
     plain_folds,
     stratification_labels,
 )
-from kseg.synth import synth_scene
-from kseg.workdir import WorkDir
+from kseg.errors import SplitError
+from kseg.synth.aerial import synth_scene
+from kseg.workspace.workdir import WorkDir
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_scan_is_cached_and_rescans_changed_files(comp):
 
 
 def test_scan_in_parallel_matches_serial(comp_template, tmp_path):
-    from kseg.synth import make_competition
+    from kseg.synth.aerial import make_competition
 
     make_competition(tmp_path, n_train=80, n_test=1, height=32, width=32, n_classes=4, seed=1)
     serial = scan_masks(load_config(tmp_path / "kseg.yaml", ["split.workers=1", f"workdir={tmp_path / 'w1'}"]))

@@ -87,7 +87,7 @@ def test_the_severstal_style_is_laid_out_as_the_download(runner, tmp_path):
 
 def test_the_clouds_style_is_laid_out_as_the_download_with_overlapping_classes(runner, tmp_path):
     from kseg.config import load_config
-    from kseg.data import MaskSpec, list_samples, read_mask
+    from kseg.data.reading import MaskSpec, list_samples, read_mask
 
     comp = tmp_path / "cl"
     _cli(runner, "synth", str(comp), "--style", "clouds", "--train", "12", "--test", "3")
@@ -113,7 +113,7 @@ def test_the_clouds_style_is_laid_out_as_the_download_with_overlapping_classes(r
 
 
 def test_the_instances_style_is_laid_out_as_the_airbus_download(runner, tmp_path):
-    from kseg.instances import components
+    from kseg.metrics.instances import components
 
     comp = tmp_path / "ships"
     _cli(runner, "synth", str(comp), "--style", "instances", "--train", "12", "--test", "3")
@@ -130,7 +130,7 @@ def test_the_instances_style_is_laid_out_as_the_airbus_download(runner, tmp_path
         p.name for p in (comp / "train_v2").iterdir()
     }
     from kseg.config import load_config
-    from kseg.data import MaskSpec, list_samples, read_mask
+    from kseg.data.reading import MaskSpec, list_samples, read_mask
 
     cfg = load_config(comp / "kseg.yaml")
     samples = list_samples(cfg.data, "train")

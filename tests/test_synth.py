@@ -6,7 +6,7 @@ from PIL import Image
 from kseg.cli import app
 from kseg.config import load_config
 from kseg.errors import KsegError
-from kseg.synth import class_names, make_competition, synth_scene
+from kseg.synth.aerial import class_names, make_competition, synth_scene
 
 
 def test_writes_a_kaggle_style_competition(comp_template):

@@ -10,14 +10,14 @@ from PIL import Image
 
 from kseg.cli import app
 from kseg.config import TileConfig, build_config
-from kseg.data import list_samples
+from kseg.data.reading import list_samples
+from kseg.data.scan import scan_masks
 from kseg.errors import TileError
-from kseg.scan import scan_masks
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
-from kseg.tile import stitch, tile_origins, tile_raster  # noqa: E402
+from kseg.data.tile import stitch, tile_origins, tile_raster  # noqa: E402
 
 H, W, BANDS, FINE = 300, 400, 5, 10  # image pixels are 10 m, mask pixels 1 m
 CRS = "EPSG:32640"

@@ -12,9 +12,9 @@ import torch
 
 from kseg.cli import app
 from kseg.config import load_config
+from kseg.data.split import make_folds
 from kseg.errors import ConfigError, ModelError, TrainError
-from kseg.split import make_folds
-from kseg.train import train_fold
+from kseg.training.train import train_fold
 
 FAST = [
     "train.num_workers=0",
@@ -101,12 +101,12 @@ def test_outputs_exist_and_load(trained, split_comp):
 @pytest.mark.slow
 def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     """The best weights, predicted through the same path, give the metrics file's best Dice."""
-    from kseg.data import MaskSpec
-    from kseg.evaluation import evaluate, summarize
-    from kseg.losses import loss_from_config
-    from kseg.models import build_model
-    from kseg.predictor import Predictor
-    from kseg.train import fold_tables
+    from kseg.data.reading import MaskSpec
+    from kseg.models.build import build_model
+    from kseg.prediction.predictor import Predictor
+    from kseg.training.evaluation import evaluate, summarize
+    from kseg.training.losses import loss_from_config
+    from kseg.training.train import fold_tables
 
     cfg = _cfg(split_comp)
     model, _ = build_model(cfg.model, 6)
@@ -329,12 +329,12 @@ def test_two_process_gloo_training(split_comp, tmp_path):
 @pytest.mark.slow
 def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_path):
     """train.ema: the averaged weights are what validation scores and inference loads; resume is exact."""
-    from kseg.data import MaskSpec
-    from kseg.evaluation import evaluate, summarize
-    from kseg.losses import loss_from_config
-    from kseg.models import build_model
-    from kseg.predictor import Predictor
-    from kseg.train import fold_tables
+    from kseg.data.reading import MaskSpec
+    from kseg.models.build import build_model
+    from kseg.prediction.predictor import Predictor
+    from kseg.training.evaluation import evaluate, summarize
+    from kseg.training.losses import loss_from_config
+    from kseg.training.train import fold_tables
 
     straight = _copy(split_comp, tmp_path / "a")
     interrupted = _copy(split_comp, tmp_path / "b")

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from kseg.errors import ConfigError
-from kseg.tta import VIEW_SETS, View, _merge, predict_views, views
+from kseg.prediction.tta import VIEW_SETS, View, _merge, predict_views, views
 
 ALL_VIEWS = sorted({v for vs in VIEW_SETS.values() for v in vs}, key=lambda v: (v.flip, v.k))
 

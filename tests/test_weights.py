@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from kseg.cli import app
 from kseg.config import load_config
 from kseg.errors import ModelError
-from kseg.models import build_model
-from kseg.weights import (
+from kseg.models.build import build_model
+from kseg.models.weights import (
     efficientnet_pytorch_to_timm,
     normalization_note,
     package_weights,

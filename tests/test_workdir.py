@@ -10,7 +10,7 @@ import pytest
 
 from kseg.errors import KsegError
 from kseg.io import remove_stale
-from kseg.workdir import WorkDir
+from kseg.workspace.workdir import WorkDir
 
 
 def _stage(work: WorkDir, names: list[str], epoch: int) -> None:
@@ -123,7 +123,7 @@ def test_a_fold_is_trained_by_one_process_at_a_time_and_a_killed_one_holds_nothi
     holder = textwrap.dedent(
         f"""
         import sys, time
-        from kseg.workdir import WorkDir
+        from kseg.workspace.workdir import WorkDir
         hold = WorkDir({str(tmp_path)!r}).hold_fold(0)
         print("held", flush=True)
         time.sleep(60)

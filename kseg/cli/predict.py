@@ -23,7 +23,7 @@ from kseg.cli.common import (
 from kseg.errors import KsegError
 
 if TYPE_CHECKING:
-    from kseg.ensemble import Ensemble
+    from kseg.prediction.ensemble import Ensemble
 
 
 @app.command()
@@ -61,10 +61,10 @@ def infer(
     debug: DebugOpt = False,
 ) -> None:
     """Predict the test set (or --images DIR) with the trained folds (or the blend), optionally with TTA."""
-    from kseg.infer import OutputOptions, competition_test_images, list_images, run_inference
-    from kseg.tile import tiles_folder
-    from kseg.tta import views as view_set_of
-    from kseg.workdir import default_predictions
+    from kseg.data.tile import tiles_folder
+    from kseg.prediction.infer import OutputOptions, competition_test_images, list_images, run_inference
+    from kseg.prediction.tta import views as view_set_of
+    from kseg.workspace.workdir import default_predictions
 
     with handled(debug):
         if views is not None:
@@ -89,7 +89,7 @@ def infer(
             )
     render.inference_result(result, len(ensemble.models), cfg.infer.mode, ensemble.post is not None)
     if tiles_dir is not None and stitch is not None:
-        from kseg.tile import stitch as stitch_tiles
+        from kseg.data.tile import stitch as stitch_tiles
 
         with handled(debug):
             written = stitch_tiles(tiles_dir, result.out, stitch)
@@ -106,7 +106,7 @@ def _ensemble(
     partial: bool = False,
 ) -> Ensemble:
     """The models ``kseg infer`` predicts with: a bundle's, or the config's folds (or its blend)."""
-    from kseg.ensemble import load_bundle, load_ensemble, select_folds
+    from kseg.prediction.ensemble import load_bundle, load_ensemble, select_folds
 
     if bundle is not None:
         chosen = numbers(folds, "--folds")
@@ -135,7 +135,7 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Pack the resolved config and the trained folds' best weights into one file for offline inference."""
-    from kseg.ensemble import export_bundle
+    from kseg.prediction.ensemble import export_bundle
 
     with handled(debug):
         cfg = config_from(config, set_)

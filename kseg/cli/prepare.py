@@ -88,8 +88,8 @@ def synth(
     debug: DebugOpt = False,
 ) -> None:
     """Write a small synthetic Kaggle-style aerial segmentation competition, with its kseg.yaml."""
-    from kseg.styles import make_styled
-    from kseg.synth import DEFAULT_CLASSES, make_competition
+    from kseg.synth.aerial import DEFAULT_CLASSES, make_competition
+    from kseg.synth.styles import make_styled
 
     with handled(debug), render.progress_bar("synth") as update:
         if style is None:
@@ -106,7 +106,7 @@ def synth(
 @app.command()
 def split(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Scan the training masks and write multilabel-stratified K folds to <workdir>/folds.csv."""
-    from kseg.split import make_folds
+    from kseg.data.split import make_folds
 
     with handled(debug):
         cfg = config_from(config, set_)
@@ -124,7 +124,7 @@ def audit(
     debug: DebugOpt = False,
 ) -> None:
     """Audit the data: duplicates across train/test, unreadable files, mask sizes, classes, image sizes."""
-    from kseg.audit import run_audit, summary_json
+    from kseg.data.audit import run_audit, summary_json
 
     with handled(debug):
         cfg = config_from(config, set_)
@@ -147,7 +147,7 @@ def tile(
 ) -> None:
     """Cut a large GeoTIFF (and its mask raster) into tiles with windowed reads; needs kseg\\[geo]."""
     from kseg.config import tile_options
-    from kseg.tile import tile_raster
+    from kseg.data.tile import tile_raster
 
     with handled(debug):
         flags = {"size": size, "stride": stride, "bands": numbers(bands, "--bands", example="4,3,2")}
@@ -162,7 +162,7 @@ def tile(
 @app.command("weights")
 def list_weights(debug: DebugOpt = False) -> None:
     """List pretrained weights installed as packages, spelled as model.encoder_weights takes them."""
-    from kseg.weights import installed_weights
+    from kseg.models.weights import installed_weights
 
     with handled(debug):
         found = installed_weights()

@@ -47,8 +47,8 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train a UNet (or any smp model) on the other folds; keep the best epoch by the competition metric."""
-    from kseg.train import FoldResult, folds_to_train, train_fold
-    from kseg.workdir import WorkDir
+    from kseg.training.train import FoldResult, folds_to_train, train_fold
+    from kseg.workspace.workdir import WorkDir
 
     quiet = int(os.environ.get("RANK", 0)) != 0  # under torchrun only rank 0 talks
     results: list[FoldResult] = []
@@ -103,10 +103,10 @@ def pseudo(
     debug: DebugOpt = False,
 ) -> None:
     """Pseudo-label the test set with each fold's own model, then train the folds again with them."""
-    from kseg.infer import competition_test_images, list_images
-    from kseg.pseudo import label_fold, prepare_run, pseudo_rows
-    from kseg.train import FoldResult, folds_to_train, train_fold
-    from kseg.workdir import WorkDir
+    from kseg.prediction.infer import competition_test_images, list_images
+    from kseg.training.pseudo import label_fold, prepare_run, pseudo_rows
+    from kseg.training.train import FoldResult, folds_to_train, train_fold
+    from kseg.workspace.workdir import WorkDir
 
     options = {
         "--threshold": ("pseudo.threshold", threshold),
@@ -151,7 +151,7 @@ def blend(
     debug: DebugOpt = False,
 ) -> None:
     """Blend runs with weights searched on their out-of-fold predictions; infer and export then use it."""
-    from kseg.blend import blend_runs
+    from kseg.cv.blend import blend_runs
 
     with handled(debug):
         cfg = config_from(config, set_)
@@ -165,7 +165,7 @@ def blend(
 @app.command()
 def report(config: ConfigOpt = None, set_: SetOpt = None, partial: PartialOpt = False, debug: DebugOpt = False) -> None:
     """Cross-validation report: per-fold and per-class OOF scores, confusion matrix, worst images."""
-    from kseg.report import cv_report
+    from kseg.cv.report import cv_report
 
     with handled(debug):
         cfg = config_from(config, set_)
@@ -177,8 +177,8 @@ def report(config: ConfigOpt = None, set_: SetOpt = None, partial: PartialOpt = 
 
 def _finished_oof(workdir: Path, partial: bool) -> None:
     """Out-of-fold predictions are read from finished folds only (``--partial``: any, with a note)."""
-    from kseg.foldstate import require_finished
-    from kseg.workdir import WorkDir
+    from kseg.workspace.folds import require_finished
+    from kseg.workspace.workdir import WorkDir
 
     work = WorkDir(workdir)
     if work.root.is_dir():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from kseg.common import Progress
 from kseg.config import build_config
 from kseg.errors import ConfigError, InitError
 from kseg.io import atomic_write_text
@@ -20,7 +21,6 @@ from kseg.planning.plan import METRICS, Plan, PlanOptions
 from kseg.planning.rules import make_plan
 from kseg.planning.survey import take_fingerprint
 from kseg.planning.writer import render_yaml
-from kseg.progress import Progress
 
 CONFIG_NAME = "kseg.yaml"
 CACHE = Path(".kseg-cache") / "fingerprint.json"

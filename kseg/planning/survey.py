@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from kseg.common import Progress
 from kseg.errors import InitError
 from kseg.io import atomic_write_text
 from kseg.parallel import parallel_map
@@ -23,7 +24,6 @@ from kseg.planning.layout import Csvs, Layout, classify_csvs, find_layout
 from kseg.planning.masks import given_names, mask_stats, palette_candidates, read_palette_file, summarise_masks
 from kseg.planning.structure import field_groups, mask_class_counts, stem_groups, table_class_counts
 from kseg.planning.tables import ImageNames, Runs, read_runs_table, read_sample
-from kseg.progress import Progress
 
 CACHE_VERSION = 1
 HASH = ("phash", 8, 10)  # kseg audit's defaults: method, hash size, bits apart that still count as copies
@@ -350,8 +350,8 @@ def _structure(
 
 
 def _duplicates(structure: Structure, layout: Layout, records: list[list[dict[str, Any]]]) -> None:
-    from kseg.audit import duplicate_groups
     from kseg.config import AuditConfig
+    from kseg.data.audit import duplicate_groups
 
     train, test = records
     hashes = [r.get("hash") for r in [*train, *test]]

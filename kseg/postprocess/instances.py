@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from kseg.bits import class_mask
+from kseg.common import Progress
 from kseg.config import Config
-from kseg.instances import components, fbeta, iou_matrix
+from kseg.metrics.instances import components, fbeta, iou_matrix
 from kseg.postprocess.oof import OOFBuilder, read_oof_images
 from kseg.postprocess.params import AREA_FRACTIONS, PostProcess, threshold_grid
 from kseg.postprocess.search import SearchSpace
-from kseg.progress import Progress
 
 
 def _image_grid(

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from kseg.bits import LABEL_THRESHOLD, class_planes
+from kseg.common import Progress
 from kseg.config import Config
-from kseg.data import ID
+from kseg.data.reading import ID
 from kseg.errors import KsegError, TuneError
 from kseg.postprocess.params import threshold_grid
-from kseg.progress import Progress
-from kseg.workdir import WorkDir
+from kseg.workspace.workdir import WorkDir
 
 
 @dataclass

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: reading post-proc
 from kseg.bits import LABEL_THRESHOLD, class_planes, pack_planes
 from kseg.config import Config
 from kseg.errors import TuneError
-from kseg.workdir import POSTPROCESS_NAME, WorkDir
+from kseg.workspace.workdir import POSTPROCESS_NAME, WorkDir
 
 THRESHOLDS = np.round(np.concatenate([[0.0], np.arange(0.30, 0.951, 0.05)]), 2)
 MULTILABEL_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)  # includes LABEL_THRESHOLD, the identity

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kseg.metrics import class_scores
+from kseg.metrics.scores import class_scores
 from kseg.postprocess.oof import OOFSet, class_table
 from kseg.postprocess.params import AREA_FRACTIONS, ClassParams, PostProcess
 

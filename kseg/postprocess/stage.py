@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+from kseg.common import Progress
 from kseg.config import Config
 from kseg.postprocess.instances import instance_grids
 from kseg.postprocess.oof import load_oof
 from kseg.postprocess.search import TuneResult, tune_grids, tune_oof
-from kseg.progress import Progress
-from kseg.workdir import WorkDir
+from kseg.workspace.workdir import WorkDir
 
 
 def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> TuneResult:

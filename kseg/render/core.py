@@ -18,7 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kseg.progress import Progress as ProgressCallback
+from kseg.common import Progress as ProgressCallback
 
 console = Console()
 err_console = Console(stderr=True)
@@ -112,6 +112,6 @@ def short(values: list[float]) -> str:
 
 def metric_name(result: Any) -> str:
     """How a result's metric is written (``submission.metric``)."""
-    from kseg.metrics import METRIC_NAMES  # numpy: loaded by the commands whose results name a metric
+    from kseg.metrics.scores import METRIC_NAMES  # numpy: loaded by the commands whose results name a metric
 
     return METRIC_NAMES.get(getattr(result, "metric", "row_dice"), "score")

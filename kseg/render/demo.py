@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from kseg.progress import Progress as ProgressCallback
+from kseg.common import Progress as ProgressCallback
 from kseg.render.core import progress_bar, say
 
 

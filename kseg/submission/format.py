@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kseg.config import Config
-from kseg.data import ID, image_size, list_samples
+from kseg.data.reading import ID, image_size, list_samples
 from kseg.errors import SubmissionError
 from kseg.rle import Order
 

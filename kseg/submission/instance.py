@@ -9,7 +9,7 @@ import pandas as pd
 
 from kseg import rle
 from kseg.bits import class_mask
-from kseg.instances import components, fbeta, iou_matrix
+from kseg.metrics.instances import components, fbeta, iou_matrix
 from kseg.submission.format import SubmissionFormat
 
 

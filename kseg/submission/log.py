@@ -21,10 +21,10 @@ import pandas as pd
 from kseg.config import Config
 from kseg.errors import SubmissionError
 from kseg.io import atomic_write_text
-from kseg.metrics import epoch_score
-from kseg.pins import check_pins
+from kseg.metrics.scores import epoch_score
 from kseg.submission import kaggle
-from kseg.workdir import WorkDir, read_inference_info
+from kseg.workspace.pins import check_pins
+from kseg.workspace.workdir import WorkDir, read_inference_info
 
 LOG_NAME = "log.csv"
 COLUMNS = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kseg.errors import SubmissionError
-from kseg.workdir import INFERENCE_NAME, read_inference_info
+from kseg.workspace.workdir import INFERENCE_NAME, read_inference_info
 
 
 def check_manifest(

@@ -12,10 +12,10 @@ import pandas as pd
 from kseg import rle
 from kseg.bits import class_planes
 from kseg.config import Config
-from kseg.data import ID, MaskSpec, list_samples, read_mask
+from kseg.data.reading import ID, MaskSpec, list_samples, read_mask
 from kseg.errors import DataError, SubmissionError
-from kseg.instances import mask_fbeta
-from kseg.metrics import class_scores, label_counts, row_dice, row_iou
+from kseg.metrics.instances import mask_fbeta
+from kseg.metrics.scores import class_scores, label_counts, row_dice, row_iou
 from kseg.submission.format import SubmissionFormat, load_format
 from kseg.submission.instance import component_runs, instance_scores
 from kseg.submission.solution import IGNORED, coverage, read_solution, run_overlaps

@@ -12,17 +12,17 @@ from PIL import Image
 
 from kseg import rle
 from kseg.bits import class_mask, class_planes
+from kseg.common import Progress
 from kseg.config import Config
 from kseg.errors import SubmissionError
-from kseg.instances import components
 from kseg.io import atomic_write_bytes, remove_stale
+from kseg.metrics.instances import components
 from kseg.postprocess import NO_CLASS, PostProcess, apply, apply_to_labels
 from kseg.postprocess import load as load_postprocess
-from kseg.progress import Progress
 from kseg.submission.format import SubmissionFormat, format_csv, format_instances, format_rows, load_format
 from kseg.submission.predictions import check_manifest, find_predictions
 from kseg.submission.validate import ValidationReport
-from kseg.workdir import WorkDir, default_predictions, prediction_file, read_inference_info
+from kseg.workspace.workdir import WorkDir, default_predictions, prediction_file, read_inference_info
 
 
 def read_prediction(

@@ -1,0 +1,1 @@
+"""Cross-validation on out-of-fold predictions: blends of runs and the report."""

@@ -1,0 +1,452 @@
+"""The work folder's schema: the one owner of every path under ``workdir`` and of each file's read/write pair.
+
+::
+
+    <workdir>/
+      config.yaml          resolved config of the last split              kseg split
+      folds.csv            ImageID,fold                                   kseg split
+      class_pixels.csv     '# spec' line, then per-image class pixels     kseg split (scan cache)
+      .fold<N>.lock        held while a live run trains fold N          kseg train
+      fold<N>/
+        config.yaml        resolved config of the fold's run              kseg train
+        best.pt, last.pt   best epoch (weights) / resumable state         kseg train
+        metrics.csv        one row per epoch                              kseg train
+        curves.png         loss and Dice curves                           kseg train
+        oof.npy            uint8 probabilities (N, K, H, W) of best.pt    kseg train
+        oof_masks.npy      true labels (N, H, W) at data.image_size       kseg train
+        oof.csv            ImageID,height,width of the OOF rows           kseg train
+        epoch<NNN>.pt      weights of the epochs train.average will take  kseg train
+        average.json       the averaged checkpoint's epochs and scores    kseg train
+        tensorboard/       tracker logs (train.log)                       kseg train
+      postprocess.json     tuned thresholds and minimum areas             kseg tune
+      blend.json           runs, weights, scores, tuned post-processing   kseg blend
+      report/              folds.csv, classes.csv, confusion.png, ...     kseg report
+      audit/               audit.md, duplicates.csv, ...                  kseg audit
+      predictions/         <ImageID>.png, predictions.csv, inference.json kseg infer (submission.predictions)
+
+An epoch's fold files are committed together (``commit``); the path accessors of committed files
+(``best``, ``last``, ``metrics``, ``oof``...) first complete a commit that a killed run left half done, so
+every reader sees one epoch's set. ``.fold<N>.lock`` is held (``flock``) by the live run training the
+fold: readers leave its commits to it.
+
+A predictions folder may live anywhere (``kseg infer --out``); its files are named here too.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from kseg.common import ID  # re-exported: the id column of every table
+from kseg.errors import KsegError
+from kseg.io import atomic_open, atomic_write_text, lock_is_held, remove_stale, try_lock
+from kseg.schema import Config
+
+FOLDS_NAME = "folds.csv"
+STATS_NAME = "class_pixels.csv"
+CONFIG_NAME = "config.yaml"
+POSTPROCESS_NAME = "postprocess.json"
+BLEND_NAME = "blend.json"
+AUDIT_DIR = "audit"
+DUPLICATES_NAME = "duplicates.csv"
+REPORT_DIR = "report"
+PREDICTIONS_DIR = "predictions"
+INFERENCE_NAME = "inference.json"
+PREDICTIONS_TABLE = "predictions.csv"
+
+
+class WorkDir:
+    """Paths and files of one work folder (``Config.workdir``)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"WorkDir({str(self.root)!r})"
+
+    # ------------------------------------------------------------------------------------ paths
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.root / FOLDS_NAME
+
+    @property
+    def class_pixels_csv(self) -> Path:
+        return self.root / STATS_NAME
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def postprocess_json(self) -> Path:
+        return self.root / POSTPROCESS_NAME
+
+    @property
+    def blend_json(self) -> Path:
+        return self.root / BLEND_NAME
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / REPORT_DIR
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.root / AUDIT_DIR
+
+    @property
+    def duplicates_csv(self) -> Path:
+        return self.audit_dir / DUPLICATES_NAME
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / PREDICTIONS_DIR
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.root / f"fold{fold}"
+
+    def best(self, fold: int) -> Path:
+        return self.committed(fold, "best.pt")
+
+    def last(self, fold: int) -> Path:
+        return self.committed(fold, "last.pt")
+
+    def metrics(self, fold: int) -> Path:
+        return self.committed(fold, "metrics.csv")
+
+    def curves(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "curves.png"
+
+    def fold_config(self, fold: int) -> Path:
+        return self.fold_dir(fold) / CONFIG_NAME
+
+    def tensorboard(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "tensorboard"
+
+    def oof(self, fold: int) -> Path:
+        return self.committed(fold, "oof.npy")
+
+    def committed(self, fold: int, name: str) -> Path:
+        """``fold<N>/<name>``, one of the files an epoch commits together; a commit that a killed run left
+        half done is completed first (``settle``), so what is read there belongs to one epoch."""
+        self.settle(fold)
+        return self.fold_dir(fold) / name
+
+    def staged(self, fold: int, name: str) -> Path:
+        """Where an epoch's new ``fold<N>/<name>`` is written before ``commit`` puts it in place."""
+        return self.fold_dir(fold) / f"{name}.next"
+
+    def lock(self, fold: int) -> Path:
+        """Held by the live run training ``fold<N>`` (``hold_fold``); beside the fold folder, so a run that
+        stops before its first write leaves no fold folder."""
+        return self.root / f".fold{fold}.lock"
+
+    def journal(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "commit.json"
+
+    def snapshot(self, fold: int, epoch: int) -> Path:
+        """One epoch's weights, kept while ``train.average`` may take them."""
+        return self.fold_dir(fold) / f"epoch{epoch:03d}.pt"
+
+    def snapshot_epochs(self, fold: int) -> list[int]:
+        """Epochs (1-based) whose weights are kept in ``fold<N>/``, ascending."""
+        names = (p.name for p in self.fold_dir(fold).glob("epoch*.pt"))
+        return sorted(int(n[5:-3]) for n in names if n[5:-3].isdigit())
+
+    def average_json(self, fold: int) -> Path:
+        return self.committed(fold, "average.json")
+
+    def oof_masks(self, fold: int) -> Path:
+        return self.committed(fold, "oof_masks.npy")
+
+    def oof_csv(self, fold: int) -> Path:
+        return self.committed(fold, "oof.csv")
+
+    def folds_with(self, name: str) -> list[int]:
+        """Fold numbers whose ``fold<N>/`` holds a file ``name``, ascending (each fold settled first: pending
+        commits completed, a dead writer's staged files removed)."""
+        for fold in self._folds_holding(""):
+            self.settle(fold)
+        return self._folds_holding(name)
+
+    def _folds_holding(self, name: str) -> list[int]:
+        found = (path.parent.name[4:] if name else path.name[4:] for path in self.root.glob(f"fold*/{name}"))
+        return sorted(int(suffix) for suffix in found if suffix.isdigit())
+
+    def trained_folds(self) -> list[int]:
+        """Folds with a ``best.pt``."""
+        return self.folds_with("best.pt")
+
+    def oof_folds(self) -> list[int]:
+        """Folds with out-of-fold probabilities (``oof.npy``)."""
+        return self.folds_with("oof.npy")
+
+    # ---------------------------------------------------------------------------- folds.csv
+
+    def write_folds(self, table: pd.DataFrame) -> Path:
+        atomic_write_text(self.folds_csv, table[[ID, "fold"]].to_csv(index=False))
+        return self.folds_csv
+
+    def read_folds(self) -> pd.DataFrame:
+        """``folds.csv`` as written by ``kseg split``: ``ImageID, fold``."""
+        path = self.folds_csv
+        if not path.is_file():
+            raise KsegError(f"{path} does not exist; run 'kseg split' first")
+        table = pd.read_csv(path, dtype={ID: str})
+        if list(table.columns[:2]) != [ID, "fold"]:
+            raise KsegError(f"{path} does not start with columns ImageID,fold; run 'kseg split' again")
+        return table
+
+    def n_folds(self) -> int:
+        return int(self.read_folds()["fold"].max()) + 1
+
+    # ------------------------------------------------------------------------ class_pixels.csv
+
+    def write_class_pixels(self, table: pd.DataFrame, fingerprint: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = f"# kseg class pixel counts, spec {fingerprint}\n" + table.to_csv(index=False)
+        atomic_write_text(self.class_pixels_csv, text)
+
+    def read_class_pixels(self, fingerprint: str | None = None) -> pd.DataFrame | None:
+        """The scan table, or ``None`` when absent, damaged or (with ``fingerprint``) made for another spec."""
+        path = self.class_pixels_csv
+        if not path.is_file():
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                head = handle.readline()
+            if fingerprint is not None and fingerprint not in head:
+                return None
+            return pd.read_csv(
+                path, skiprows=1, dtype={ID: str, "mask": str, "image": str, "unknown": str}, keep_default_na=False
+            )
+        except (OSError, ValueError, pd.errors.ParserError):
+            return None  # a damaged cache is only a cache: scan again
+
+    # ----------------------------------------------------------------------------- fold files
+
+    def write_metrics(self, fold: int, table: pd.DataFrame, staged: bool = False) -> None:
+        path = self.staged(fold, "metrics.csv") if staged else self.metrics(fold)
+        atomic_write_text(path, table.to_csv(index=False))
+
+    def read_metrics(self, fold: int) -> pd.DataFrame:
+        return pd.read_csv(self.metrics(fold))
+
+    def write_oof_truth(self, fold: int, masks: np.ndarray, table: pd.DataFrame) -> None:
+        """The validation images' true labels at ``data.image_size`` and their ids and original sizes."""
+        with atomic_open(self.oof_masks(fold), "wb") as handle:
+            np.save(handle, masks)
+        atomic_write_text(self.oof_csv(fold), table[[ID, "height", "width"]].to_csv(index=False))
+
+    def open_oof(self, fold: int, shape: tuple[int, ...]) -> np.ndarray:
+        """A fresh memory-mapped staged ``oof.npy`` to fill; ``commit`` puts it in place.
+
+        Its disk space is reserved first: a memory map written on a full disk kills the process with a bus
+        error, while a failed reservation is an ``OSError`` that names the file."""
+        path = self.staged(fold, "oof.npy")
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            reserve_space(path)
+        except OSError:
+            del array
+            path.unlink(missing_ok=True)
+            raise
+        return array
+
+    def commit(self, fold: int, names: list[str]) -> None:
+        """Put an epoch's staged files (``<name>.next``, each complete) in place together.
+
+        The list is written to ``commit.json`` first; ``roll_forward`` completes the renames if the
+        process dies among them, so a kill leaves either the previous epoch's files or the new ones.
+        """
+        atomic_write_text(self.journal(fold), json.dumps({"files": names}))
+        self.roll_forward(fold)
+
+    def roll_forward(self, fold: int) -> bool:
+        """Finish a commit that a killed run started (see ``commit``); whether there was one."""
+        journal = self.journal(fold)
+        if not journal.is_file():
+            return False
+        for name in json.loads(journal.read_text(encoding="utf-8"))["files"]:
+            try:
+                os.replace(self.staged(fold, name), self.fold_dir(fold) / name)
+            except FileNotFoundError:
+                pass  # renamed before the kill
+        journal.unlink(missing_ok=True)
+        return True
+
+    def settle(self, fold: int) -> bool:
+        """Complete a commit that a killed run left half done, unless a live run trains the fold (it completes
+        its own), or remove what a killed run staged before it wrote its journal; whether a commit was
+        completed. Readers call it (through ``committed``) before they read."""
+        try:
+            if not self.journal(fold).is_file():
+                if self.fold_dir(fold).is_dir() and not self.fold_is_held(fold):
+                    remove_stale(self.fold_dir(fold))  # what a killed run staged before its journal
+                return False
+            return not self.fold_is_held(fold) and self.roll_forward(fold)
+        except OSError:  # a read-only copy of a work folder (a Kaggle dataset): read it as it is
+            return False
+
+    def hold_fold(self, fold: int) -> IO[str]:
+        """Mark ``fold<N>/`` as trained by this process until the handle is closed or the process ends (a
+        killed run holds nothing).
+
+        Raises:
+            KsegError: Another live kseg process trains the fold.
+        """
+        if not self.root.is_dir():  # nothing to protect yet, and nothing to train on
+            raise KsegError(f"{self.folds_csv} does not exist; run 'kseg split' first")
+        handle = try_lock(self.lock(fold))
+        if handle is None:
+            raise KsegError(
+                f"{self.fold_dir(fold)} is being trained by another kseg process; let it finish or stop it, "
+                "then run again"
+            )
+        return handle
+
+    def fold_is_held(self, fold: int) -> bool:
+        """Whether a live process (this one included, through ``hold_fold``) trains the fold."""
+        return lock_is_held(self.lock(fold))
+
+    def write_average(self, fold: int, info: dict[str, Any], staged: bool = False) -> None:
+        path = self.staged(fold, "average.json") if staged else self.average_json(fold)
+        atomic_write_text(path, json.dumps(info, indent=2))
+
+    def read_average(self, fold: int) -> dict[str, Any] | None:
+        """``average.json`` of a fold, or ``None`` when absent or unreadable."""
+        path = self.average_json(fold)
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def read_oof(self, fold: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """``(probabilities (N, K, H, W), true labels (N, H, W), ids table)``, arrays memory-mapped.
+
+        Raises:
+            KsegError: A file is missing, damaged (truncated), or the three disagree on the number of images;
+                the message names the file and the problem, the caller adds the fix.
+        """
+        paths = (self.oof(fold), self.oof_masks(fold), self.oof_csv(fold))
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise KsegError(f"fold {fold} has no {missing.name} ({missing})")
+        read: list[Any] = []
+        for path in paths:
+            try:
+                read.append(
+                    pd.read_csv(path, dtype={ID: str}) if path.suffix == ".csv" else np.load(path, mmap_mode="r")
+                )
+            except (OSError, ValueError, pd.errors.ParserError) as exc:
+                raise KsegError(f"{path} is damaged, perhaps truncated ({exc})") from None
+        probs, masks, table = read
+        if ID not in table.columns or not len(probs) == len(masks) == len(table):
+            raise KsegError(
+                f"fold {fold}'s out-of-fold files disagree: {len(probs)} probability maps, {len(masks)} masks, "
+                f"{len(table)} rows in {paths[2].name}"
+            )
+        return probs, masks, table
+
+    # ------------------------------------------------------------------------ postprocess.json
+
+    def write_postprocess(self, text: str) -> Path:
+        atomic_write_text(self.postprocess_json, text)
+        return self.postprocess_json
+
+    def read_postprocess(self) -> str | None:
+        path = self.postprocess_json
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    # ------------------------------------------------------------------------------ blend.json
+
+    def write_blend(self, info: dict[str, Any]) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.blend_json, json.dumps(info, indent=2))
+        return self.blend_json
+
+    def read_blend(self) -> dict[str, Any] | None:
+        """``blend.json`` (``kseg blend``), or ``None`` when there is none.
+
+        Raises:
+            KsegError: The file exists but is not a kseg blend.
+        """
+        path = self.blend_json
+        if not path.is_file():
+            return None
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise KsegError(f"{path} cannot be read ({exc}); run 'kseg blend' again or delete it") from None
+        if not isinstance(info, dict) or info.get("format") != "kseg-blend":
+            raise KsegError(f"{path} is not a kseg blend file; run 'kseg blend' again or delete it")
+        return info
+
+    # ---------------------------------------------------------------------------- audit files
+
+    def read_duplicates(self) -> pd.DataFrame | None:
+        path = self.duplicates_csv
+        return pd.read_csv(path, dtype={ID: str}) if path.is_file() else None
+
+
+# -------------------------------------------------------------------------------- predictions
+
+
+def default_predictions(cfg: Config) -> Path:
+    """Where ``kseg infer`` writes and ``kseg submit`` reads: ``submission.predictions``, or
+    ``<workdir>/predictions``."""
+    return cfg.submission.predictions or WorkDir(cfg.workdir).predictions_dir
+
+
+def prediction_file(directory: Path, image_id: str, kind: str = "labels") -> Path:
+    """One output of ``kseg infer`` for one image: ``labels`` (``<id>.png``), ``probs``, ``color``, ``overlay``."""
+    names = {
+        "labels": f"{image_id}.png",
+        "probs": f"{image_id}.probs.npy",
+        "color": f"{image_id}_color.png",
+        "overlay": f"{image_id}_overlay.png",
+    }
+    return Path(directory) / names[kind]
+
+
+def write_inference_info(directory: Path, info: dict[str, Any], table: pd.DataFrame) -> None:
+    """The predictions folder's ``predictions.csv`` (ids and sizes) and, last, its manifest ``inference.json``:
+    how it was made, the images, and the size of every file in the folder (``files``)."""
+    directory = Path(directory)
+    atomic_write_text(directory / PREDICTIONS_TABLE, table.to_csv(index=False))
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != INFERENCE_NAME}
+    atomic_write_text(directory / INFERENCE_NAME, json.dumps({**info, "files": files}, indent=2))
+
+
+def read_inference_info(directory: Path) -> dict[str, Any] | None:
+    """``inference.json`` of a predictions folder, or ``None`` when absent or unreadable."""
+    path = Path(directory) / INFERENCE_NAME
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def reserve_space(path: Path) -> None:
+    """Allocate the disk blocks of a (sparse) file now, so a full disk shows as an ``OSError`` here rather
+    than as a bus error when a memory map of it is written later. A no-op where the system cannot."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without it: keep the sparse file
+                return
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
