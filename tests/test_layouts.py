@@ -151,11 +151,11 @@ def test_a_long_sample_that_names_no_test_image_is_refused(comp):
         load_format(cfg)
 
 
-def test_the_readme_layout_excerpts_are_valid_config():
+def test_the_documented_layout_excerpts_are_valid_config():
     from kseg.schema import DataConfig, SubmissionConfig
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("### Other competition formats", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    section = page.split("## Other competition formats", 1)[1].split("\n## ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
     assert len(blocks) == 4  # drone, clouds, severstal, airbus (the bash block of the styles is not yaml)
     for block in blocks:

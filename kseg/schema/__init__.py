@@ -45,7 +45,7 @@ from kseg.schema.training import (
 class Config(Section):
     """A whole experiment: one YAML file."""
 
-    workdir: Path = Path("work")
+    workdir: Path = Field(Path("work"), description="run outputs: folds, statistics, checkpoints, predictions")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

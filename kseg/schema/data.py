@@ -24,57 +24,166 @@ class RleLabelsConfig(Section):
     ``class_column``; a missing (image, class) row is an empty mask. The image part names an image by its
     file name (``0011165.jpg``) or by its id."""
 
-    csv: str = "train.csv"  # under data.root
-    form: Literal["wide", "long"] = "wide"
-    id_column: str = "ImageId"
-    encoded_column: str = "EncodedPixels"
-    class_column: str | None = None  # long form: the row's class (none: every row is the one non-background class)
-    separator: str = "_"  # wide form: image + separator + class
-    class_key: Literal["name", "index"] = "name"  # a class is written as its name or as a number
-    index_base: int = 0  # class_key index: the number written for data.classes[0]
-    order: Literal["column", "row"] = "column"  # pixel numbering: down columns (Kaggle's usual) or along rows
-    first_index: Literal[0, 1] = 1  # the number of the first pixel
-    empty: Token = ""  # the token of an empty mask (besides a blank cell), e.g. "-1"
-    background: str | None = None  # the class of pixels no run covers (default: data.classes[0])
+    csv: str = Field(
+        "train.csv",
+        description=(
+            "the runs table (under `data.root`); `wide`: the class is in the id; `long`: in "
+            "`class_column` (none, with two classes: every row is the non-background class, as Airbus's "
+            "one row per ship)"
+        ),
+    )
+    form: Literal["wide", "long"] = Field(
+        "wide",
+        description=(
+            "the runs table (under `data.root`); `wide`: the class is in the id; `long`: in "
+            "`class_column` (none, with two classes: every row is the non-background class, as Airbus's "
+            "one row per ship)"
+        ),
+    )
+    id_column: str = Field(
+        "ImageId",
+        description=(
+            "the runs table (under `data.root`); `wide`: the class is in the id; `long`: in "
+            "`class_column` (none, with two classes: every row is the non-background class, as Airbus's "
+            "one row per ship)"
+        ),
+    )
+    encoded_column: str = Field(
+        "EncodedPixels",
+        description=(
+            "the runs table (under `data.root`); `wide`: the class is in the id; `long`: in "
+            "`class_column` (none, with two classes: every row is the non-background class, as Airbus's "
+            "one row per ship)"
+        ),
+    )
+    class_column: str | None = Field(
+        None,
+        description=(
+            "the runs table (under `data.root`); `wide`: the class is in the id; `long`: in "
+            "`class_column` (none, with two classes: every row is the non-background class, as Airbus's "
+            "one row per ship)"
+        ),
+    )
+    separator: str = Field(
+        "_",
+        description=(
+            "wide ids split at the last separator; classes written by name or by number (`data.classes[n "
+            "- index_base]`)"
+        ),
+    )
+    class_key: Literal["name", "index"] = Field(
+        "name",
+        description=(
+            "wide ids split at the last separator; classes written by name or by number (`data.classes[n "
+            "- index_base]`)"
+        ),
+    )
+    index_base: int = Field(
+        0,
+        description=(
+            "wide ids split at the last separator; classes written by name or by number (`data.classes[n "
+            "- index_base]`)"
+        ),
+    )
+    order: Literal["column", "row"] = Field(
+        "column",
+        description=(
+            "pixel numbering (down columns or along rows) and the first pixel's number; the empty-mask "
+            "token besides a blank cell; the class of pixels no run covers"
+        ),
+    )
+    first_index: Literal[0, 1] = Field(
+        1,
+        description=(
+            "pixel numbering (down columns or along rows) and the first pixel's number; the empty-mask "
+            "token besides a blank cell; the class of pixels no run covers"
+        ),
+    )
+    empty: Token = Field(
+        "",
+        description=(
+            "pixel numbering (down columns or along rows) and the first pixel's number; the empty-mask "
+            "token besides a blank cell; the class of pixels no run covers"
+        ),
+    )
+    background: str | None = Field(None, description="the class of pixels no run covers (unset: the first class)")
 
 
 class DataConfig(Section):
     """Where the competition's files are and how to read them."""
 
-    root: Path = Path(".")
-    layout: Literal["csv", "glob"] = "csv"
-    classes: list[str] = Field(min_length=2, max_length=254)
-    image_size: Size = (384, 512)
-    ignore_index: int = Field(255, ge=0, le=255)
-    unknown_labels: Literal["error", "ignore"] = "error"
+    root: Path = Field(Path("."), description="the competition's data folder")
+    layout: Literal["csv", "glob"] = Field(
+        "csv", description="`csv` (id lists and path templates) or `glob` (path patterns); see the data layouts"
+    )
+    classes: list[str] = Field(min_length=2, max_length=254, description="class names in index order")
+    image_size: Size = Field((384, 512), description="training size `[H, W]` (an int means square)")
+    ignore_index: int = Field(255, ge=0, le=255, description="label of pixels that are not scored or trained on")
+    unknown_labels: Literal["error", "ignore"] = Field(
+        "error", description="`ignore` maps unknown mask values / colours to `ignore_index`"
+    )
     # classes that may overlap (clouds): one sigmoid channel per class; a mask pixel holds a bitmask (bit k
     # set = class k present, 0 = none), at most 7 classes; no background class
-    multilabel: bool = False
+    multilabel: bool = Field(
+        False,
+        description=(
+            "classes may overlap: a mask pixel holds a class bitmask (bit k = class k, 0 = none; at most "
+            "7 classes, no background class), one sigmoid per class (see Other competition formats)"
+        ),
+    )
     # layout: csv -- ids listed in CSV files, paths from templates with {id} (and any other CSV column)
-    train_csv: str = "train.csv"
-    test_csv: str | None = "test.csv"
-    id_column: str = "ImageID"
-    image_template: str = "images/{id}.png"
-    mask_template: str = "masks/{id}.png"
-    test_image_template: str | None = None
-    test_mask_template: str | None = None
+    train_csv: str = Field("train.csv", description="`csv` layout")
+    test_csv: str | None = Field("test.csv", description="`csv` layout")
+    id_column: str = Field("ImageID", description="`csv` layout")
+    image_template: str = Field("images/{id}.png", description="`csv` layout paths")
+    mask_template: str = Field("masks/{id}.png", description="`csv` layout paths")
+    test_image_template: str | None = Field(
+        None, description="`csv` layout: the test images (unset: `data.image_template`)"
+    )
+    test_mask_template: str | None = Field(
+        None, description="the hidden test masks, for scoring a submission locally (`kseg score`)"
+    )
     # layout: glob -- files discovered by patterns whose {name} parts match one path segment each
-    image_pattern: str | None = None
-    mask_pattern: str | None = None
-    test_image_pattern: str | None = None
-    id_template: str | None = None
+    image_pattern: str | None = Field(None, description="`glob` layout")
+    mask_pattern: str | None = Field(None, description="`glob` layout")
+    test_image_pattern: str | None = Field(None, description="`glob` layout")
+    id_template: str | None = Field(None, description="`glob` layout")
     # masks
-    mask_format: Literal["index", "color", "rle"] = "index"
+    mask_format: Literal["index", "color", "rle"] = Field(
+        "index", description="`index`, `color`, or `rle` (masks from a table of runs, below)"
+    )
     rle: RleLabelsConfig = Field(default_factory=RleLabelsConfig)  # mask_format: rle
-    palette: list[PaletteEntry] | None = None
-    ignore_colors: list[Color] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)  # glob patterns (relative to root) of files to leave out
-    scale: float = Field(1.0, gt=0, le=4)  # images (and masks) are resized by this factor before anything else
+    palette: list[PaletteEntry] | None = Field(
+        None, description="`#RRGGBB` or `[r, g, b]`; a class may have a list of colours"
+    )
+    ignore_colors: list[Color] = Field(
+        default_factory=list, description="`#RRGGBB` or `[r, g, b]`; a class may have a list of colours"
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description=(
+            'glob patterns of files (relative to `data.root`) to leave out, e.g. a held-out tile `["Tile 7/*"]`'
+        ),
+    )
+    scale: float = Field(
+        1.0,
+        gt=0,
+        le=4,
+        description="resize every image (and mask) by this factor before cropping, training and inference",
+    )
     # input normalisation, per channel, on 0-1 pixel values: fixed mean/std (ImageNet's by default), or each
     # image standardised by its own statistics (per_image: robust to lighting that differs between scenes)
-    normalize: Literal["fixed", "per_image"] = "fixed"
-    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+    normalize: Literal["fixed", "per_image"] = Field(
+        "fixed", description="`fixed` (`data.mean`/`data.std`) or `per_image` (each image's own channel statistics)"
+    )
+    mean: list[float] = Field(
+        default_factory=lambda: [0.485, 0.456, 0.406],
+        description="input normalisation per channel (one per `model.in_channels`)",
+    )
+    std: list[float] = Field(
+        default_factory=lambda: [0.229, 0.224, 0.225],
+        description="input normalisation per channel (one per `model.in_channels`)",
+    )
 
     @field_validator("image_size")
     @classmethod

@@ -16,59 +16,126 @@ from kseg.schema.fields import Section
 class ModelConfig(Section):
     """The segmentation-models-pytorch model."""
 
-    arch: str = "Unet"
-    encoder_name: str = "resnet50"
-    encoder_weights: str | None = "imagenet"
-    in_channels: int = Field(3, ge=1)
-    params: dict[str, Any] = Field(default_factory=dict)  # passed to the smp architecture as is
+    arch: str = Field(
+        "Unet",
+        description=(
+            "any smp architecture (`DeepLabV3Plus`, `FPN`, `Segformer`, ...) and encoder (`tu-<timm name>` too)"
+        ),
+    )
+    encoder_name: str = Field(
+        "resnet50",
+        description=(
+            "any smp architecture (`DeepLabV3Plus`, `FPN`, `Segformer`, ...) and encoder (`tu-<timm name>` too)"
+        ),
+    )
+    encoder_weights: str | None = Field(
+        "imagenet",
+        description=(
+            "a hub weights name, `null`, a local `.pth`/`.bin`/`.safetensors` file (encoder or whole "
+            "model), or `pip:<package>` (an installed weights package, see `kseg weights`)"
+        ),
+    )
+    in_channels: int = Field(3, ge=1, description="input bands; more than 3 reads images stored as `.npy` arrays")
+    params: dict[str, Any] = Field(default_factory=dict, description="extra arguments for the smp architecture")
 
 
 class AugmentConfig(Section):
     """Training augmentations: the probability of each (0 turns it off)."""
 
-    hflip: float = Field(0.5, ge=0, le=1)
-    vflip: float = Field(0.5, ge=0, le=1)
-    rotate90: float = Field(0.5, ge=0, le=1)
-    shift_scale_rotate: float = Field(0.0, ge=0, le=1)
-    brightness_contrast: float = Field(0.3, ge=0, le=1)
-    color_jitter: float = Field(0.0, ge=0, le=1)  # brightness, contrast, saturation and hue together
-    coarse_dropout: float = Field(0.0, ge=0, le=1)
-    cutmix: float = Field(0.0, ge=0, le=1)  # per sample: paste a box of another sample of the batch
-    copy_paste: float = Field(0.0, ge=0, le=1)  # per sample: paste one rare class's pixels of another sample
-    copy_paste_classes: list[str] | None = None  # default: classes below the median pixel share
+    hflip: float = Field(0.5, ge=0, le=1, description="augmentation probabilities")
+    vflip: float = Field(0.5, ge=0, le=1, description="augmentation probabilities")
+    rotate90: float = Field(0.5, ge=0, le=1, description="augmentation probabilities")
+    shift_scale_rotate: float = Field(0.0, ge=0, le=1, description="augmentation probabilities")
+    brightness_contrast: float = Field(0.3, ge=0, le=1, description="augmentation probabilities")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="augmentation probabilities")
+    coarse_dropout: float = Field(0.0, ge=0, le=1, description="augmentation probabilities")
+    cutmix: float = Field(0.0, ge=0, le=1, description="batch-level augmentation probabilities per sample")
+    copy_paste: float = Field(0.0, ge=0, le=1, description="batch-level augmentation probabilities per sample")
+    copy_paste_classes: list[str] | None = Field(
+        None, description="class names whose pixels copy-paste moves (unset: below-median classes)"
+    )
 
 
 class TrainConfig(Section):
     """One fold's training loop."""
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(8, ge=1)
-    repeat: int = Field(1, ge=1)  # each training image this many times per epoch (different crops)
-    crop: Literal["resize", "random_crop"] = "resize"
+    epochs: int = Field(30, ge=1, description="training (batch size per process)")
+    batch_size: int = Field(8, ge=1, description="training (batch size per process)")
+    repeat: int = Field(
+        1, ge=1, description="passes over each training image per epoch (each with its own random crop)"
+    )
+    crop: Literal["resize", "random_crop"] = Field(
+        "resize", description="`resize` to `data.image_size`, or `random_crop` of it"
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    loss: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
-    class_weights: Literal["none", "inverse", "sqrt_inverse"] = "none"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(3e-4, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["cosine", "onecycle", "plateau", "none"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)
-    accumulate: int = Field(1, ge=1)
-    clip_grad: float | None = Field(None, gt=0)
-    ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
-    patience: int | None = Field(None, ge=1)
-    average: int | None = Field(None, ge=2)  # after training, average the weights of this many epochs
-    average_rule: Literal["best", "last"] = "best"  # which epochs: the best by validation Dice, or the last
-    time_limit: float | None = Field(None, gt=0)  # seconds: stop at the first epoch end past it (resumable)
-    sampling: Literal["uniform", "rare"] = "uniform"
-    cache: bool = False  # keep decoded (rescaled) training images in memory: small data sets, num_workers 0
-    seed: int = 42
-    save_oof: bool = True
-    log: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # experiment trackers, none by default
-    wandb_project: str = "kseg"
-    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    loss: dict[str, float] = Field(
+        default_factory=lambda: {"ce": 1.0, "dice": 1.0},
+        description=(
+            "weighted sum of `ce`, `dice`, `focal`, `lovasz` (with `data.multilabel` their sigmoid forms:"
+            " `ce`, alias `bce`, is per-class binary cross-entropy)"
+        ),
+    )
+    class_weights: Literal["none", "inverse", "sqrt_inverse"] = Field("none", description="cross-entropy options")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy options")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimiser")
+    lr: float = Field(3e-4, gt=0, description="optimiser")
+    weight_decay: float = Field(1e-4, ge=0, description="optimiser")
+    momentum: float = Field(0.9, ge=0, lt=1, description="optimiser")
+    scheduler: Literal["cosine", "onecycle", "plateau", "none"] = Field(
+        "cosine", description="`cosine`, `onecycle`, `plateau`, `none`"
+    )
+    warmup_epochs: float = Field(1.0, ge=0, description="`cosine`, `onecycle`, `plateau`, `none`")
+    accumulate: int = Field(1, ge=1, description="gradient accumulation, clipping (max norm)")
+    clip_grad: float | None = Field(None, gt=0, description="gradient accumulation, clipping (max norm)")
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="decay of a moving average of the weights (e.g. `0.98`); the average is validated and saved",
+    )
+    patience: int | None = Field(
+        None, ge=1, description="early stopping after that many epochs without a better validation Dice"
+    )
+    average: int | None = Field(
+        None,
+        ge=2,
+        description=(
+            "checkpoint averaging: after training, average the weights of this many epochs (the best by "
+            "validation Dice, or the `last`), re-estimate batch norm on training images, validate; kept "
+            "as `best.pt` only when it beats every epoch"
+        ),
+    )
+    average_rule: Literal["best", "last"] = Field(
+        "best",
+        description=(
+            "checkpoint averaging: after training, average the weights of this many epochs (the best by "
+            "validation Dice, or the `last`), re-estimate batch norm on training images, validate; kept "
+            "as `best.pt` only when it beats every epoch"
+        ),
+    )
+    time_limit: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "seconds for the whole `kseg train` command: training stops at the first epoch end past it "
+            "(exit 0, resumable with `--resume`)"
+        ),
+    )
+    sampling: Literal["uniform", "rare"] = Field(
+        "uniform", description="`rare`: oversample images that contain rare classes"
+    )
+    cache: bool = Field(
+        False, description="keep decoded training images in memory (small data sets; use with `runtime.num_workers: 0`)"
+    )
+    seed: int = Field(42, description="seeds the initial weights, shuffling and augmentations")
+    save_oof: bool = Field(True, description="keep the out-of-fold probabilities")
+    log: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="trackers: `tensorboard`, `wandb`"
+    )
+    wandb_project: str = Field("kseg", description="W&B project; `online`, `offline` or `disabled`")
+    wandb_mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="W&B project; `online`, `offline` or `disabled`"
+    )
 
     @model_validator(mode="after")
     def _average_within_epochs(self) -> TrainConfig:
@@ -90,12 +157,29 @@ class TrainConfig(Section):
 class RuntimeConfig(Section):
     """Where and how tensors run, shared by training, validation and inference."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is visible, else the CPU
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # mixed precision, CUDA only
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the training model, CUDA only
-    num_workers: int | None = Field(None, ge=0)  # data loader processes (default: CPU count, at most 8)
-    pin_memory: bool | None = None  # default: on with CUDA
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description=(
+            "`auto` (the GPU when one is visible, else the CPU), `cpu` or `cuda` (an error without a "
+            "GPU); training, validation and inference alike"
+        ),
+    )
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto",
+        description="AMP (`auto`, `bf16`, `fp16`, `off`) and `torch.compile` on CUDA only; channels_last everywhere",
+    )
+    channels_last: bool = Field(
+        True,
+        description="AMP (`auto`, `bf16`, `fp16`, `off`) and `torch.compile` on CUDA only; channels_last everywhere",
+    )
+    compile: bool = Field(
+        False,
+        description="AMP (`auto`, `bf16`, `fp16`, `off`) and `torch.compile` on CUDA only; channels_last everywhere",
+    )
+    num_workers: int | None = Field(
+        None, ge=0, description="data loader processes and pinned memory (unset: cores (max 8; inference at most 4))"
+    )
+    pin_memory: bool | None = Field(None, description="data loader processes and pinned memory (unset: on with CUDA)")
 
     @field_validator("amp", mode="before")
     @classmethod
