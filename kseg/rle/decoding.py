@@ -71,17 +71,13 @@ def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[
     none = np.zeros(0, np.int64)
     if data.size == 0:
         return none, none, none
-    digit = (data - np.uint8(48)) < 10
-    n_digit = int(np.count_nonzero(digit))
     newlines = np.flatnonzero(data == 10)
-    if n_digit + blob.count(b" ") + len(newlines) == len(data):  # only digits, spaces and line ends
-        bad_rows = none
-    else:
-        other = ~(digit | (data == 10) | (data == 32))
-        bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other)))
-    edges = np.flatnonzero(np.diff(digit.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
-    first = edges[0::2]  # a token starts where a digit follows a non-digit and ends before the next change
-    last = edges[1::2] - 1
+    digit = (data - np.uint8(48)) < 10
+    other = ~(digit | (data == 10) | (data == 32))
+    bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other))) if other.any() else none
+    edges = np.diff(digit.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    first = np.flatnonzero(edges == 1)
+    last = np.flatnonzero(edges == -1) - 1
     n_digits = last - first + 1
     values = _parse8(data, last, n_digits)
     long = np.flatnonzero(n_digits > 8)
