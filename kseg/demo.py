@@ -66,7 +66,7 @@ class DemoResult:
 DEMO_MARK = ".kseg-demo"  # written into a folder that kseg demo made; --force replaces only such folders
 
 
-def _prepare(out_dir: Path, force: bool) -> None:
+def prepare_folder(out_dir: Path, force: bool) -> None:
     """Make ``out_dir`` ready: new or empty, or (with ``force``) a previous demo, which is removed.
 
     A previous demo is recognised by the mark file kseg writes when it creates one, never by its contents:
@@ -98,7 +98,7 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
     """
     rep = reporter or _Silent()
     out_dir = Path(out_dir)
-    _prepare(out_dir, force)
+    prepare_folder(out_dir, force)
     t0 = time.perf_counter()
     with rep.stage("make a synthetic competition") as progress:
         make_competition(out_dir, seed=seed, on_progress=progress, **DEMO_COMPETITION)

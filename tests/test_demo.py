@@ -43,14 +43,14 @@ def test_demo_end_to_end(runner, tmp_path):
 
 def test_force_replaces_a_previous_demo_and_only_that(tmp_path):
     """A folder with the mark kseg demo writes is replaced whole; without --force it is kept."""
-    from kseg.demo import _prepare
+    from kseg.demo import prepare_folder
 
     out = tmp_path / "demo"
-    _prepare(out, force=False)
+    prepare_folder(out, force=False)
     (out / "work").mkdir()
     (out / "work" / "fold0.pt").write_text("old")
     with pytest.raises(KsegError, match="is not empty"):
-        _prepare(out, force=False)
+        prepare_folder(out, force=False)
     assert (out / "work" / "fold0.pt").is_file()
-    _prepare(out, force=True)
+    prepare_folder(out, force=True)
     assert sorted(p.name for p in out.iterdir()) == [DEMO_MARK]

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kseg import rle
-from kseg.rle.encoding import _format_numbers
+from kseg.rle.encoding import format_numbers
 from kseg.rle.pixels import transpose
 
 
@@ -110,7 +110,7 @@ def test_number_formatting_at_every_width(top):
     rng = np.random.default_rng(top)
     numbers = rng.integers(1, top + 1, 5000, dtype=np.uint64)
     numbers[:2] = (1, top)
-    text, offsets = _format_numbers(numbers)
+    text, offsets = format_numbers(numbers)
     assert text.tobytes().decode() == "".join(f"{v} " for v in numbers.tolist())
     assert offsets[-1] == len(text)
 

@@ -100,6 +100,24 @@ def test_upload_logs_the_message_and_the_public_score(runner, comp, monkeypatch)
     assert table.exit_code == 0 and "0.700" in table.output and "folds 0-4" in table.output
 
 
+def test_a_score_that_cannot_be_fetched_after_an_upload_is_said_not_swallowed(runner, comp, monkeypatch):
+    """The upload succeeded; listing the scores fails: the command succeeds, says why and how to fetch later."""
+    hand_made_predictions(comp)
+    api = ScoringApi()
+
+    def broken(competition):
+        raise ConnectionError("listing timed out")
+
+    api.competition_submissions = broken
+    monkeypatch.setattr("kseg.submission.kaggle.kaggle_api", lambda: api)
+    args = ["submit", "-c", str(comp / "kseg.yaml"), "--upload", "--competition", "drone", "-m", "a"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = _flat(result)
+    assert "public score was not fetched (ConnectionError: listing timed out)" in text and "--refresh" in text
+    assert len(api.uploads) == 1 and read_log(comp / "submissions" / "log.csv")["competition"].tolist() == ["drone"]
+
+
 def test_a_score_not_ready_is_filled_by_refresh(runner, comp, monkeypatch):
     hand_made_predictions(comp)
     api = ScoringApi(ready=False)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from kseg.errors import ConfigError
-from kseg.prediction.tta import VIEW_SETS, View, _merge, predict_views, views
+from kseg.prediction.tta import VIEW_SETS, View, merge_views, predict_views, views
 
 ALL_VIEWS = sorted({v for vs in VIEW_SETS.values() for v in vs}, key=lambda v: (v.flip, v.k))
 
@@ -107,13 +107,13 @@ def test_merge_does_not_depend_on_view_order():
         v: torch.rand(1, 1, 3, 6, 5, generator=torch.Generator().manual_seed(i)) for i, v in enumerate(views("d4"))
     }
     shuffled = dict(reversed(list(per_view.items())))
-    assert torch.equal(_merge(per_view, None, "mean"), _merge(shuffled, None, "mean"))
+    assert torch.equal(merge_views(per_view, None, "mean"), merge_views(shuffled, None, "mean"))
 
 
 def test_geometric_mean_does_not_underflow():
     probs = torch.full((1, 1, 3, 2, 2), 1e-30)
     probs[:, :, 0] = 1.0 - 2e-30
-    merged = _merge({v: probs for v in views("d4")}, None, "gmean")
+    merged = merge_views({v: probs for v in views("d4")}, None, "gmean")
     assert torch.isfinite(merged).all()
     torch.testing.assert_close(merged.sum(1), torch.ones(1, 2, 2))
     assert (merged[:, 0] > 0.99).all()
@@ -122,7 +122,7 @@ def test_geometric_mean_does_not_underflow():
 def test_weighted_models():
     a = torch.full((1, 1, 2, 3, 3), 0.2)
     b = torch.full((1, 1, 2, 3, 3), 0.8)
-    merged = _merge({View(): torch.cat([a, b])}, [1.0, 3.0], "mean")  # one view, two models
+    merged = merge_views({View(): torch.cat([a, b])}, [1.0, 3.0], "mean")  # one view, two models
     torch.testing.assert_close(merged, torch.full((1, 2, 3, 3), 0.65))
 
 

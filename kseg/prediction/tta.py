@@ -106,7 +106,7 @@ def _tree_sum(terms: dict[View, torch.Tensor]) -> torch.Tensor:
     return pair(by_flip)
 
 
-def _merge(per_view: dict[View, torch.Tensor], model_weights: list[float] | None, mode: str) -> torch.Tensor:
+def merge_views(per_view: dict[View, torch.Tensor], model_weights: list[float] | None, mode: str) -> torch.Tensor:
     """Merge per-view, per-model probabilities into one prediction.
 
     Shape:
@@ -157,4 +157,4 @@ def predict_views(
         outputs = torch.cat([forward(part) for part in stacked.split(chunk)], dim=1)  # (M, V*N, K, h, w)
         for i, v in enumerate(group):
             per_view[v] = v.deaugment(outputs[:, i * len(batch) : (i + 1) * len(batch)])
-    return _merge(per_view, model_weights, merge)
+    return merge_views(per_view, model_weights, merge)

@@ -45,6 +45,8 @@ def submission_logged(recorded: Any) -> None:
         say(f"uploaded to [bold]{escape(values['competition'])}[/] with message {values['message']!r}")
         if recorded.public_score:
             say(f"public score: [bold]{escape(recorded.public_score)}[/]")
+        elif recorded.score_note:
+            say(escape(recorded.score_note))
         else:
             say("public score not ready yet: 'kseg submissions --refresh --competition SLUG' fills it in later")
     cv = recorded.entry.values["cv"] or "n/a"

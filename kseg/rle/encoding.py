@@ -96,7 +96,7 @@ def _offsets(n_digits: np.ndarray) -> np.ndarray:
     return offsets
 
 
-def _format_numbers(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def format_numbers(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Decimal text of positive integers, each followed by one space.
 
     Each number is written right-aligned into a fixed-width byte row, whole digit groups at a time from
@@ -149,7 +149,7 @@ def runs_to_text(starts: np.ndarray, lengths: np.ndarray, row_counts: np.ndarray
     numbers = np.empty(2 * len(starts), dtype=np.uint64 if len(starts) and starts.max() >= 2**32 else np.uint32)
     numbers[0::2] = starts
     numbers[1::2] = lengths
-    text, offsets = _format_numbers(numbers)
+    text, offsets = format_numbers(numbers)
     blob = text.tobytes()
     bounds = np.zeros(len(row_counts) + 1, dtype=np.int64)
     np.cumsum(2 * np.asarray(row_counts, dtype=np.int64), out=bounds[1:])

@@ -94,14 +94,16 @@ class TrainConfig(Section):
         description="decay of a moving average of the weights (e.g. `0.98`); the average is validated and saved",
     )
     patience: int | None = Field(
-        None, ge=1, description="early stopping after that many epochs without a better validation Dice"
+        None,
+        ge=1,
+        description="early stopping after that many epochs without a better validation score (`submission.metric`)",
     )
     average: int | None = Field(
         None,
         ge=2,
         description=(
             "checkpoint averaging: after training, average the weights of this many epochs (the best by "
-            "validation Dice, or the `last`), re-estimate batch norm on training images, validate; kept "
+            "validation score, or the `last`), re-estimate batch norm on training images, validate; kept "
             "as `best.pt` only when it beats every epoch"
         ),
     )
@@ -109,7 +111,7 @@ class TrainConfig(Section):
         "best",
         description=(
             "checkpoint averaging: after training, average the weights of this many epochs (the best by "
-            "validation Dice, or the `last`), re-estimate batch norm on training images, validate; kept "
+            "validation score, or the `last`), re-estimate batch norm on training images, validate; kept "
             "as `best.pt` only when it beats every epoch"
         ),
     )

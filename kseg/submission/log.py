@@ -204,18 +204,6 @@ def _field(item: Any, *names: str) -> Any:
     return None
 
 
-def _utc(value: Any) -> datetime | None:
-    """A naive UTC datetime from the API's date (a datetime or ISO text), or ``None``."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if not isinstance(value, datetime):
-        return None
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
-
-
 def public_scores(api: Any, competition: str) -> list[tuple[str, str, datetime | None, str]]:
     """``(file name, description, date, public score)`` of the competition's scored submissions, as the
     Kaggle API lists them (``competition_submissions``)."""
@@ -271,6 +259,7 @@ class Recorded:
     entry: LogEntry
     uploaded: bool = False
     public_score: str = ""
+    score_note: str = ""  # why the public score was not fetched after an upload (the upload itself succeeded)
 
 
 def record_submission(
@@ -308,6 +297,9 @@ def record_submission(
         try:
             if fill_public_scores(path, api, competition):
                 done.public_score = str(read_log(path)["public_score"].iloc[-1])
-        except Exception:  # the score is a courtesy: the upload itself succeeded
-            pass
+        except Exception as exc:  # noqa: BLE001  the score is a courtesy: the upload itself succeeded
+            done.score_note = (
+                f"the public score was not fetched ({type(exc).__name__}: {str(exc)[:80]}); "
+                "'kseg submissions --refresh --competition SLUG' fetches it later"
+            )
     return done

@@ -354,20 +354,20 @@ class FoldRun:
             if not improved:  # only the best model's probabilities are kept
                 self.work.staged(self.fold, "oof.npy").unlink(missing_ok=True)
         return EpochStats(
-            epoch,
-            self.optimizer.param_groups[0]["lr"],
-            train_loss,
-            val_loss,
-            dice,
-            class_dice,
-            class_iou,
-            images_per_s,
-            time.perf_counter() - started,
-            improved,
-            accuracy,
-            dict(zip(self.classes, precision.tolist(), strict=True)),
-            dict(zip(self.classes, recall.tolist(), strict=True)),
-            score,
+            epoch=epoch,
+            lr=self.optimizer.param_groups[0]["lr"],
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_dice=dice,
+            class_dice=class_dice,
+            class_iou=class_iou,
+            images_per_s=images_per_s,
+            seconds=time.perf_counter() - started,
+            best=improved,
+            pixel_accuracy=accuracy,
+            class_precision=dict(zip(self.classes, precision.tolist(), strict=True)),
+            class_recall=dict(zip(self.classes, recall.tolist(), strict=True)),
+            val_score=score,
         )
 
     def state(self, epoch: int) -> dict[str, Any]:

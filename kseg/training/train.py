@@ -191,7 +191,10 @@ def _epochs(
                     on_epoch(stats)
             distributed.barrier(run.world)
             if cfg.train.patience and run.progress.bad_epochs >= cfg.train.patience:
-                note(f"early stop: no better validation Dice for {run.progress.bad_epochs} epochs (train.patience)")
+                note(
+                    f"early stop: no better validation {cfg.submission.metric} for {run.progress.bad_epochs} epochs "
+                    "(train.patience)"
+                )
                 return True, False
             # every rank reads its own clock: the decision is shared so that no rank waits alone
             late = deadline is not None and time.monotonic() >= deadline
