@@ -110,7 +110,7 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
         tuned = tune(cfg, on_progress=progress)
     with rep.stage("cross-validation report") as progress:
         report = cv_report(cfg, on_progress=progress)
-    predictions = default_predictions(cfg)
+    predictions = default_predictions(cfg.submission.predictions, cfg.workdir)
     with rep.stage(f"predict the test set (TTA {cfg.infer.tta}, {cfg.split.n_folds} folds)") as progress:
         run_inference(
             load_ensemble(cfg),

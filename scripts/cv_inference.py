@@ -115,7 +115,7 @@ def score_folds(cfg, others: list, chosen: list[int], tta: str, group: re.Patter
         models = [m.to(device) for c in [cfg, *others] for m in load_ensemble(c, [fold]).models]
         if cfg.runtime.channels_last:  # as kseg infer runs them
             models = [m.to(memory_format=torch.channels_last) for m in models]
-        _, val, _ = fold_tables(cfg, fold)
+        _, val, _ = fold_tables(cfg.data, cfg.workdir, fold)
         _, fold_counts = evaluate(
             Predictor.from_config(models, cfg, device, None, tta), val, spec, loss_fn, channels=cfg.model.in_channels
         )

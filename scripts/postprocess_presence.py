@@ -57,7 +57,7 @@ def main() -> None:
         args.config, sets = tiny_run(Path(tempfile.mkdtemp(prefix="kseg-smoke-")))
         args.sets = [*sets, *args.sets]
     cfg = load_config(args.config, args.sets)
-    oof, metric = load_oof(cfg), cfg.submission.metric
+    oof, metric = load_oof(cfg.workdir, cfg.n_classes, cfg.multilabel), cfg.submission.metric
     n = len(oof.ids)
     order = np.random.default_rng(args.seed).permutation(n)
     halves = [np.sort(order[: n // 2]), np.sort(order[n // 2 :])]

@@ -93,7 +93,7 @@ def _evaluate(cfg, state_dict, fold):
     model, _ = build_model(cfg.model.model_copy(update={"encoder_weights": None}), cfg.n_classes)
     model.load_state_dict(state_dict)
     model.eval()
-    _, val, _ = fold_tables(cfg, fold)
+    _, val, _ = fold_tables(cfg.data, cfg.workdir, fold)
     predictor = Predictor.from_config([model], cfg, torch.device("cpu"))
     _, counts = evaluate(predictor, val, MaskSpec.from_config(cfg.data), loss_from_config(cfg))
     return summarize(counts, cfg.data.classes)[0]

@@ -121,4 +121,4 @@ def test_folds_trained_at_different_sizes_are_refused_by_tune(comp):
         np.save(work.fold_dir(fold) / "oof_masks.npy", np.zeros((2, side, side), np.uint8))
         pd.DataFrame({"ImageID": [f"a{fold}", f"b{fold}"]}).to_csv(work.fold_dir(fold) / "oof.csv", index=False)
     with pytest.raises(TuneError, match=r"fold 1's out-of-fold maps are 4x4 but fold 0's are 8x8"):
-        load_oof(cfg)
+        load_oof(cfg.workdir, cfg.n_classes, cfg.multilabel)

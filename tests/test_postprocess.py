@@ -110,12 +110,12 @@ def test_clean_predictions_keep_the_identity(comp):
 def test_json_round_trip(speckled):
     cfg = load_config(speckled / "kseg.yaml")
     post = tune(cfg).post
-    again = load(cfg)
+    again = load(cfg.workdir, list(cfg.data.classes), cfg.multilabel)
     assert again == post
     assert PostProcess.from_json(post.to_json()) == post
     (cfg.workdir / "postprocess.json").write_text("{not json")
     with pytest.raises(TuneError, match="is not a kseg post-processing file"):
-        load(cfg)
+        load(cfg.workdir, list(cfg.data.classes), cfg.multilabel)
 
 
 def test_apply_semantics():

@@ -58,7 +58,7 @@ def test_every_batch_holds_the_set_share_of_pseudo_labelled_images():
 def test_a_training_image_cannot_be_pseudo_labelled(comp):
     cfg = load_config(comp / "kseg.yaml", FAST)
     make_folds(cfg)
-    train, val, _ = fold_tables(cfg, 0)
+    train, val, _ = fold_tables(cfg.data, cfg.workdir, 0)
     with pytest.raises(TrainError, match="is also a training image"):
         with_pseudo_rows(train, val, val[["ImageID", "image"]].assign(mask="x.png", ImageID="other"))
     rows = with_pseudo_rows(train, val, pd.DataFrame({"ImageID": ["t1"], "image": ["/x/t1.png"], "mask": ["m"]}))

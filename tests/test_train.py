@@ -112,7 +112,7 @@ def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     model, _ = build_model(cfg.model, 6)
     model.load_state_dict(torch.load(trained.dir / "best.pt", weights_only=False)["model"])
     model.eval()
-    _, val, _ = fold_tables(cfg, 0)
+    _, val, _ = fold_tables(cfg.data, cfg.workdir, 0)
     _, counts = evaluate(
         Predictor.from_config([model], cfg, torch.device("cpu")),
         val,
@@ -349,7 +349,7 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
     model, _ = build_model(cfg.model, 6)
     model.load_state_dict(state["model"])
     model.eval()
-    _, val, _ = fold_tables(cfg, 1)
+    _, val, _ = fold_tables(cfg.data, cfg.workdir, 1)
     _, counts = evaluate(
         Predictor.from_config([model], cfg, torch.device("cpu")),
         val,

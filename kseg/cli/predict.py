@@ -80,7 +80,7 @@ def infer(
             table = list_images(images)
         else:
             table = competition_test_images(cfg)
-        target = out or default_predictions(cfg)
+        target = out or default_predictions(cfg.submission.predictions, cfg.workdir)
         view_set = views or (cfg.infer.tta if tta else "none")
         outputs = OutputOptions(probs=probs, color=color, overlay=overlay)
         with render.progress_bar("predict") as update:

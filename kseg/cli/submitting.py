@@ -54,7 +54,7 @@ def submit(
             raise KsegError("--upload needs --competition SLUG (the name in the competition's URL)")
         target = out or cfg.submission.path
         with held_lock(log_lock(target)):  # the file and its log row go in together, one submit at a time
-            check_before_submit(cfg, target)  # what would stop the log row stops us first
+            check_before_submit(cfg.workdir, target)  # what would stop the log row stops us first
             with render.progress_bar("read predictions") as update:
                 result = write_submission(
                     cfg,

@@ -21,12 +21,11 @@ from kseg.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from kseg.config import Config
+    pass
 
 
-def _deadline(cfg: Config) -> float | None:
-    """``train.time_limit`` from now, one budget for every fold of the command."""
-    limit = cfg.train.time_limit
+def _deadline(limit: float | None) -> float | None:
+    """``train.time_limit`` seconds from now, one budget for every fold of the command."""
     return time.monotonic() + limit if limit is not None else None
 
 
@@ -54,8 +53,8 @@ def train(
     results: list[FoldResult] = []
     with handled(debug):
         cfg = config_from(config, set_)
-        deadline = _deadline(cfg)
-        folds = folds_to_train(cfg, fold)
+        deadline = _deadline(cfg.train.time_limit)
+        folds = folds_to_train(cfg.workdir, fold)
         for f in folds:
             if _out_of_time(results, deadline):
                 break
@@ -117,9 +116,9 @@ def pseudo(
     with handled(debug):
         cfg = config_from(config, set_, options)
         table = list_images(images) if images is not None else competition_test_images(cfg)
-        folds = folds_to_train(cfg, fold)  # the arguments are checked before the new run's folder is made
+        folds = folds_to_train(cfg.workdir, fold)  # the arguments are checked before the new run's folder is made
         run_cfg = prepare_run(cfg)
-        deadline = _deadline(cfg)
+        deadline = _deadline(cfg.train.time_limit)
         for f in folds:
             if _out_of_time(results, deadline):
                 break
@@ -136,7 +135,7 @@ def pseudo(
             render.pseudo_labels(labels, cfg.pseudo.threshold)
             again = resume and WorkDir(run_cfg.workdir).last(f).is_file()
             with render.training_progress(f, cfg.train.epochs, False) as callbacks:
-                rows = pseudo_rows(labels, cfg)
+                rows = pseudo_rows(labels, cfg.pseudo.share)
                 results.append(train_fold(run_cfg, f, again, **callbacks, deadline=deadline, pseudo=rows))
     render.training_results(results, folds)
     render.say(f"the pseudo-labelled run is {run_cfg.workdir}: tune, infer and submit it with --set workdir=...")

@@ -64,7 +64,7 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
 def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) -> Report:
     """Per-fold and overall OOF scores (``submission.metric``), per-class Dice / IoU, confusion matrix and
     worst images (by their mean row Dice)."""
-    post = load(cfg)
+    post = load(cfg.workdir, list(cfg.data.classes), cfg.multilabel)
     fbeta = None
     if cfg.submission.metric == "instance_fbeta":  # one pass over the OOF files for both kinds of figures
         builder = OOFBuilder(cfg.n_classes, cfg.multilabel)
@@ -72,7 +72,7 @@ def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) 
         oof = builder.build()
         fbeta = found.image_scores(None), found.image_scores(post)
     else:
-        oof = load_oof(cfg, on_progress)
+        oof = load_oof(cfg.workdir, cfg.n_classes, cfg.multilabel, on_progress)
     classes = list(cfg.data.classes)
     metric = cfg.submission.metric
     raw = _row_counts(oof, None, classes)

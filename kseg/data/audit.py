@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from kseg.common import Progress
-from kseg.config import AuditConfig, Config
+from kseg.config import AuditConfig, Config, DataConfig
 from kseg.data.groups import POPCOUNT, connected_groups, hamming_pairs
 from kseg.data.reading import ID, MaskSpec, list_samples
 from kseg.data.scan import scan_one, tally_unknown
@@ -172,8 +172,7 @@ def _size_chart(images: pd.DataFrame, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- audit
 
 
-def _test_samples(cfg: Config) -> pd.DataFrame | None:
-    data = cfg.data
+def _test_samples(data: DataConfig) -> pd.DataFrame | None:
     if (data.layout == "csv" and not data.test_csv) or (data.layout == "glob" and not data.test_image_pattern):
         return None
     return list_samples(data, "test")
@@ -193,7 +192,7 @@ def run_audit(cfg: Config, out: Path | None = None, on_stage: StageProgress | No
     """
     out = Path(out) if out is not None else WorkDir(cfg.workdir).audit_dir
     train = list_samples(cfg.data, "train")
-    test = _test_samples(cfg)
+    test = _test_samples(cfg.data)
     table = pd.DataFrame({ID: train[ID], "set": "train", "path": train["image"].astype(str)})
     if test is not None:
         table = pd.concat([table, pd.DataFrame({ID: test[ID], "set": "test", "path": test["image"].astype(str)})])
@@ -211,12 +210,12 @@ def run_audit(cfg: Config, out: Path | None = None, on_stage: StageProgress | No
     table["error"] = [e for _, _, _, e in hashed]
     groups = duplicate_groups(table, [b for _, _, b, _ in hashed], cfg.audit)
     readable_train = train[table["error"].iloc[: len(train)].isna().to_numpy()]
-    masks = _mask_findings(cfg, readable_train, workers, progress("masks"))
+    masks = _mask_findings(cfg.data, cfg.audit, readable_train, workers, progress("masks"))
     with atomic_dir(out) as tmp:  # everything goes into a fresh folder, swapped in at the end
         result = AuditResult(
             table, groups, masks.classes, masks.unknown, masks.problems, masks.ignored_share, out / "audit.md"
         )
-        _write_report(cfg, result, masks, tmp)
+        _write_report(cfg.data, cfg.audit, result, masks, tmp)
     return result
 
 
@@ -266,15 +265,17 @@ class _MaskFindings:
     total_pixels: int
 
 
-def _mask_findings(cfg: Config, train: pd.DataFrame, workers: int, progress: Progress | None) -> _MaskFindings:
+def _mask_findings(
+    data: DataConfig, audit: AuditConfig, train: pd.DataFrame, workers: int, progress: Progress | None
+) -> _MaskFindings:
     """Sizes, classes and unknown colours of the training masks: every problem listed, none fatal."""
-    spec = MaskSpec.from_config(cfg.data)
+    spec = MaskSpec.from_config(data)
     counting = replace(spec, unknown="ignore")  # unknown colours are counted and reported, not fatal
     items = [(r[ID], r["mask"], r["image"], counting, False) for r in train.to_dict("records")]
     scanned = parallel_map(scan_one, items, workers, progress)
     problems = pd.DataFrame([(r[ID], r["error"]) for r in scanned if "error" in r], columns=[ID, "problem"])
     good = [r for r in scanned if "error" not in r]
-    k = len(cfg.data.classes)
+    k = len(data.classes)
     counts = np.stack([r["counts"] for r in good]).astype(np.int64) if good else np.zeros((0, k), np.int64)
     ignored = int(sum(r["ignore"] for r in good))
     unknown = tally_unknown([r["unknown"] for r in good], spec)
@@ -283,26 +284,28 @@ def _mask_findings(cfg: Config, train: pd.DataFrame, workers: int, progress: Pro
     present = (counts > 0).sum(0)
     classes = pd.DataFrame(
         {
-            "class": cfg.data.classes,
+            "class": data.classes,
             "images": present,
             "image_share": present / max(len(good), 1),
             "pixel_share": counts.sum(0) / labelled,
         }
     )
-    classes["rare"] = (classes["images"] < cfg.audit.rare_images) | (classes["pixel_share"] < cfg.audit.rare_share)
+    classes["rare"] = (classes["images"] < audit.rare_images) | (classes["pixel_share"] < audit.rare_share)
     total = labelled + ignored
     ignored_share = (ignored - unknown_pixels) / total if total else 0.0
     return _MaskFindings(classes, unknown, problems, ignored_share, unknown_pixels, total)
 
 
-def _write_report(cfg: Config, result: AuditResult, masks: _MaskFindings, folder: Path) -> None:
+def _write_report(
+    data: DataConfig, audit: AuditConfig, result: AuditResult, masks: _MaskFindings, folder: Path
+) -> None:
     (folder / "groups").mkdir()
     result.images.to_csv(folder / "images.csv", index=False)
     result.groups.to_csv(folder / DUPLICATES_NAME, index=False)
     result.classes.to_csv(folder / "classes.csv", index=False)
     sheets = []
     info = result.images.set_index(ID)
-    for g, members in list(result.groups.groupby("group"))[: cfg.audit.max_sheets]:
+    for g, members in list(result.groups.groupby("group"))[: audit.max_sheets]:
         detail = members.join(info[["path", "height", "width"]], on=ID)
         name = f"groups/group_{g:03d}.png"
         contact_sheet(detail, folder / name)
@@ -310,19 +313,26 @@ def _write_report(cfg: Config, result: AuditResult, masks: _MaskFindings, folder
     if len(result.classes):
         _class_chart(result.classes, folder / "classes.png")
     _size_chart(result.images, folder / "sizes.png")
-    text = _markdown(cfg, result, sheets, masks.unknown_pixels, masks.total_pixels)
+    text = _markdown(data, audit, result, sheets, masks.unknown_pixels, masks.total_pixels)
     (folder / "audit.md").write_text(text)
 
 
-def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknown_px: int, total_px: int) -> str:
+def _markdown(
+    data: DataConfig,
+    audit: AuditConfig,
+    r: AuditResult,
+    sheets: list[tuple[int, str]],
+    unknown_px: int,
+    total_px: int,
+) -> str:
     n_train = int((r.images["set"] == "train").sum())
     n_test = int((r.images["set"] == "test").sum())
     lines = [
         "# kseg data audit",
         "",
-        f"Data: `{cfg.data.root}` ({n_train} training images, {n_test} test images). "
-        f"Hash: {cfg.audit.hash}, {cfg.audit.hash_size**2} bits, near-duplicate threshold "
-        f"{cfg.audit.threshold} bits (`audit.threshold`).",
+        f"Data: `{data.root}` ({n_train} training images, {n_test} test images). "
+        f"Hash: {audit.hash}, {audit.hash_size**2} bits, near-duplicate threshold "
+        f"{audit.threshold} bits (`audit.threshold`).",
         "",
         "## Summary",
         "",
@@ -358,12 +368,12 @@ def _markdown(cfg: Config, r: AuditResult, sheets: list[tuple[int, str]], unknow
             lines += [f"![group {g}]({name})", ""]
         if r.n_groups > len(sheets):
             lines += [f"({r.n_groups - len(sheets)} more groups not pictured; raise `audit.max_sheets`.)", ""]
-    lines += _problem_lines(cfg, r)
-    lines += _class_lines(cfg, r) + _size_lines(r)
+    lines += _problem_lines(data.unknown_labels, r)
+    lines += _class_lines(audit, r) + _size_lines(r)
     return "\n".join(lines)
 
 
-def _problem_lines(cfg: Config, r: AuditResult) -> list[str]:
+def _problem_lines(unknown_labels: str, r: AuditResult) -> list[str]:
     lines: list[str] = []
     lines += ["## Unreadable images", ""]
     if len(r.unreadable):
@@ -378,7 +388,7 @@ def _problem_lines(cfg: Config, r: AuditResult) -> list[str]:
     if r.unknown:
         lines += [
             "Mask values or colours that map to no class (trained on as ignored only with "
-            f"`data.unknown_labels: ignore`; now `{cfg.data.unknown_labels}`):",
+            f"`data.unknown_labels: ignore`; now `{unknown_labels}`):",
             "",
             "| value | pixels | masks |",
             "| --- | ---: | ---: |",
@@ -389,11 +399,11 @@ def _problem_lines(cfg: Config, r: AuditResult) -> list[str]:
     return lines
 
 
-def _class_lines(cfg: Config, r: AuditResult) -> list[str]:
+def _class_lines(audit: AuditConfig, r: AuditResult) -> list[str]:
     lines = [
         "## Classes",
         "",
-        f"A class is flagged rare below {cfg.audit.rare_images} images or {100 * cfg.audit.rare_share:g}% of "
+        f"A class is flagged rare below {audit.rare_images} images or {100 * audit.rare_share:g}% of "
         "the labelled pixels (`audit.rare_images`, `audit.rare_share`).",
         "",
         "| class | images | image share | pixel share | rare |",

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kseg.common import Progress
-from kseg.config import Config, save_resolved
+from kseg.config import Config, DataConfig, save_resolved
 from kseg.data.groups import merge_groups, read_duplicate_groups
 from kseg.data.reading import ID, list_samples
 from kseg.data.scan import ClassStats, class_pixel_counts, scan_masks
@@ -257,24 +257,24 @@ def keep_trained_folds(work: WorkDir, table: pd.DataFrame) -> None:
         )
 
 
-def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
-    """A fold's training and validation rows of ``folds.csv`` joined to the samples, and the training
-    rows' class pixel counts (``None`` without ``class_pixels.csv``).
+def fold_tables(data: DataConfig, workdir: Path, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
+    """A fold's training and validation rows of ``workdir/folds.csv`` joined to the samples of ``data``, and
+    the training rows' class pixel counts (``None`` without ``class_pixels.csv``).
 
     Raises:
         TrainError: The fold does not exist, or an image is missing from ``folds.csv``.
     """
-    work = WorkDir(cfg.workdir)
+    work = WorkDir(workdir)
     folds = work.read_folds()
     n_folds = int(folds["fold"].max()) + 1
     if not 0 <= fold < n_folds:
         raise TrainError(f"fold {fold} does not exist: folds.csv has folds 0-{n_folds - 1}; pick one of them or 'all'")
-    samples = list_samples(cfg.data, "train")
+    samples = list_samples(data, "train")
     merged = samples.merge(folds[[ID, "fold"]], on=ID, how="left")
     if merged["fold"].isna().any():
         missing = merged.loc[merged["fold"].isna(), ID].iloc[0]
         raise TrainError(f"image {missing!r} is not in {work.folds_csv}: the data changed; run 'kseg split' again")
-    counts = class_pixel_counts(work, merged[ID], list(cfg.data.classes))
+    counts = class_pixel_counts(work, merged[ID], list(data.classes))
     held_out = (merged["fold"] == fold).to_numpy()
     train = merged[~held_out].reset_index(drop=True)
     val = merged[held_out].reset_index(drop=True)

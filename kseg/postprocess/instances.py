@@ -69,7 +69,7 @@ def instance_grids(cfg: Config, on_progress: Progress | None = None, pixels: OOF
     levels = np.minimum(np.ceil(thresholds * 255 - 1e-6).astype(int), 255)
     per_class: dict[int, list[np.ndarray]] = {k: [] for k in cfg.scored_classes}
     resolution, ids, folds = [0, 0], [], []
-    for image_id, fold, probs, truth in read_oof_images(cfg, on_progress):
+    for image_id, fold, probs, truth in read_oof_images(cfg.workdir, cfg.n_classes, on_progress):
         probs, truth = np.asarray(probs).astype(np.int16), np.asarray(truth)
         resolution = [int(probs.shape[1]), int(probs.shape[2])]
         if pixels is not None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from kseg.bits import LABEL_THRESHOLD, class_planes
 from kseg.common import Progress
-from kseg.config import Config
 from kseg.data.reading import ID
 from kseg.errors import KsegError, TuneError
 from kseg.postprocess.params import threshold_grid
@@ -118,18 +118,18 @@ class OOFBuilder:
 
 
 def read_oof_images(
-    cfg: Config, on_progress: Progress | None = None
+    workdir: Path, n_classes: int, on_progress: Progress | None = None
 ) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
     """Every fold's OOF images: ``(id, fold, probabilities (K, H, W) uint8, true labels (H, W))``.
 
     Raises:
         TuneError: No fold has OOF files, or a fold's cannot be read or has other classes.
     """
-    work = WorkDir(cfg.workdir)
+    work = WorkDir(workdir)
     folds = work.oof_folds()
     if not folds:
-        raise TuneError(f"no out-of-fold predictions in {cfg.workdir} (fold*/oof.npy); run 'kseg train' first")
-    k = len(cfg.data.classes)
+        raise TuneError(f"no out-of-fold predictions in {workdir} (fold*/oof.npy); run 'kseg train' first")
+    k = n_classes
     tables = {}
     for f in folds:
         try:
@@ -157,10 +157,10 @@ def read_oof_images(
                 on_progress(done, total)
 
 
-def load_oof(cfg: Config, on_progress: Progress | None = None) -> OOFSet:
+def load_oof(workdir: Path, n_classes: int, multilabel: bool, on_progress: Progress | None = None) -> OOFSet:
     """Read every fold's OOF files once into compact per-image statistics."""
-    builder = OOFBuilder(len(cfg.data.classes), cfg.multilabel)
-    for image_id, fold, probs, truth in read_oof_images(cfg, on_progress):
+    builder = OOFBuilder(n_classes, multilabel)
+    for image_id, fold, probs, truth in read_oof_images(workdir, n_classes, on_progress):
         builder.add(image_id, fold, probs, truth)
     return builder.build()
 

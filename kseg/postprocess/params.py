@@ -11,8 +11,9 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where tensors are made: reading post-processing needs no torch
     import torch
 
+from pathlib import Path
+
 from kseg.bits import LABEL_THRESHOLD, class_planes, pack_planes
-from kseg.config import Config
 from kseg.errors import TuneError
 from kseg.workspace.workdir import POSTPROCESS_NAME, WorkDir
 
@@ -127,19 +128,17 @@ def apply_to_labels(labels: np.ndarray, post: PostProcess | None, multilabel: bo
     return labels
 
 
-def load(cfg: Config) -> PostProcess | None:
-    """``<workdir>/postprocess.json`` if it exists (checked against the config's classes)."""
-    work = WorkDir(cfg.workdir)
+def load(workdir: Path, classes: list[str], multilabel: bool) -> PostProcess | None:
+    """``<workdir>/postprocess.json`` if it exists (checked against the run's classes and mode)."""
+    work = WorkDir(workdir)
     text = work.read_postprocess()
     if text is None:
         return None
     path = work.postprocess_json
     post = PostProcess.from_json(text, str(path))
-    if post.classes != list(cfg.data.classes):
-        raise TuneError(
-            f"{path} was tuned for classes {post.classes}, not {list(cfg.data.classes)}; run 'kseg tune' again"
-        )
-    if post.multilabel != cfg.multilabel:
+    if post.classes != list(classes):
+        raise TuneError(f"{path} was tuned for classes {post.classes}, not {list(classes)}; run 'kseg tune' again")
+    if post.multilabel != multilabel:
         mode = "multilabel" if post.multilabel else "multiclass"
         raise TuneError(f"{path} was tuned for {mode} predictions, unlike the config's; run 'kseg tune' again")
     return post

@@ -23,7 +23,7 @@ def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> Tun
             found.grid_for, list(cfg.data.classes), found.space, seed, "instance_fbeta", cfg.scored_classes
         )
     else:
-        oof = load_oof(cfg, on_progress)
+        oof = load_oof(cfg.workdir, cfg.n_classes, cfg.multilabel, on_progress)
         result = tune_oof(oof, list(cfg.data.classes), seed, cfg.submission.metric, cfg.scored_classes)
     path = WorkDir(cfg.workdir).write_postprocess(result.post.to_json())
     result.path = path

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kseg import __version__
-from kseg.config import Config, apply_overrides, build_config, load_config
+from kseg.config import Config, ModelConfig, apply_overrides, build_config, load_config
 from kseg.errors import InferError
 from kseg.io import remove_stale
 from kseg.models.build import build_model
@@ -25,9 +25,9 @@ BUNDLE_FORMAT = "kseg-bundle"
 BUNDLE_VERSION = 2  # 2: runs as members (a blend); 1 is still read
 
 
-def bare_model(cfg: Config, n_classes: int) -> nn.Module:
-    """The config's model with random weights, to be filled from a checkpoint."""
-    return build_model(cfg.model.model_copy(update={"encoder_weights": None}), n_classes)[0]
+def bare_model(model: ModelConfig, n_classes: int) -> nn.Module:
+    """The ``model`` section's model with random weights, to be filled from a checkpoint."""
+    return build_model(model.model_copy(update={"encoder_weights": None}), n_classes)[0]
 
 
 @dataclass
@@ -124,12 +124,20 @@ def load_ensemble(
         mismatch = checkpoint_mismatch(saved, cfg)
         if mismatch:
             raise InferError(f"{path} {mismatch}; predict with the config it was trained with")
-        model = bare_model(cfg, cfg.n_classes)
+        model = bare_model(cfg.model, cfg.n_classes)
         model.load_state_dict(saved["model"])
         models.append(model.eval())
     source = f"folds {', '.join(map(str, chosen))} of {cfg.workdir}"
     used = [f"{cfg.workdir} fold {f}" for f in unfinished]
-    return Ensemble(cfg, models, chosen, weights, source, load_postprocess(cfg), partial=used)
+    return Ensemble(
+        cfg,
+        models,
+        chosen,
+        weights,
+        source,
+        load_postprocess(cfg.workdir, list(cfg.data.classes), cfg.multilabel),
+        partial=used,
+    )
 
 
 def _states(models: list[nn.Module], dtype: torch.dtype | None) -> list[dict[str, torch.Tensor]]:
@@ -187,7 +195,7 @@ def _bundle_member(tree: dict, states: list, overrides: list[str], source: str) 
     cfg = build_config(apply_overrides(tree, overrides), Path.cwd(), source=source, overrides=overrides)
     models = []
     for state in states:
-        model = bare_model(cfg, cfg.n_classes)
+        model = bare_model(cfg.model, cfg.n_classes)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         models.append(model.eval())
     return Ensemble(cfg, models, [], None, source)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kseg import __version__
 from kseg.common import Progress
-from kseg.config import Config
+from kseg.config import Config, RuntimeConfig
 from kseg.data.images import load_image
 from kseg.data.reading import ID, list_samples
 from kseg.errors import DataError, InferError
@@ -141,9 +141,9 @@ def run_predictor(ensemble: Ensemble, tta: str) -> Predictor:
     return Predictor(models, PredictOptions.from_config(cfg), device, amp, tta, ensemble.weights)
 
 
-def _loader(cfg: Config, images: pd.DataFrame, step: int) -> DataLoader:
-    stream = _ImageStream(images[ID].tolist(), images["image"].tolist(), cfg.model.in_channels)
-    workers = loader_workers(cfg.runtime, cap=4)
+def _loader(in_channels: int, runtime: RuntimeConfig, images: pd.DataFrame, step: int) -> DataLoader:
+    stream = _ImageStream(images[ID].tolist(), images["image"].tolist(), in_channels)
+    workers = loader_workers(runtime, cap=4)
     return DataLoader(
         stream, batch_size=step, num_workers=workers, collate_fn=list, prefetch_factor=2 if workers else None
     )
@@ -252,7 +252,7 @@ def _predict_into(
     """Stream every image through the model into ``folder``; returns ``(written (id, H, W), skipped (id, why))``."""
     palette = palette_rgb(cfg.data)
     step = infer_batch(cfg.infer.batch_size, predictor.device) if cfg.infer.mode == "resize" else 1
-    loader = _loader(cfg, images, step)
+    loader = _loader(cfg.model.in_channels, cfg.runtime, images, step)
     done = 0
     skipped: list[tuple[str, str]] = []
     written: list[tuple[str, int, int]] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kseg.config import Config
+from kseg.config import Config, SubmissionConfig
 from kseg.data.reading import ID, image_size, list_samples
 from kseg.errors import SubmissionError
 from kseg.rle import Order
@@ -72,10 +72,8 @@ def grid_key(image: str, klass: str) -> str:
     return f"{image},{klass}"
 
 
-def _grid(cfg: Config, test: pd.DataFrame) -> dict[str, tuple[int, int, str, str]]:
+def _grid(sub: SubmissionConfig, classes: list[str], test: pd.DataFrame) -> dict[str, tuple[int, int, str, str]]:
     """Every (image, class) row of the competition: key -> (image index, class index, image cell, class cell)."""
-    sub = cfg.submission
-    classes = list(cfg.data.classes)
     submitted = [classes.index(c) for c in sub.classes] if sub.classes else range(len(classes))
     grid: dict[str, tuple[int, int, str, str]] = {}
     for i, (image_id, image) in enumerate(zip(test[ID].tolist(), test["image"], strict=True)):
@@ -98,9 +96,8 @@ def _grid(cfg: Config, test: pd.DataFrame) -> dict[str, tuple[int, int, str, str
     return grid
 
 
-def _read_sample(cfg: Config, width: int) -> pd.DataFrame | None:
+def _read_sample(sample_path: Path | None, width: int) -> pd.DataFrame | None:
     """The sample submission (``None`` when ``submission.sample`` is null), with at least ``width`` columns."""
-    sample_path = cfg.sample_path
     if sample_path is None:
         return None
     if not sample_path.is_file():
@@ -115,10 +112,9 @@ def _read_sample(cfg: Config, width: int) -> pd.DataFrame | None:
     return sample
 
 
-def _sample_rows(cfg: Config, sample: pd.DataFrame, grid: dict) -> list[str] | None:
+def _sample_rows(sub: SubmissionConfig, path: Path, sample: pd.DataFrame, grid: dict) -> list[str] | None:
     """The sample's own row order where it lists every row (wide layout, all rows); else ``None``, after
-    checking that the sample names only test images and classes."""
-    sub, path = cfg.submission, cfg.sample_path
+    checking that the sample names only test images and classes (``path``: the sample, for messages)."""
     first = sample.columns[0]
     if sub.layout == "long":
         known = {cell for _, _, cell, _ in grid.values()}
@@ -147,10 +143,10 @@ def load_format(cfg: Config, test: pd.DataFrame | None = None) -> SubmissionForm
     """The submission format of ``cfg``'s competition, from its sample submission and test set."""
     test = list_samples(cfg.data, "test") if test is None else test
     sub = cfg.submission
-    grid = _grid(cfg, test)
+    grid = _grid(sub, list(cfg.data.classes), test)
     width = 2 if sub.layout == "wide" else 3
-    sample = _read_sample(cfg, width)
-    ids = _sample_rows(cfg, sample, grid) if sample is not None else None
+    sample = _read_sample(cfg.sample_path, width)
+    ids = _sample_rows(sub, Path(str(cfg.sample_path)), sample, grid) if sample is not None else None
     if sample is not None:
         header, source = list(sample.columns), str(cfg.sample_path)
     else:

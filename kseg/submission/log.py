@@ -122,21 +122,21 @@ def _write_log(path: Path, table: pd.DataFrame) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def check_before_submit(cfg: Config, submission: Path) -> None:
+def check_before_submit(workdir: Path, submission: Path) -> None:
     """What would stop the log row after the file is written, checked before it is: a log that is not
-    kseg's, a blend whose checkpoints changed since ``kseg blend``."""
+    kseg's, a blend (in ``workdir``) whose checkpoints changed since ``kseg blend``."""
     read_log(log_path(submission))
-    work = WorkDir(cfg.workdir)
+    work = WorkDir(workdir)
     blend = work.read_blend()
     if blend is not None:
         check_pins(blend, work.blend_json)
 
 
-def cv_estimate(cfg: Config, post_applied: bool) -> tuple[float, str]:
+def cv_estimate(workdir: Path, post_applied: bool) -> tuple[float, str]:
     """What cross-validation promises for a submission of this work folder: the blend's out-of-fold score
     (``blend.json``), else the tuned out-of-fold score (``postprocess.json``, raw when not applied), else
-    the mean of the folds' best validation Dice; NaN when nothing was trained."""
-    work = WorkDir(cfg.workdir)
+    the mean of the folds' best validation score; NaN when nothing was trained."""
+    work = WorkDir(workdir)
     blend = work.read_blend()
     if blend is not None:
         check_pins(blend, work.blend_json)
@@ -168,7 +168,7 @@ def make_entry(cfg: Config, submission: Path, predictions: Path, postprocess: st
     """The log row of a submission file just written from ``predictions`` (a ``kseg infer`` folder)."""
     info = read_inference_info(predictions) or {}
     applied = postprocess not in ("off", "none")
-    cv, kind = cv_estimate(cfg, applied)
+    cv, kind = cv_estimate(cfg.workdir, applied)
     values = {
         "time": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "file": Path(submission).name,

@@ -11,7 +11,7 @@ import pandas as pd
 
 from kseg import rle
 from kseg.bits import class_planes
-from kseg.config import Config
+from kseg.config import Config, DataConfig
 from kseg.data.reading import ID, MaskSpec, list_samples, read_mask
 from kseg.errors import DataError, SubmissionError
 from kseg.metrics.instances import mask_fbeta
@@ -44,7 +44,7 @@ class ScoreResult:
     by_usage: dict[str, float] = field(default_factory=dict)
 
 
-def _truth_paths(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> list[Path]:
+def _truth_paths(data: DataConfig, fmt: SubmissionFormat, truth_dir: Path | None) -> list[Path]:
     if truth_dir is not None:
         truth_dir = Path(truth_dir)
         if not truth_dir.is_dir():
@@ -60,13 +60,13 @@ def _truth_paths(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> 
                 "<ImageID>.png for every test image"
             )
         return paths
-    if not cfg.data.test_mask_template:
+    if not data.test_mask_template:
         raise SubmissionError(
             "no true masks to score against: pass --truth DIR (masks named <ImageID>.png), --truth SOLUTION.csv "
             "or set data.test_mask_template"
         )
     try:
-        test = list_samples(cfg.data, "test")
+        test = list_samples(data, "test")
     except DataError as exc:
         raise SubmissionError(f"{exc}") from None
     return [Path(p) for p in test["mask"]]
@@ -77,10 +77,10 @@ def is_solution(truth: Path | None) -> bool:
     return truth is not None and not Path(truth).is_dir() and (Path(truth).is_file() or Path(truth).suffix == ".csv")
 
 
-def _truth_maps(cfg: Config, fmt: SubmissionFormat, truth_dir: Path | None) -> list[np.ndarray]:
+def _truth_maps(data: DataConfig, fmt: SubmissionFormat, truth_dir: Path | None) -> list[np.ndarray]:
     """The true label maps of the test images, checked against the submission's mask sizes."""
-    truth_paths = _truth_paths(cfg, fmt, truth_dir)
-    spec = MaskSpec.from_config(cfg.data)
+    truth_paths = _truth_paths(data, fmt, truth_dir)
+    spec = MaskSpec.from_config(data)
     with ThreadPoolExecutor(8) as pool:
         truths = list(pool.map(lambda p: read_mask(p, spec), truth_paths))
     for image_id, truth, shape in zip(fmt.image_ids, truths, fmt.shapes, strict=True):
@@ -120,7 +120,7 @@ def score_file(path: Path, cfg: Config, truth: Path | None = None) -> ScoreResul
         true_runs, usage = read_solution(Path(truth), fmt, cfg.overlap_check)
         counts = run_overlaps(report.parsed, true_runs, fmt)
     else:
-        truths = _truth_maps(cfg, fmt, truth)
+        truths = _truth_maps(cfg.data, fmt, truth)
         counts = _row_counts(report.parsed, fmt, truths, bits)
         true_runs = component_runs(truths, fmt, bits) if cfg.submission.metric == "instance_fbeta" else None
     fbeta = None
@@ -205,7 +205,14 @@ def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult
         true = read_mask(truths[stem], spec)
         pred = read_prediction(path, true.shape, n_classes=k, multilabel=cfg.multilabel)
         inter, pred_px, true_px = label_counts(pred, true, k, cfg.data.ignore_index, cfg.multilabel)
-        fbeta = _map_fbeta(pred, true, cfg) if cfg.submission.metric == "instance_fbeta" else {}
+        if cfg.submission.metric == "instance_fbeta":
+            planes = (
+                class_planes(pred, k, cfg.multilabel),
+                class_planes(true, k, cfg.multilabel, cfg.data.ignore_index),
+            )
+            fbeta = _map_fbeta(*planes, true != cfg.data.ignore_index, cfg.submission.beta, cfg.scored_classes)
+        else:
+            fbeta = {}
         for c in cfg.scored_classes:
             rows.append((stem, c, int(inter[c]), int(pred_px[c]), int(true_px[c]), fbeta.get(c, np.nan)))
     table = pd.DataFrame(rows, columns=[ID, "class", "intersection", "pred_pixels", "true_pixels", "fbeta"])
@@ -231,13 +238,12 @@ def score_label_maps(cfg: Config, predictions: Path, truth: Path) -> ScoreResult
     return ScoreResult(score, per_class, table, cfg.submission.metric)
 
 
-def _map_fbeta(pred: np.ndarray, true: np.ndarray, cfg: Config) -> dict[int, float]:
-    """Each scored class's instance F-beta of one image, instances as connected components."""
-    k, ignore = cfg.n_classes, cfg.data.ignore_index
-    pred_planes = class_planes(pred, k, cfg.multilabel)
-    true_planes = class_planes(true, k, cfg.multilabel, ignore)
-    scored = true != ignore
-    return {c: mask_fbeta(pred_planes[c], true_planes[c], cfg.submission.beta, scored) for c in cfg.scored_classes}
+def _map_fbeta(
+    pred_planes: np.ndarray, true_planes: np.ndarray, scored: np.ndarray, beta: float, classes: list[int]
+) -> dict[int, float]:
+    """Each of ``classes``' instance F-beta of one image (class planes ``(K, H, W)``; ``scored``: the pixels
+    that count), instances as connected components."""
+    return {c: mask_fbeta(pred_planes[c], true_planes[c], beta, scored) for c in classes}
 
 
 def rows_metric(metric: str, inter: np.ndarray, pred: np.ndarray, true: np.ndarray, row_class: np.ndarray) -> float:

@@ -109,7 +109,7 @@ def _postprocess_plan(
         return None, False, note, "kseg infer"
     if not enabled:
         return None, False, "post-processing: off (--no-postprocess)", "off"
-    post = load_postprocess(cfg)
+    post = load_postprocess(cfg.workdir, list(cfg.data.classes), cfg.multilabel)
     if post is None or post.identity:
         return None, False, "post-processing: none (no postprocess.json, or nothing to change)", "none"
     tuned = WorkDir(cfg.workdir).postprocess_json
@@ -240,7 +240,7 @@ def write_submission(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fmt = load_format(cfg)
-    directory = predictions or default_predictions(cfg)
+    directory = predictions or default_predictions(cfg.submission.predictions, cfg.workdir)
     used = (read_inference_info(directory) or {}).get("partial_folds") or []
     if used and not partial:
         raise SubmissionError(

@@ -97,7 +97,7 @@ class FoldRun:
         distributed.barrier(self.world)  # every rank then reads the recovered last.pt
         self.device = resolve_device(cfg.runtime)
         self.amp = amp_dtype(cfg.runtime.amp, self.device)
-        self.train_rows, self.val_rows, counts = fold_tables(cfg, fold)
+        self.train_rows, self.val_rows, counts = fold_tables(cfg.data, cfg.workdir, fold)
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
             raise TrainError(
                 f"fold {fold} leaves {len(self.train_rows)} training and {len(self.val_rows)} validation images; "

@@ -46,9 +46,10 @@ class PseudoError(KsegError):
     """Pseudo-labelling cannot start or continue."""
 
 
-def pseudo_workdir(cfg: Config) -> Path:
-    """Where the pseudo-labelled run trains: ``pseudo.workdir``, or ``<workdir>-pseudo`` beside the source."""
-    return cfg.pseudo.workdir or cfg.workdir.with_name(cfg.workdir.name + "-pseudo")
+def pseudo_workdir(chosen: Path | None, workdir: Path) -> Path:
+    """Where the pseudo-labelled run trains: ``pseudo.workdir`` (``chosen``), or ``<workdir>-pseudo`` beside
+    the source."""
+    return chosen or workdir.with_name(workdir.name + "-pseudo")
 
 
 def labels_dir(run_dir: Path, fold: int) -> Path:
@@ -69,7 +70,7 @@ def prepare_run(cfg: Config) -> Config:
             "train without pseudo-labels"
         )
     source = WorkDir(cfg.workdir)
-    target_dir = pseudo_workdir(cfg)
+    target_dir = pseudo_workdir(cfg.pseudo.workdir, cfg.workdir)
     if target_dir.resolve() == cfg.workdir.resolve():
         raise PseudoError(f"pseudo.workdir {target_dir} is the source run's own folder; give another folder")
     source.read_folds()  # the source must be split
@@ -116,12 +117,12 @@ class FoldLabels:
     reused: bool = False
 
 
-def _info(cfg: Config, fold: int, tta: str, images: pd.DataFrame) -> dict:
-    best = WorkDir(cfg.workdir).best(fold)
+def _info(workdir: Path, threshold: float, fold: int, tta: str, images: pd.DataFrame) -> dict:
+    best = WorkDir(workdir).best(fold)
     return {
         "source": str(best),
         "source_mtime_ns": best.stat().st_mtime_ns if best.is_file() else None,
-        "threshold": cfg.pseudo.threshold,
+        "threshold": threshold,
         "tta": tta,
         "images": images[ID].tolist(),
     }
@@ -143,7 +144,7 @@ def label_fold(
     views and images are reused.
     """
     folder = labels_dir(run_dir, fold)
-    wanted = _info(cfg, fold, tta, images)
+    wanted = _info(cfg.workdir, cfg.pseudo.threshold, fold, tta, images)
     rows = images.assign(mask=[str(folder / f"{i}.png") for i in images[ID]])[[ID, "image", "mask"]]
     done = folder / PSEUDO_INFO
     if done.is_file():
@@ -172,6 +173,6 @@ def label_fold(
     return FoldLabels(fold, folder, rows, share)
 
 
-def pseudo_rows(labels: FoldLabels, cfg: Config) -> PseudoRows:
-    """What ``train_fold`` takes: the labelled images and their share of every batch."""
-    return PseudoRows(labels.rows, cfg.pseudo.share)
+def pseudo_rows(labels: FoldLabels, share: float) -> PseudoRows:
+    """What ``train_fold`` takes: the labelled images and their share (``pseudo.share``) of every batch."""
+    return PseudoRows(labels.rows, share)

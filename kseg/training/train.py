@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from kseg.config import Config
 from kseg.data.split import fold_tables
@@ -43,9 +44,9 @@ __all__ = [
 ]
 
 
-def folds_to_train(cfg: Config, fold: str) -> list[int]:
-    """The folds ``--fold`` names: one number, or ``all`` (every fold of ``folds.csv``)."""
-    n_folds = WorkDir(cfg.workdir).n_folds()
+def folds_to_train(workdir: Path, fold: str) -> list[int]:
+    """The folds ``--fold`` names: one number, or ``all`` (every fold of ``workdir/folds.csv``)."""
+    n_folds = WorkDir(workdir).n_folds()
     if fold == "all":
         return list(range(n_folds))
     try:
@@ -55,7 +56,8 @@ def folds_to_train(cfg: Config, fold: str) -> list[int]:
             f"--fold {fold!r} is neither a fold number nor 'all'; use e.g. --fold 0 or --fold all"
         ) from None
     if not 0 <= number < n_folds:
-        raise KsegError(f"--fold {number} is no fold of {cfg.workdir / 'folds.csv'} (folds 0-{n_folds - 1}); pick one")
+        where = Path(workdir) / "folds.csv"
+        raise KsegError(f"--fold {number} is no fold of {where} (folds 0-{n_folds - 1}); pick one")
     return [number]
 
 

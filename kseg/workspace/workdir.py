@@ -46,7 +46,6 @@ import pandas as pd
 from kseg.common import ID  # re-exported: the id column of every table
 from kseg.errors import KsegError
 from kseg.io import atomic_open, atomic_write_text, lock_is_held, remove_stale, try_lock
-from kseg.schema import Config
 
 FOLDS_NAME = "folds.csv"
 STATS_NAME = "class_pixels.csv"
@@ -399,10 +398,10 @@ class WorkDir:
 # -------------------------------------------------------------------------------- predictions
 
 
-def default_predictions(cfg: Config) -> Path:
-    """Where ``kseg infer`` writes and ``kseg submit`` reads: ``submission.predictions``, or
+def default_predictions(chosen: Path | None, workdir: Path) -> Path:
+    """Where ``kseg infer`` writes and ``kseg submit`` reads: ``submission.predictions`` (``chosen``), or
     ``<workdir>/predictions``."""
-    return cfg.submission.predictions or WorkDir(cfg.workdir).predictions_dir
+    return chosen or WorkDir(workdir).predictions_dir
 
 
 def prediction_file(directory: Path, image_id: str, kind: str = "labels") -> Path:
