@@ -114,7 +114,7 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
     with rep.stage(f"predict the test set (TTA {cfg.infer.tta}, {cfg.split.n_folds} folds)") as progress:
         run_inference(
             load_ensemble(cfg),
-            competition_test_images(cfg),
+            competition_test_images(cfg.data),
             predictions,
             cfg.infer.tta,
             outputs=OutputOptions(color=True, overlay=True),
@@ -138,7 +138,7 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
         cv_score=tuned.post.oof_score_before,
         cv_tuned=tuned.post.oof_score_after,
         seconds=time.perf_counter() - t0,
-        pictures=_pictures(cfg, predictions, report),
+        pictures=_pictures(cfg.workdir, cfg.split.n_folds, predictions, report),
     )
 
 
@@ -153,10 +153,10 @@ def _train_folds(cfg: Config, rep: Reporter) -> None:
             train_fold(cfg, fold, on_step=step)
 
 
-def _pictures(cfg: Config, predictions: Path, report: Report) -> dict[str, list[Path]]:
+def _pictures(workdir: Path, n_folds: int, predictions: Path, report: Report) -> dict[str, list[Path]]:
     """The pictures worth a look after the demo, by what they show."""
     return {
-        "training curves": [WorkDir(cfg.workdir).curves(f) for f in range(cfg.split.n_folds)],
+        "training curves": [WorkDir(workdir).curves(f) for f in range(n_folds)],
         "prediction overlays": sorted(predictions.glob("*_overlay.png"))[:3],
         "confusion matrix": [report.confusion_png],
         "worst out-of-fold images": [report.worst_png],

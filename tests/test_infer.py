@@ -331,7 +331,7 @@ def test_per_image_normalisation_ignores_lighting(comp, mode):
 def _test_images(root: Path) -> pd.DataFrame:
     from kseg.prediction.infer import competition_test_images
 
-    return competition_test_images(_cfg(root))
+    return competition_test_images(_cfg(root).data)
 
 
 def _submit_cfg(root: Path, pred: Path, tmp_path: Path):

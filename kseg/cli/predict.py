@@ -79,7 +79,7 @@ def infer(
                 raise KsegError("--images needs --out DIR for the predicted masks")
             table = list_images(images)
         else:
-            table = competition_test_images(cfg)
+            table = competition_test_images(cfg.data)
         target = out or default_predictions(cfg.submission.predictions, cfg.workdir)
         view_set = views or (cfg.infer.tta if tta else "none")
         outputs = OutputOptions(probs=probs, color=color, overlay=overlay)

@@ -115,7 +115,7 @@ def pseudo(
     results: list[FoldResult] = []
     with handled(debug):
         cfg = config_from(config, set_, options)
-        table = list_images(images) if images is not None else competition_test_images(cfg)
+        table = list_images(images) if images is not None else competition_test_images(cfg.data)
         folds = folds_to_train(cfg.workdir, fold)  # the arguments are checked before the new run's folder is made
         run_cfg = prepare_run(cfg)
         deadline = _deadline(cfg.train.time_limit)

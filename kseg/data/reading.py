@@ -1,6 +1,4 @@
-"""Data layouts, image and mask reading, palettes.
-
-Two layouts cover what competitions ship, chosen by ``data.layout``:
+"""Data layouts, image and mask reading, palettes. Two layouts cover what competitions ship (``data.layout``):
 
 - ``csv``: ids listed in ``train.csv`` / ``test.csv`` (column ``data.id_column``); file paths come from
   templates such as ``imgs/imgs/{id}.jpg`` (any other CSV column may be used as ``{column}``).
@@ -9,10 +7,9 @@ Two layouts cover what competitions ship, chosen by ``data.layout``:
   paired on their fields; the id joins the fields with ``_`` (or follows ``data.id_template``), and the
   fields become columns usable as ``split.group_by``.
 
-Masks are either index masks (one class index per pixel) or colour masks decoded through
-``data.palette``. Class indices at or above the class count, and colours outside the palette, are errors
-unless ``data.unknown_labels: ignore`` maps them to ``data.ignore_index``.
-"""
+Masks are index masks (one class index per pixel) or colour masks decoded through ``data.palette``. Class
+indices at or above the class count, and colours outside the palette, are errors unless
+``data.unknown_labels: ignore`` maps them to ``data.ignore_index``."""
 
 from __future__ import annotations
 
@@ -318,8 +315,9 @@ def _csv_table(data: DataConfig, which: str) -> pd.DataFrame:
     _check_exist(table["image"], "image", f"check data.root and {image_key} ({image_t!r})")
     if mask_t:
         table["mask"] = [str(root / _format(mask_t, {**r, "id": r[ID]}, "mask_template")) for r in rows]
-        fix = f"each image needs its mask; check {mask_key} ({mask_t!r})"
-        _check_exist(table["mask"], "mask", fix)
+        _check_exist(
+            table["mask"], "mask", f"each image needs its mask; check {mask_key or 'data.mask_template'} ({mask_t!r})"
+        )
     return table
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kseg.config import MODEL_KEYS, Config, checkpoint_mismatch_of
+from kseg.config import MODEL_KEYS, ModelConfig, checkpoint_mismatch_of
 from kseg.errors import TrainError
 from kseg.io import atomic_open
 
@@ -100,7 +100,10 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     random.setstate(rng["python"])
 
 
-def checkpoint_mismatch(checkpoint: dict[str, Any], cfg: Config) -> str | None:
-    """How a checkpoint's model or classes differ from the config's (``None`` when they agree)."""
-    model = {key: getattr(cfg.model, key) for key in MODEL_KEYS}
-    return checkpoint_mismatch_of(checkpoint, model, list(cfg.data.classes), cfg.data.multilabel)
+def checkpoint_mismatch(
+    checkpoint: dict[str, Any], model: ModelConfig, classes: list[str], multilabel: bool
+) -> str | None:
+    """How a checkpoint's model, classes or mode differ from a config's ``model`` section, ``data.classes``
+    and ``data.multilabel`` (``None`` when they agree)."""
+    keys = {key: getattr(model, key) for key in MODEL_KEYS}
+    return checkpoint_mismatch_of(checkpoint, keys, classes, multilabel)

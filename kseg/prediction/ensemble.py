@@ -121,7 +121,7 @@ def load_ensemble(
     for f in chosen:
         path = work.best(f)
         saved = load_checkpoint(path)
-        mismatch = checkpoint_mismatch(saved, cfg)
+        mismatch = checkpoint_mismatch(saved, cfg.model, list(cfg.data.classes), cfg.data.multilabel)
         if mismatch:
             raise InferError(f"{path} {mismatch}; predict with the config it was trained with")
         model = bare_model(cfg.model, cfg.n_classes)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kseg import __version__
 from kseg.common import Progress
-from kseg.config import Config, RuntimeConfig
+from kseg.config import Config, DataConfig, RuntimeConfig
 from kseg.data.images import load_image
 from kseg.data.reading import ID, list_samples
 from kseg.errors import DataError, InferError
@@ -290,16 +290,14 @@ def _readable(batch: list, on_error: str, skipped: list[tuple[str, str]]) -> lis
     return good
 
 
-def competition_test_images(cfg: Config) -> pd.DataFrame:
+def competition_test_images(data: DataConfig) -> pd.DataFrame:
     """The competition's test images (``ImageID``, ``image``).
 
     Raises:
         InferError: The test set lists no image.
     """
-    table = list_samples(cfg.data, "test")[[ID, "image"]]
+    table = list_samples(data, "test")[[ID, "image"]]
     if table.empty:
-        where = cfg.data.test_csv if cfg.data.layout == "csv" else cfg.data.test_image_pattern
-        raise InferError(
-            f"the test set ({where} under {cfg.data.root}) lists no images; check it, or pass --images DIR"
-        )
+        where = data.test_csv if data.layout == "csv" else data.test_image_pattern
+        raise InferError(f"the test set ({where} under {data.root}) lists no images; check it, or pass --images DIR")
     return table

@@ -97,10 +97,10 @@ class WriteResult:
 
 
 def _postprocess_plan(
-    cfg: Config, directory: Path, image_ids: list[str], enabled: bool
+    workdir: Path, classes: list[str], multilabel: bool, directory: Path, image_ids: list[str], enabled: bool
 ) -> tuple[PostProcess | None, bool, str, str]:
-    """How ``write_submission`` post-processes: returns ``(PostProcess or None, use probabilities, note,
-    short label for the submission log)``."""
+    """How ``write_submission`` post-processes the label maps in ``directory``: returns ``(PostProcess or
+    None, use probabilities, note, short label for the submission log)``."""
     info = read_inference_info(directory)
     if info is not None and info.get("postprocess") is not None:
         note = "post-processing: applied by kseg infer"
@@ -109,10 +109,10 @@ def _postprocess_plan(
         return None, False, note, "kseg infer"
     if not enabled:
         return None, False, "post-processing: off (--no-postprocess)", "off"
-    post = load_postprocess(cfg.workdir, list(cfg.data.classes), cfg.multilabel)
+    post = load_postprocess(workdir, classes, multilabel)
     if post is None or post.identity:
         return None, False, "post-processing: none (no postprocess.json, or nothing to change)", "none"
-    tuned = WorkDir(cfg.workdir).postprocess_json
+    tuned = WorkDir(workdir).postprocess_json
     if all(prediction_file(directory, i, "probs").is_file() for i in image_ids):
         return post, True, f"post-processing: {tuned} applied to the saved probabilities", "probabilities"
     return (
@@ -251,7 +251,9 @@ def write_submission(
     empty, checked = check_manifest(directory, fmt.image_ids, required=required, fill_empty=fill_empty)
     predicted = [i for i in fmt.image_ids if i not in empty]
     paths = dict(zip(predicted, find_predictions(directory, predicted), strict=True))
-    post, use_probs, note, label = _postprocess_plan(cfg, directory, predicted, postprocess)
+    post, use_probs, note, label = _postprocess_plan(
+        cfg.workdir, list(cfg.data.classes), cfg.multilabel, directory, predicted, postprocess
+    )
     note = f"{checked}\n{note}"
     timings["format"] = time.perf_counter() - t0
 

@@ -1,10 +1,8 @@
 """One fold's training run as an object with small steps: built from the config (model, EMA, loss,
 optimiser, schedule, loader), then ``restore`` (from ``last.pt``), ``train_epoch``, ``validate`` and
-``save``; ``kseg.training.train.train_fold`` drives it epoch by epoch.
-
-Everything random in an epoch (shuffling, augmentations, dropout) is seeded from ``(train.seed, epoch)``,
-so a run resumed from ``last.pt`` continues exactly as if it had never stopped.
-"""
+``save``; ``kseg.training.train.train_fold`` drives it epoch by epoch. Everything random in an epoch
+(shuffling, augmentations, dropout) is seeded from ``(train.seed, epoch)``, so a run resumed from
+``last.pt`` continues exactly as if it had never stopped."""
 
 from __future__ import annotations
 
@@ -140,7 +138,7 @@ class FoldRun:
                 f"no checkpoint to resume: {last} does not exist; run 'kseg train --fold {self.fold}' without --resume"
             )
         checkpoint = load_checkpoint(last)
-        mismatch = checkpoint_mismatch(checkpoint, self.cfg)
+        mismatch = checkpoint_mismatch(checkpoint, self.cfg.model, self.classes, self.cfg.multilabel)
         if mismatch:
             raise TrainError(f"{last} {mismatch}; resume with the same model and classes, or train without --resume")
         done = int(checkpoint.get("epoch", 0))
@@ -238,8 +236,7 @@ class FoldRun:
             if checkpoint["total_epochs"] == cfg.train.epochs or not self.per_step:
                 self.scheduler.load_state_dict(checkpoint["scheduler"])
             else:  # train.epochs changed: the schedule is stretched to the new length from where it was
-                # built again on the restored optimiser, whose groups lack a schedule's keys when the earlier,
-                # shorter run had none (too few steps for one cycle)
+                # built again on the restored optimiser (a shorter run may have had no schedule, nor its keys)
                 self.scheduler = build_scheduler(cfg.train, self.optimizer, self.steps_per_epoch)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

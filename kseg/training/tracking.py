@@ -11,9 +11,11 @@ Both are off by default (``train.log: []``) and neither package is needed unless
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from kseg.config import Config
+import yaml
+
+from kseg.config import TrainConfig
 from kseg.errors import TrainError
 from kseg.workspace.workdir import WorkDir
 
@@ -42,7 +44,7 @@ def _grouped(row: dict[str, float]) -> dict[str, float]:
 
 
 class TensorBoardTracker:
-    def __init__(self, log_dir: Path, cfg: Config) -> None:
+    def __init__(self, log_dir: Path, config_yaml: str) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -50,10 +52,8 @@ class TensorBoardTracker:
                 "train.log asks for tensorboard but the tensorboard package is not installed; "
                 'run pip install -e ".[tensorboard]", or remove it from train.log'
             ) from None
-        from kseg.config import to_yaml
-
         self.writer = SummaryWriter(log_dir=str(log_dir))
-        self.writer.add_text("config", "```\n" + to_yaml(cfg) + "\n```", 0)
+        self.writer.add_text("config", "```\n" + config_yaml + "\n```", 0)
 
     def log(self, row: dict[str, float], step: int) -> None:
         for key, value in _grouped(row).items():
@@ -65,7 +65,8 @@ class TensorBoardTracker:
 
 
 class WandbTracker:
-    def __init__(self, cfg: Config, fold: int, fold_dir: Path) -> None:
+    def __init__(self, train: TrainConfig, run: str, config: dict[str, Any], fold: int, fold_dir: Path) -> None:
+        """``run``: the work folder's name (the W&B group); ``config``: the resolved config, as JSON."""
         try:
             import wandb
         except ImportError:
@@ -74,12 +75,12 @@ class WandbTracker:
                 "run pip install wandb, or remove it from train.log"
             ) from None
         self.run = wandb.init(
-            project=cfg.train.wandb_project,
-            name=f"{Path(cfg.workdir).name}-fold{fold}",
-            group=Path(cfg.workdir).name,
-            config=cfg.model_dump(mode="json"),
+            project=train.wandb_project,
+            name=f"{run}-fold{fold}",
+            group=run,
+            config=config,
             dir=str(fold_dir),
-            mode=cfg.train.wandb_mode,
+            mode=train.wandb_mode,
             reinit=True,
         )
 
@@ -90,15 +91,17 @@ class WandbTracker:
         self.run.finish()
 
 
-def open_trackers(cfg: Config, fold: int, workdir: WorkDir) -> list[Tracker]:
-    """The trackers ``train.log`` asks for (none by default)."""
+def open_trackers(train: TrainConfig, config: dict[str, Any], fold: int, workdir: WorkDir) -> list[Tracker]:
+    """The trackers ``train.log`` asks for (none by default); ``config`` is the resolved config as JSON,
+    which each tracker records."""
     trackers: list[Tracker] = []
     try:
-        for name in dict.fromkeys(cfg.train.log):
+        for name in dict.fromkeys(train.log):
             if name == "tensorboard":
-                trackers.append(TensorBoardTracker(workdir.tensorboard(fold), cfg))
+                text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, allow_unicode=True)
+                trackers.append(TensorBoardTracker(workdir.tensorboard(fold), text))
             else:
-                trackers.append(WandbTracker(cfg, fold, workdir.fold_dir(fold)))
+                trackers.append(WandbTracker(train, workdir.root.name, config, fold, workdir.fold_dir(fold)))
     except BaseException:
         for tracker in trackers:
             tracker.close()

@@ -174,7 +174,7 @@ def _epochs(
 ) -> tuple[bool, bool]:
     """Train the remaining epochs; returns ``(stopped early, stopped by the time limit)``."""
     cfg = run.cfg
-    trackers = open_trackers(cfg, run.fold, run.work) if run.main else []
+    trackers = open_trackers(cfg.train, cfg.model_dump(mode="json"), run.fold, run.work) if run.main else []
     try:
         for epoch in range(run.progress.epoch, cfg.train.epochs):
             started = time.perf_counter()

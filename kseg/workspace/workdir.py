@@ -399,8 +399,7 @@ class WorkDir:
 
 
 def default_predictions(chosen: Path | None, workdir: Path) -> Path:
-    """Where ``kseg infer`` writes and ``kseg submit`` reads: ``submission.predictions`` (``chosen``), or
-    ``<workdir>/predictions``."""
+    """Where ``kseg infer`` writes, ``kseg submit`` reads: ``submission.predictions``, or ``<workdir>/predictions``."""
     return chosen or WorkDir(workdir).predictions_dir
 
 
