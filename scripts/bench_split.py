@@ -88,7 +88,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         cfg = config(args.data, work, workers)
         t0 = time.perf_counter()
-        stats = scan_masks(cfg)
+        stats = scan_masks(cfg.data, cfg.split, cfg.workdir)
         t1 = time.perf_counter()
         assign_folds(stats.counts, 5, 42, 3)
         t2 = time.perf_counter()

@@ -75,3 +75,10 @@ FAST = [
 def fast_config(root: Path, *extra: str) -> Config:
     """The competition's ``kseg.yaml`` under ``FAST`` and ``extra`` overrides."""
     return load_config(root / "kseg.yaml", [*FAST, *extra])
+
+
+def scan(cfg, *args, **kwargs):
+    """``kseg.data.scan.scan_masks`` of a whole config (its data and split sections, its work folder)."""
+    from kseg.data.scan import scan_masks
+
+    return scan_masks(cfg.data, cfg.split, cfg.workdir, *args, **kwargs)

@@ -4,12 +4,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import dubai_config
+from conftest import dubai_config, scan
 from PIL import Image
 
 from kseg.config import build_config, load_config
 from kseg.data.reading import MaskSpec, decode_mask, list_samples, read_image, read_mask
-from kseg.data.scan import scan_masks
 from kseg.errors import DataError
 
 COLOURS = ["#3C1098", "#8429F6", "#6EC1E4", "#FEDD3A", "#E2A929", "#50E3C2"]
@@ -95,7 +94,7 @@ def test_drone_csv_layout_with_path_templates(comp, tmp_path):
     assert train["image"][0].endswith(".jpg")
     test = list_samples(cfg.data, "test")
     assert "mask" not in test.columns
-    stats = scan_masks(cfg, train)
+    stats = scan(cfg, train)
     expected = np.stack(
         [
             np.bincount(np.asarray(Image.open(comp / "masks" / f"{i}.png")).ravel(), minlength=6)
@@ -134,7 +133,7 @@ def test_unknown_colour_is_an_error_with_pixel_counts(comp, tmp_path):
     Image.fromarray(mask).save(mask_path)
     cfg = colour_cfg(root)
     with pytest.raises(DataError, match=r"part_000.png has colours outside data.palette: #000000 \(15 px\)"):
-        scan_masks(cfg)
+        scan(cfg)
 
 
 def test_unknown_colour_mapped_to_ignore_when_configured(comp, tmp_path):
@@ -144,7 +143,7 @@ def test_unknown_colour_mapped_to_ignore_when_configured(comp, tmp_path):
     mask[:3, :5] = (0, 0, 0)
     Image.fromarray(mask).save(mask_path)
     cfg = colour_cfg(root, unknown_labels="ignore")
-    stats = scan_masks(cfg)
+    stats = scan(cfg)
     assert stats.unknown == {"#000000": (15, 1)}
     assert stats.table["ignore"][0] == 15
     assert read_mask(mask_path, MaskSpec.from_config(cfg.data))[:3, :5].tolist() == [[255] * 5] * 3
@@ -164,8 +163,8 @@ def test_index_above_class_count(comp):
     Image.fromarray(mask).save(mask_path)
     cfg = load_config(comp / "kseg.yaml")
     with pytest.raises(DataError, match=r"img_0003.png has values that are no class: 9 \(7 px\)"):
-        scan_masks(cfg)
-    stats = scan_masks(load_config(comp / "kseg.yaml", ["data.unknown_labels=ignore"]))
+        scan(cfg)
+    stats = scan(load_config(comp / "kseg.yaml", ["data.unknown_labels=ignore"]))
     assert stats.unknown == {"9": (7, 1)}
 
 
@@ -173,7 +172,7 @@ def test_colour_image_given_as_index_mask(comp, tmp_path):
     root = make_colour_layout(comp, tmp_path / "aerial")
     cfg = colour_cfg(root, mask_format="index", palette=None)
     with pytest.raises(DataError, match="is a colour image but data.mask_format is 'index'"):
-        scan_masks(cfg)
+        scan(cfg)
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -216,28 +215,28 @@ def test_pattern_matching_nothing(comp, tmp_path):
 def test_mask_size_differs_from_image(comp):
     Image.fromarray(np.zeros((32, 48), np.uint8)).save(comp / "masks" / "img_0007.png")
     with pytest.raises(DataError, match=r"mask .*img_0007.png is 32x48 but image .*img_0007.png is 64x96"):
-        scan_masks(load_config(comp / "kseg.yaml"))
+        scan(load_config(comp / "kseg.yaml"))
 
 
 def test_truncated_mask(comp):
     path = comp / "masks" / "img_0001.png"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(DataError, match=r"mask .*img_0001.png cannot be read"):
-        scan_masks(load_config(comp / "kseg.yaml"))
+        scan(load_config(comp / "kseg.yaml"))
 
 
 def test_unreadable_image(comp):
     (comp / "images" / "img_0004.png").write_bytes(b"not an image at all")
     with pytest.raises(DataError, match=r"image .*img_0004.png cannot be read"):
-        scan_masks(load_config(comp / "kseg.yaml"))
+        scan(load_config(comp / "kseg.yaml"))
 
 
 def test_truncated_image_found_when_verifying(comp):
     path = comp / "images" / "img_0004.png"
     path.write_bytes(path.read_bytes()[:400])
-    scan_masks(load_config(comp / "kseg.yaml"))  # headers alone look fine
+    scan(load_config(comp / "kseg.yaml"))  # headers alone look fine
     with pytest.raises(DataError, match=r"image .*img_0004.png cannot be read"):
-        scan_masks(load_config(comp / "kseg.yaml", ["split.verify_images=true"]))
+        scan(load_config(comp / "kseg.yaml", ["split.verify_images=true"]))
 
 
 def test_duplicate_ids(comp):
@@ -280,7 +279,7 @@ def test_real_dubai_download(dubai, tmp_path):
     assert train["tile"].nunique() == 6 and "Tile 7" not in set(train["tile"])
     everything = list_samples(load_config(cfg_path(), [f"data.root={dubai}", "data.exclude=[]"]).data)
     assert len(everything) == 63 and everything["tile"].nunique() == 7
-    stats = scan_masks(cfg, train)
+    stats = scan(cfg, train)
     assert (stats.counts.sum(1) > 0).all()
     assert set(stats.unknown) == {"#000000"}  # the download's stray black pixels, reported not hidden
     assert stats.table["ignore"].sum() > stats.unknown["#000000"][0]  # plus the Unlabeled colour
@@ -289,7 +288,7 @@ def test_real_dubai_download(dubai, tmp_path):
 def test_real_dubai_classes_json_colours_are_rejected_with_the_real_ones(dubai, tmp_path):
     cfg = dubai_config(dubai, tmp_path, classes_json=True)
     with pytest.raises(DataError, match=r"colours outside data.palette: #8429F6 \([\d,]+ px\)"):
-        scan_masks(cfg)
+        scan(cfg)
 
 
 def test_shipped_drone_config_reads_the_drone_layout(comp, tmp_path):

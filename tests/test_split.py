@@ -1,10 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import scan
 
 from kseg.cli import app
 from kseg.config import load_config
-from kseg.data.scan import scan_masks
 from kseg.data.split import (
     assign_folds,
     imbalance,
@@ -115,9 +115,9 @@ def test_stratification_labels_bins_areas_of_present_classes():
 
 def test_scan_is_cached_and_rescans_changed_files(comp):
     cfg = load_config(comp / "kseg.yaml")
-    first = scan_masks(cfg)
+    first = scan(cfg)
     assert first.n_scanned == 24
-    second = scan_masks(cfg)
+    second = scan(cfg)
     assert second.n_scanned == 0
     pd.testing.assert_frame_equal(first.table, second.table)
     mask = comp / "masks" / "img_0002.png"
@@ -125,28 +125,28 @@ def test_scan_is_cached_and_rescans_changed_files(comp):
     import os
 
     os.utime(mask, ns=(1, 1))
-    third = scan_masks(cfg)
+    third = scan(cfg)
     assert third.n_scanned == 1
     pd.testing.assert_frame_equal(first.table, third.table)
     # a different mask decoding invalidates everything
-    assert scan_masks(load_config(comp / "kseg.yaml", ["data.unknown_labels=ignore"])).n_scanned == 24
+    assert scan(load_config(comp / "kseg.yaml", ["data.unknown_labels=ignore"])).n_scanned == 24
 
 
 def test_scan_in_parallel_matches_serial(comp_template, tmp_path):
     from kseg.synth.aerial import make_competition
 
     make_competition(tmp_path, n_train=80, n_test=1, height=32, width=32, n_classes=4, seed=1)
-    serial = scan_masks(load_config(tmp_path / "kseg.yaml", ["split.workers=1", f"workdir={tmp_path / 'w1'}"]))
-    parallel = scan_masks(load_config(tmp_path / "kseg.yaml", ["split.workers=2", f"workdir={tmp_path / 'w2'}"]))
+    serial = scan(load_config(tmp_path / "kseg.yaml", ["split.workers=1", f"workdir={tmp_path / 'w1'}"]))
+    parallel = scan(load_config(tmp_path / "kseg.yaml", ["split.workers=2", f"workdir={tmp_path / 'w2'}"]))
     pd.testing.assert_frame_equal(serial.table, parallel.table)
     assert serial.class_pixels.sum() == 80 * 32 * 32
 
 
 def test_damaged_cache_is_rebuilt(comp):
     cfg = load_config(comp / "kseg.yaml")
-    scan_masks(cfg)
+    scan(cfg)
     (cfg.workdir / "class_pixels.csv").write_text("garbage\n\x00\x01")
-    assert scan_masks(cfg).n_scanned == 24
+    assert scan(cfg).n_scanned == 24
 
 
 def test_cli_split_prints_table_and_imbalance(runner, comp, monkeypatch):

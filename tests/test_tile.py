@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import scan
 from PIL import Image
 
 from kseg.cli import app
 from kseg.config import TileConfig, build_config
 from kseg.data.reading import list_samples
-from kseg.data.scan import scan_masks
 from kseg.errors import TileError
 
 rasterio = pytest.importorskip("rasterio")
@@ -117,7 +117,7 @@ def test_tiles_are_a_competition_the_data_layer_reads(scene, tmp_path):
     assert cfg.model.in_channels == BANDS and len(cfg.data.mean) == BANDS
     samples = list_samples(cfg.data)
     assert len(samples) == len(result.index) and "source" in samples.columns
-    stats = scan_masks(cfg, samples)  # reads the .npy sizes and the index masks
+    stats = scan(cfg, samples)  # reads the .npy sizes and the index masks
     assert stats.counts.sum() > 0
 
 

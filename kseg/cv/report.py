@@ -14,13 +14,23 @@ import numpy as np
 import pandas as pd
 
 from kseg.common import Progress
-from kseg.config import Config
+from kseg.config import Config, DataConfig
 from kseg.data.images import load_image
 from kseg.data.reading import ID, MaskSpec, list_samples
 from kseg.io import atomic_write_text
 from kseg.metrics.scores import class_scores, row_dice, row_iou
 from kseg.plotting import NO_CLASS_COLOUR, class_colour, colorize, palette_rgb, pyplot, save_figure, to_uint8
-from kseg.postprocess import OOFBuilder, OOFSet, PostProcess, apply, class_table, instance_grids, load, load_oof
+from kseg.postprocess import (
+    OOFBuilder,
+    OOFRun,
+    OOFSet,
+    PostProcess,
+    apply,
+    class_table,
+    instance_grids,
+    load,
+    load_oof,
+)
 from kseg.workspace.workdir import WorkDir
 
 
@@ -68,7 +78,7 @@ def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) 
     fbeta = None
     if cfg.submission.metric == "instance_fbeta":  # one pass over the OOF files for both kinds of figures
         builder = OOFBuilder(cfg.n_classes, cfg.multilabel)
-        found = instance_grids(cfg, on_progress, builder)
+        found = instance_grids(OOFRun.from_config(cfg), cfg.submission.beta, on_progress, builder)
         oof = builder.build()
         fbeta = found.image_scores(None), found.image_scores(post)
     else:
@@ -115,7 +125,7 @@ def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) 
     atomic_write_text(out / "folds.csv", folds.to_csv(index=False))
     atomic_write_text(out / "classes.csv", per_class.to_csv(index=False))
     confusion_png = _plot_confusion(oof.confusion, classes, out / "confusion.png")
-    worst_png = _plot_worst(cfg, worst_table, post, out / "worst.png")
+    worst_png = _plot_worst(cfg.data, cfg.workdir, cfg.model.in_channels, worst_table, post, out / "worst.png")
     return Report(
         folds,
         per_class,
@@ -158,27 +168,30 @@ def _rgb(colour: Any) -> tuple[float, float, float]:
     return float(colour[0]) / 255, float(colour[1]) / 255, float(colour[2]) / 255
 
 
-def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path: Path) -> Path:
+def _plot_worst(
+    data: DataConfig, workdir: Path, channels: int, worst: pd.DataFrame, post: PostProcess | None, path: Path
+) -> Path:
+    """The worst out-of-fold images of ``workdir`` (``channels``: ``model.in_channels``): image, truth, prediction."""
     import cv2
     from matplotlib.patches import Patch
 
     plt = pyplot()
-    work = WorkDir(cfg.workdir)
-    samples = list_samples(cfg.data, "train").set_index(ID)
-    palette = palette_rgb(cfg.data)
-    height, width = cfg.data.image_size
+    work = WorkDir(workdir)
+    samples = list_samples(data, "train").set_index(ID)
+    palette = palette_rgb(data)
+    height, width = data.image_size
     rows = max(1, len(worst))
     fig, axes = plt.subplots(rows, 3, figsize=(9, 2.9 * rows), squeeze=False)
-    spec = MaskSpec.from_config(cfg.data)
+    spec = MaskSpec.from_config(data)
     for r, item in enumerate(worst.itertuples(index=False)):
         image_id, fold, dice = item
         oof_probs, oof_masks, table = work.read_oof(fold)
         i = int(np.flatnonzero(table[ID].to_numpy() == image_id)[0])
         probs, truth = oof_probs[i], oof_masks[i]
-        image = load_image(samples.loc[image_id, "image"], cfg.model.in_channels)[..., :3]
+        image = load_image(samples.loc[image_id, "image"], channels)[..., :3]
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         image = to_uint8(image)
-        pred = apply(np.asarray(probs), post, cfg.multilabel)
+        pred = apply(np.asarray(probs), post, data.multilabel)
         truth = np.where(truth < spec.n_values, truth, 255).astype(np.uint8)
         for c, (picture, title) in enumerate(
             [
@@ -191,8 +204,7 @@ def _plot_worst(cfg: Config, worst: pd.DataFrame, post: PostProcess | None, path
             axes[r, c].set_title(title, fontsize=8)
             axes[r, c].axis("off")
     handles = [
-        Patch(color=_rgb(class_colour(palette, k, cfg.multilabel)), label=name)
-        for k, name in enumerate(cfg.data.classes)
+        Patch(color=_rgb(class_colour(palette, k, data.multilabel)), label=name) for k, name in enumerate(data.classes)
     ]
     handles.append(Patch(color=_rgb(NO_CLASS_COLOUR), label="ignored / no class"))
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from kseg.bits import class_planes
 from kseg.common import Progress
-from kseg.config import Config
+from kseg.config import DataConfig, SplitConfig
 from kseg.data.labels import mask_file
 from kseg.data.reading import (
     ID,
@@ -104,27 +104,35 @@ def _spec_fingerprint(spec: MaskSpec, classes: list[str], verify: bool) -> str:
     return hashlib.sha1(repr((spec, classes, verify)).encode()).hexdigest()[:16]
 
 
-def scan_masks(cfg: Config, samples: pd.DataFrame | None = None, on_progress: Progress | None = None) -> ClassStats:
-    """Count class pixels in every training mask, checking masks against images; cached in the workdir.
+def scan_masks(
+    data: DataConfig,
+    split: SplitConfig,
+    workdir: Path,
+    samples: pd.DataFrame | None = None,
+    on_progress: Progress | None = None,
+) -> ClassStats:
+    """Count class pixels in every training mask, checking masks against images; cached in ``workdir``.
 
     Args:
-        cfg: The experiment config.
-        samples: The training table (default: ``list_samples(cfg.data, "train")``).
+        data: The ``data`` section (layout, classes, mask format).
+        split: The ``split`` section (``workers``, ``verify_images``).
+        workdir: The work folder, for the cache.
+        samples: The training table (default: ``list_samples(data, "train")``).
         on_progress: Optional ``callback(done, total)``.
 
     Raises:
         DataError: On the first bad file (named), with a count of the others.
     """
-    samples = list_samples(cfg.data, "train") if samples is None else samples
-    spec = MaskSpec.from_config(cfg.data)
-    classes = cfg.data.classes
+    samples = list_samples(data, "train") if samples is None else samples
+    spec = MaskSpec.from_config(data)
+    classes = data.classes
     px_cols = [f"px_{c}" for c in classes]
-    fingerprint = _spec_fingerprint(spec, classes, cfg.split.verify_images)
+    fingerprint = _spec_fingerprint(spec, classes, split.verify_images)
     keys = pd.DataFrame({ID: samples[ID], "mask": samples["mask"], "image": samples["image"]})
     keys[["mask_mtime_ns", "mask_bytes"]] = [_file_keys(p) for p in samples["mask"]]
     keys[["image_mtime_ns", "image_bytes"]] = [_file_keys(p) for p in samples["image"]]
 
-    work = WorkDir(cfg.workdir)
+    work = WorkDir(workdir)
     cached = _usable_cache(work.read_class_pixels(fingerprint), px_cols)
     if cached is not None:
         merged = keys.merge(cached, on=[ID, *_STAT_KEYS], how="left")
@@ -132,8 +140,8 @@ def scan_masks(cfg: Config, samples: pd.DataFrame | None = None, on_progress: Pr
     else:
         merged, todo = None, np.ones(len(keys), dtype=bool)
 
-    items = [(r[ID], r["mask"], r["image"], spec, cfg.split.verify_images) for r in keys[todo].to_dict("records")]
-    results = parallel_map(scan_one, items, cfg.split.workers, on_progress)
+    items = [(r[ID], r["mask"], r["image"], spec, split.verify_images) for r in keys[todo].to_dict("records")]
+    results = parallel_map(scan_one, items, split.workers, on_progress)
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         more = f" ({len(errors) - 1} more bad mask(s) after this one)" if len(errors) > 1 else ""

@@ -208,7 +208,7 @@ def make_folds(cfg: Config, on_progress: Progress | None = None) -> SplitResult:
             f"{len(samples)} training images cannot fill split.n_folds={n_folds} folds; lower split.n_folds"
         )
 
-    stats = scan_masks(cfg, samples, on_progress)
+    stats = scan_masks(cfg.data, cfg.split, cfg.workdir, samples, on_progress)
     counts = stats.counts
     folds = assign_folds(counts, n_folds, cfg.split.seed, cfg.split.area_bins, groups)
     empty = sorted(set(range(n_folds)) - set(folds.tolist()))

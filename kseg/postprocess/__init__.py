@@ -24,7 +24,7 @@ cumulative sums, the predicted area and the intersection for every threshold at 
 
 from kseg.errors import TuneError
 from kseg.postprocess.instances import InstanceGrids, instance_grids
-from kseg.postprocess.oof import OOFBuilder, OOFSet, class_table, load_oof
+from kseg.postprocess.oof import OOFBuilder, OOFRun, OOFSet, class_table, load_oof
 from kseg.postprocess.params import (
     AREA_FRACTIONS,
     MULTILABEL_THRESHOLDS,
@@ -49,6 +49,7 @@ __all__ = [
     "GridFn",
     "InstanceGrids",
     "OOFBuilder",
+    "OOFRun",
     "OOFSet",
     "PostProcess",
     "SearchSpace",

@@ -11,9 +11,8 @@ import numpy as np
 
 from kseg.bits import class_mask
 from kseg.common import Progress
-from kseg.config import Config
 from kseg.metrics.instances import components, fbeta, iou_matrix
-from kseg.postprocess.oof import OOFBuilder, read_oof_images
+from kseg.postprocess.oof import OOFBuilder, OOFRun, read_oof_images
 from kseg.postprocess.params import AREA_FRACTIONS, PostProcess, threshold_grid
 from kseg.postprocess.search import SearchSpace
 
@@ -62,14 +61,18 @@ class InstanceGrids:
         return np.stack(columns, axis=1) if columns else np.ones((len(self.ids), 0))
 
 
-def instance_grids(cfg: Config, on_progress: Progress | None = None, pixels: OOFBuilder | None = None) -> InstanceGrids:
-    """Each scored class's F-beta grid over the OOF images, and the space it was searched in; ``pixels``
-    also collects the images' pixel statistics in the same pass (``kseg report`` needs both)."""
-    thresholds, identity = threshold_grid(cfg.multilabel)
+def instance_grids(
+    run: OOFRun, beta: float, on_progress: Progress | None = None, pixels: OOFBuilder | None = None
+) -> InstanceGrids:
+    """Each scored class's F-beta grid (``beta``: ``submission.beta``) over the OOF images of ``run``, and
+    the space it was searched in; ``pixels`` also collects the images' pixel statistics in the same pass
+    (``kseg report`` needs both)."""
+    multilabel = run.multilabel
+    thresholds, identity = threshold_grid(multilabel)
     levels = np.minimum(np.ceil(thresholds * 255 - 1e-6).astype(int), 255)
-    per_class: dict[int, list[np.ndarray]] = {k: [] for k in cfg.scored_classes}
+    per_class: dict[int, list[np.ndarray]] = {k: [] for k in run.scored_classes}
     resolution, ids, folds = [0, 0], [], []
-    for image_id, fold, probs, truth in read_oof_images(cfg.workdir, cfg.n_classes, on_progress):
+    for image_id, fold, probs, truth in read_oof_images(run.workdir, run.n_classes, on_progress):
         probs, truth = np.asarray(probs).astype(np.int16), np.asarray(truth)
         resolution = [int(probs.shape[1]), int(probs.shape[2])]
         if pixels is not None:
@@ -77,7 +80,7 @@ def instance_grids(cfg: Config, on_progress: Progress | None = None, pixels: OOF
         ids.append(image_id)
         folds.append(fold)
         for k in per_class:
-            per_class[k].append(_image_grid(probs, truth, k, levels, cfg.multilabel, cfg.submission.beta))
+            per_class[k].append(_image_grid(probs, truth, k, levels, multilabel, beta))
     grids = {k: np.stack(v) for k, v in per_class.items()}  # (N, T, A)
-    space = SearchSpace(thresholds, identity, len(ids), resolution, cfg.multilabel)
+    space = SearchSpace(thresholds, identity, len(ids), resolution, multilabel)
     return InstanceGrids(grids, ids, np.array(folds), space)

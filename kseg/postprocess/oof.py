@@ -11,10 +11,26 @@ import numpy as np
 
 from kseg.bits import LABEL_THRESHOLD, class_planes
 from kseg.common import Progress
+from kseg.config import Config
 from kseg.data.reading import ID
 from kseg.errors import KsegError, TuneError
 from kseg.postprocess.params import threshold_grid
 from kseg.workspace.workdir import WorkDir
+
+
+@dataclass(frozen=True)
+class OOFRun:
+    """A run's out-of-fold files and how to read them: its work folder, class count, mode, and the classes
+    the metric scores (``submission.classes``)."""
+
+    workdir: Path
+    n_classes: int
+    multilabel: bool
+    scored_classes: list[int]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> OOFRun:
+        return cls(cfg.workdir, cfg.n_classes, cfg.multilabel, list(cfg.scored_classes))
 
 
 @dataclass

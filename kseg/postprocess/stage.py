@@ -6,7 +6,7 @@ from __future__ import annotations
 from kseg.common import Progress
 from kseg.config import Config
 from kseg.postprocess.instances import instance_grids
-from kseg.postprocess.oof import load_oof
+from kseg.postprocess.oof import OOFRun, load_oof
 from kseg.postprocess.search import TuneResult, tune_grids, tune_oof
 from kseg.workspace.workdir import WorkDir
 
@@ -18,7 +18,7 @@ def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> Tun
     parameters tuned on each half score the other, and the two results are averaged.
     """
     if cfg.submission.metric == "instance_fbeta":
-        found = instance_grids(cfg, on_progress)
+        found = instance_grids(OOFRun.from_config(cfg), cfg.submission.beta, on_progress)
         result = tune_grids(
             found.grid_for, list(cfg.data.classes), found.space, seed, "instance_fbeta", cfg.scored_classes
         )

@@ -164,16 +164,17 @@ class LogEntry:
         return self.values["sha256"]
 
 
-def make_entry(cfg: Config, submission: Path, predictions: Path, postprocess: str) -> LogEntry:
-    """The log row of a submission file just written from ``predictions`` (a ``kseg infer`` folder)."""
+def make_entry(fingerprint: str, workdir: Path, submission: Path, predictions: Path, postprocess: str) -> LogEntry:
+    """The log row of a submission file just written from ``predictions`` (a ``kseg infer`` folder) of the
+    run in ``workdir``, whose resolved config hashes to ``fingerprint`` (``config_hash``)."""
     info = read_inference_info(predictions) or {}
     applied = postprocess not in ("off", "none")
-    cv, kind = cv_estimate(cfg.workdir, applied)
+    cv, kind = cv_estimate(workdir, applied)
     values = {
         "time": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "file": Path(submission).name,
         "sha256": file_sha256(submission),
-        "config_hash": config_hash(cfg),
+        "config_hash": fingerprint,
         "runs": str(info.get("source", "label maps made outside kseg")),
         "folds": " ".join(map(str, info.get("folds", [])))
         + (f" (partial: {'; '.join(info['partial_folds'])})" if info.get("partial_folds") else ""),
@@ -283,7 +284,7 @@ def record_submission(
     """
     path = log_path(submission)
     read_log(path)
-    entry = make_entry(cfg, submission, predictions or Path(submission).parent, postprocess)
+    entry = make_entry(config_hash(cfg), cfg.workdir, submission, predictions or Path(submission).parent, postprocess)
     done = Recorded(path, entry)
     try:
         if competition:
