@@ -53,6 +53,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The one seed of everything random in epoch ``epoch`` (0-based; ``epoch == epochs done`` for the
+    checkpoint average's batch-norm pass) of a run seeded ``train.seed``: shuffling, augmentations and
+    dropout draw from it, so a resumed run continues exactly as if it had never stopped."""
+    return seed * 1000 + epoch
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)

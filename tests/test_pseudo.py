@@ -135,3 +135,20 @@ def test_pseudo_that_fails_on_its_arguments_leaves_no_folder(runner, comp, tmp_p
     result = runner.invoke(app, ["pseudo", "-c", str(comp / "kseg.yaml"), "--out", str(tmp_path / "new"), *bad])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert not (tmp_path / "new").exists()
+
+
+def test_a_single_fold_resumes_by_the_same_rule_in_train_and_pseudo(runner, trained, tmp_path):
+    """``--resume`` on one fold without its last.pt stops with the fix in both commands (pseudo started
+    over silently before); among several folds, one never started starts."""
+    from kseg.training.train import resumes
+
+    root = tmp_path / "comp"
+    shutil.copytree(trained, root)
+    args = ["pseudo", "-c", str(root / "kseg.yaml"), *sum((["--set", s] for s in FAST), [])]
+    result = runner.invoke(app, [*args, "--out", str(root / "new"), "--fold", "0", "--resume"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "no checkpoint to resume" in text and "without --resume" in text
+    assert "Traceback" not in result.output
+    assert resumes(root / "new", 0, True, several=False)
+    assert not resumes(root / "new", 0, True, several=True) and not resumes(root / "new", 0, False, several=False)
+    assert resumes(root / "work", 0, True, several=True)  # fold 0 of the source run has its last.pt

@@ -46,8 +46,7 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train a UNet (or any smp model) on the other folds; keep the best epoch by the competition metric."""
-    from kseg.training.train import FoldResult, folds_to_train, train_fold
-    from kseg.workspace.workdir import WorkDir
+    from kseg.training.train import FoldResult, folds_to_train, resumes, train_fold
 
     quiet = int(os.environ.get("RANK", 0)) != 0  # under torchrun only rank 0 talks
     results: list[FoldResult] = []
@@ -58,8 +57,7 @@ def train(
         for f in folds:
             if _out_of_time(results, deadline):
                 break
-            # --fold all --resume: folds never started start now; a single fold must have its last.pt
-            again = resume and (len(folds) == 1 or WorkDir(cfg.workdir).last(f).is_file())
+            again = resumes(cfg.workdir, f, resume, several=len(folds) > 1)
             with render.training_progress(f, cfg.train.epochs, quiet) as callbacks:
                 results.append(train_fold(cfg, f, again, **callbacks, deadline=deadline))
     if not quiet:
@@ -104,8 +102,7 @@ def pseudo(
     """Pseudo-label the test set with each fold's own model, then train the folds again with them."""
     from kseg.prediction.infer import competition_test_images, list_images
     from kseg.training.pseudo import label_fold, prepare_run, pseudo_rows
-    from kseg.training.train import FoldResult, folds_to_train, train_fold
-    from kseg.workspace.workdir import WorkDir
+    from kseg.training.train import FoldResult, folds_to_train, resumes, train_fold
 
     options = {
         "--threshold": ("pseudo.threshold", threshold),
@@ -133,7 +130,7 @@ def pseudo(
                     on_progress=update,
                 )
             render.pseudo_labels(labels, cfg.pseudo.threshold)
-            again = resume and WorkDir(run_cfg.workdir).last(f).is_file()
+            again = resumes(run_cfg.workdir, f, resume, several=len(folds) > 1)
             with render.training_progress(f, cfg.train.epochs, False) as callbacks:
                 rows = pseudo_rows(labels, cfg.pseudo.share)
                 results.append(train_fold(run_cfg, f, again, **callbacks, deadline=deadline, pseudo=rows))

@@ -20,6 +20,7 @@ from kseg.config import AugmentConfig, Config
 from kseg.data.images import channel_stats, load_image, normalize, rescale
 from kseg.data.reading import MaskSpec, read_mask
 from kseg.errors import DataError
+from kseg.runtime import epoch_seed
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ def train_loader(
     pseudo-labelled rows in the dataset, every batch holds ``pseudo_share`` of them (``mixed_order``);
     ``sample_weights`` then weighs the labelled rows only."""
     dataset.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     n_pseudo = sum(dataset.pseudo)
     if n_pseudo:
         order = mixed_order(

@@ -41,6 +41,7 @@ from kseg.runtime import (
     PRECISION_NAMES,
     amp_dtype,
     autocast,
+    epoch_seed,
     loader_workers,
     pin_memory,
     resolve_device,
@@ -265,7 +266,7 @@ class FoldRun:
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         """One pass over the training batches. Returns ``(mean loss over every rank, images per second)``."""
         cfg = self.cfg
-        seed_everything(cfg.train.seed * 1000 + epoch)
+        seed_everything(epoch_seed(cfg.train.seed, epoch))
         loader = self.loader(epoch)
         self.train_model.train()
         running, seen, t0 = 0.0, 0, time.perf_counter()
@@ -395,9 +396,8 @@ class FoldRun:
         return state
 
     def save(self, epoch: int, best: bool) -> None:
-        """The epoch's ``last.pt``, ``metrics.csv`` and, when it is the best, ``best.pt`` and ``oof.npy`` (and
-        its weights, when ``train.average`` will take them), put in place together (a kill or a full disk
-        leaves the previous epoch's set whole); then ``curves.png``."""
+        """The epoch's ``last.pt``, ``metrics.csv``, if best ``best.pt`` and ``oof.npy`` (and its weights when
+        ``train.average`` takes them), put in place together (a kill leaves the last set whole); ``curves.png``."""
         state = self.state(epoch)
         names = ["last.pt", "metrics.csv"]
         if best:

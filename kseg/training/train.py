@@ -22,7 +22,7 @@ from kseg.metrics.scores import epoch_score
 from kseg.models.averaging import AverageResult, average_weights, best_is_average, recalibrate_batchnorm
 from kseg.models.checkpoint import MODEL_KEYS, inference_state, load_checkpoint, save_checkpoint, unwrap
 from kseg.prediction.predictor import Predictor
-from kseg.runtime import seed_everything
+from kseg.runtime import epoch_seed, seed_everything
 from kseg.training import distributed
 from kseg.training.dataset import PseudoRows
 from kseg.training.evaluation import EpochStats
@@ -59,6 +59,13 @@ def folds_to_train(workdir: Path, fold: str) -> list[int]:
         where = Path(workdir) / "folds.csv"
         raise KsegError(f"--fold {number} is no fold of {where} (folds 0-{n_folds - 1}); pick one")
     return [number]
+
+
+def resumes(workdir: Path, fold: int, resume: bool, several: bool) -> bool:
+    """Whether a fold of a ``--resume`` command resumes, one rule for ``kseg train`` and ``kseg pseudo``: a
+    fold named alone must resume (``train_fold`` stops with the fix when it has no ``last.pt``); among
+    several (``--fold all``), folds never started start now."""
+    return resume and (not several or WorkDir(workdir).last(fold).is_file())
 
 
 def train_fold(
@@ -237,7 +244,7 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
     model = copy.deepcopy(unwrap(run.eval_model))
     model.load_state_dict(average_weights([load_checkpoint(work.snapshot(fold, e))["model"] for e in epochs]))
     after = len(run.progress.history)
-    seed_everything(cfg.train.seed * 1000 + after)
+    seed_everything(epoch_seed(cfg.train.seed, after))
     bn_batches = recalibrate_batchnorm(model, iter(run.loader(after)), run.device)
     predictor = Predictor([model], run.predictor.options, run.device, run.amp)
     stats = run.score(predictor, after, float("nan"), float("nan"), started)
