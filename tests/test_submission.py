@@ -284,6 +284,8 @@ def test_the_fast_reader_reports_what_pandas_reading_reports(perfect, monkeypatc
 def test_not_a_csv(perfect):
     report = validate_bytes(b'ImageID,EncodedPixels\n"unterminated,1 2\n', load_format(_cfg(perfect)))
     assert _kinds(report) == {"not a CSV"}
+    empty = validate_bytes(b"\n", load_format(_cfg(perfect)))
+    assert _kinds(empty) == {"not a CSV"} and "the file is empty" in empty.problems[0].examples[0]
 
 
 def test_overlap_check_can_be_turned_off(perfect):

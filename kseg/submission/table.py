@@ -72,4 +72,6 @@ def read_table(data: bytes) -> SubmissionTable:
     Raises:
         NotCSV: pandas cannot read the bytes as a CSV table.
     """
+    if not data.strip():
+        raise NotCSV("the file is empty: not even a header line")
     return _plain(data) or _with_pandas(data)
