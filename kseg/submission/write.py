@@ -96,12 +96,28 @@ class WriteResult:
     postprocess: str = "none"  # what post-processed them: "kseg infer", "probabilities", "areas", "off", "none"
 
 
+def _refuse_partial(directory: Path, info: dict | None, partial: bool) -> None:
+    """Predictions made with unfinished folds (``kseg infer --partial``) are submitted only with ``partial``."""
+    used = (info or {}).get("partial_folds") or []
+    if used and not partial:
+        raise SubmissionError(
+            f"the predictions in {directory} were made with unfinished folds ({'; '.join(used)}; kseg infer "
+            "--partial); finish them and predict again, or pass --partial to submit them as they are"
+        )
+
+
 def _postprocess_plan(
-    workdir: Path, classes: list[str], multilabel: bool, directory: Path, image_ids: list[str], enabled: bool
+    workdir: Path,
+    classes: list[str],
+    multilabel: bool,
+    directory: Path,
+    info: dict | None,
+    image_ids: list[str],
+    enabled: bool,
 ) -> tuple[PostProcess | None, bool, str, str]:
-    """How ``write_submission`` post-processes the label maps in ``directory``: returns ``(PostProcess or
-    None, use probabilities, note, short label for the submission log)``."""
-    info = read_inference_info(directory)
+    """How ``write_submission`` post-processes the label maps in ``directory`` (``info``: its
+    ``inference.json``): returns ``(PostProcess or None, use probabilities, note, short label for the
+    submission log)``."""
     if info is not None and info.get("postprocess") is not None:
         note = "post-processing: applied by kseg infer"
         if not enabled:
@@ -241,18 +257,14 @@ def write_submission(
     t0 = time.perf_counter()
     fmt = load_format(cfg)
     directory = predictions or default_predictions(cfg.submission.predictions, cfg.workdir)
-    used = (read_inference_info(directory) or {}).get("partial_folds") or []
-    if used and not partial:
-        raise SubmissionError(
-            f"the predictions in {directory} were made with unfinished folds ({'; '.join(used)}; kseg infer "
-            "--partial); finish them and predict again, or pass --partial to submit them as they are"
-        )
+    info = read_inference_info(directory)
+    _refuse_partial(directory, info, partial)
     required = cfg.submission.require_manifest
     empty, checked = check_manifest(directory, fmt.image_ids, required=required, fill_empty=fill_empty)
     predicted = [i for i in fmt.image_ids if i not in empty]
     paths = dict(zip(predicted, find_predictions(directory, predicted), strict=True))
     post, use_probs, note, label = _postprocess_plan(
-        cfg.workdir, list(cfg.data.classes), cfg.multilabel, directory, predicted, postprocess
+        cfg.workdir, list(cfg.data.classes), cfg.multilabel, directory, info, predicted, postprocess
     )
     note = f"{checked}\n{note}"
     timings["format"] = time.perf_counter() - t0
