@@ -134,18 +134,20 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _origin(dotted: str, source: str, overrides: list[str], message: str) -> str:
-    """Where a value at ``dotted`` came from: the ``--set`` that gave it, else the config file. An error of a
+def _origin(dotted: str, source: str, overrides: list[str], message: str, labels: dict[str, str]) -> str:
+    """Where a value at ``dotted`` came from: the ``--set`` that gave it (or the command option, as
+    ``labels`` names it: ``{"pseudo.threshold=1.5": "--threshold 1.5"}``), else the config file. An error of a
     whole section (``data``: palette against classes) names the file with the ``--set`` items inside the
     section whose keys the message names (all of them when it names none)."""
     keys = {item: item.partition("=")[0].strip() for item in overrides}
+    typed = {item: labels.get(item, f"--set {item}") for item in overrides}
     exact = [item for item, key in keys.items() if key == dotted or dotted.startswith(key + ".")]
     if exact:
-        return f"--set {exact[-1]}"
+        return typed[exact[-1]]
     inside = [item for item, key in keys.items() if key.startswith(dotted + ".")]
     named = [item for item in inside if re.search(rf"\b{re.escape(keys[item].rsplit('.', 1)[-1])}\b", message)]
     given = named or inside
-    return f"{source} with {', '.join('--set ' + item for item in given)}" if given else source
+    return f"{source} with {', '.join(typed[item] for item in given)}" if given else source
 
 
 def _mapping_cause(dotted: str, overrides: list[str]) -> str:
@@ -158,10 +160,11 @@ def _mapping_cause(dotted: str, overrides: list[str]) -> str:
     return f" ('{raw.strip()}' ends in a colon or holds ': ')"
 
 
-def _explain(error: Any, source: str, overrides: list[str]) -> str:
+def _explain(error: Any, source: str, overrides: list[str], labels: dict[str, str] | None = None) -> str:
     loc = tuple(str(p) for p in error["loc"])
     dotted = ".".join(loc)
-    origin = _origin(dotted, source, overrides, error["msg"])
+    origin = _origin(dotted, source, overrides, error["msg"], labels or {})
+    fix = "give it another value" if origin in (labels or {}).values() else "fix it in the file or with --set"
     if error["type"] == "extra_forbidden":
         parent = _section_model(loc[:-1])
         valid = sorted(parent.model_fields) if parent else []
@@ -177,7 +180,7 @@ def _explain(error: Any, source: str, overrides: list[str]) -> str:
         got = f" (got {shown!r})" if not isinstance(shown, dict) else ""
         if error["type"] == "string_type" and isinstance(shown, dict):
             got = f" (YAML read it as a mapping{_mapping_cause(dotted, overrides)}: quote the value)"
-        return f"config key '{dotted}' in {origin}: {message}{got}; fix it in the file or with --set"
+        return f"config key '{dotted}' in {origin}: {message}{got}; {fix}"
     return f"config {origin}: {message}"
 
 
@@ -186,7 +189,13 @@ def _resolve(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def build_config(tree: dict, base_dir: Path, source: str = "config", overrides: list[str] | None = None) -> Config:
+def build_config(
+    tree: dict,
+    base_dir: Path,
+    source: str = "config",
+    overrides: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Config:
     """Validate a raw mapping into a ``Config`` whose paths are absolute.
 
     Args:
@@ -199,7 +208,7 @@ def build_config(tree: dict, base_dir: Path, source: str = "config", overrides: 
         cfg = Config.model_validate(tree)
     except ValidationError as exc:
         errors = exc.errors()
-        first = _explain(errors[0], source, overrides or [])
+        first = _explain(errors[0], source, overrides or [], labels)
         more = f" ({len(errors) - 1} more problem(s) after this one)" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None
     base_dir = Path(base_dir).resolve()
@@ -252,12 +261,16 @@ def find_config(path: Path | None) -> Path:
     return default
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, labels: dict[str, str] | None = None
+) -> Config:
     """Read a YAML config, apply ``--set`` overrides, validate, and resolve its paths.
 
     Args:
         path: The YAML file; ``None`` means ``kseg.yaml`` in the current folder.
         overrides: ``dotted.key=value`` strings; values are parsed as YAML.
+        labels: How a command option that stands for a key was typed, per override item
+            (``{"pseudo.threshold=1.5": "--threshold 1.5"}``), so that an error names the option.
     """
     overrides = list(overrides or [])
     file = find_config(path)
@@ -276,7 +289,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
             f"config {file} must be a mapping of keys (workdir:, data:, ...), not a {type(tree).__name__}"
         )
     anchor_override_paths(apply_overrides(tree, overrides), overrides, Path.cwd())
-    return build_config(tree, file.parent, source=str(file), overrides=overrides)
+    return build_config(tree, file.parent, source=str(file), overrides=overrides, labels=labels)
 
 
 def to_yaml(cfg: Config) -> str:

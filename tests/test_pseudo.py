@@ -109,7 +109,7 @@ def test_bad_threshold_is_one_line(runner, comp):
     result = runner.invoke(app, ["pseudo", "-c", str(comp / "kseg.yaml"), "--threshold", "1.5"])
     assert result.exit_code == 1
     text = " ".join(result.output.split())
-    assert "'pseudo.threshold' in --threshold 1.5:" in text and "give --threshold another value" in text
+    assert "'pseudo.threshold' in --threshold 1.5:" in text and "give it another value" in text
     assert "--set" not in text and "Traceback" not in result.output
 
 

@@ -72,19 +72,11 @@ def config_from(
     (``options``: ``{"--threshold": ("pseudo.threshold", 0.9)}``, ``None`` values left out); an error in
     an option's value names the option as typed, not the key it sets."""
     from kseg.config import load_config
-    from kseg.errors import ConfigError
 
-    given = {flag: (key, value) for flag, (key, value) in (options or {}).items() if value is not None}
-    items = {flag: f"{key}={value}" for flag, (key, value) in given.items()}
-    try:
-        return load_config(config, [*(overrides or []), *items.values()])
-    except ConfigError as exc:
-        text = str(exc)
-        for flag, item in items.items():
-            if f"--set {item}" in text:
-                text = text.replace(f"--set {item}", f"{flag} {given[flag][1]}")
-                text = text.replace("; fix it in the file or with --set", f"; give {flag} another value")
-        raise ConfigError(text) from None
+    labels = {
+        f"{key}={value}": f"{flag} {value}" for flag, (key, value) in (options or {}).items() if value is not None
+    }
+    return load_config(config, [*(overrides or []), *labels], labels)
 
 
 def _version(value: bool) -> None:
