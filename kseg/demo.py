@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from kseg.config import Config, load_config
 from kseg.cv.report import Report, cv_report
@@ -23,7 +23,7 @@ from kseg.prediction.ensemble import load_ensemble
 from kseg.prediction.infer import OutputOptions, competition_test_images, run_inference
 from kseg.submission import score_file, validate_file, write_submission
 from kseg.synth.aerial import make_competition
-from kseg.training.train import train_fold
+from kseg.training.train import train_folds
 from kseg.workspace.workdir import WorkDir, default_predictions
 
 # Large enough for a small UNet to learn the scenes in a few CPU minutes, small enough to stay there.
@@ -144,13 +144,17 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
 
 def _train_folds(cfg: Config, rep: Reporter) -> None:
     """Every fold, one stage each, with a progress bar over its steps."""
-    for fold in range(cfg.split.n_folds):
-        with rep.stage(f"train fold {fold}") as progress:
 
-            def step(epoch: int, done: int, steps: int, loss: float, speed: float, progress=progress) -> None:
-                progress(epoch * steps + done, cfg.train.epochs * steps)
+    @contextlib.contextmanager
+    def progress(fold: int) -> Iterator[dict[str, Any]]:
+        with rep.stage(f"train fold {fold}") as bar:
 
-            train_fold(cfg, fold, on_step=step)
+            def step(epoch: int, done: int, steps: int, loss: float, speed: float) -> None:
+                bar(epoch * steps + done, cfg.train.epochs * steps)
+
+            yield {"on_step": step}
+
+    train_folds(cfg, list(range(cfg.split.n_folds)), progress=progress)
 
 
 def _pictures(workdir: Path, n_folds: int, predictions: Path, report: Report) -> dict[str, list[Path]]:

@@ -152,3 +152,18 @@ def file_digest(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def reserve_space(path: Path) -> None:
+    """Allocate the disk blocks of a (sparse) file now, so a full disk shows as an ``OSError`` here rather
+    than as a bus error when a memory map of it is written later. A no-op where the system cannot."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without it: keep the sparse file
+                return
+            raise OSError(exc.errno, exc.strerror, str(path)) from None

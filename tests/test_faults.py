@@ -113,7 +113,7 @@ def test_a_second_training_of_a_fold_in_progress_stops_with_one_line(comp):
     from kseg.data.split import make_folds
 
     make_folds(load_config(comp / "kseg.yaml"))
-    hold = WorkDir(comp / "work").hold_fold(0)  # as a live 'kseg train --fold 0' holds it
+    hold = WorkDir(comp / "work").journal(0).hold()  # as a live 'kseg train --fold 0' holds it
     try:
         done = subprocess.run(
             _kseg(comp, "train", "--fold", "0"), capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,18 +20,7 @@ from kseg.cli.common import (
 )
 
 if TYPE_CHECKING:
-    pass
-
-
-def _deadline(limit: float | None) -> float | None:
-    """``train.time_limit`` seconds from now, one budget for every fold of the command."""
-    return time.monotonic() + limit if limit is not None else None
-
-
-def _out_of_time(results: list, deadline: float | None) -> bool:
-    """Whether the next fold must not start: the last one stopped at the limit, or the limit has passed."""
-    late = deadline is not None and time.monotonic() >= deadline
-    return bool(results) and (results[-1].stopped_by_time or late)
+    from kseg.training.dataset import PseudoRows
 
 
 @app.command()
@@ -46,20 +34,15 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train a UNet (or any smp model) on the other folds; keep the best epoch by the competition metric."""
-    from kseg.training.train import FoldResult, folds_to_train, resumes, train_fold
+    from kseg.training.train import folds_to_train, train_folds
 
     quiet = int(os.environ.get("RANK", 0)) != 0  # under torchrun only rank 0 talks
-    results: list[FoldResult] = []
     with handled(debug):
         cfg = config_from(config, set_)
-        deadline = _deadline(cfg.train.time_limit)
         folds = folds_to_train(cfg.workdir, fold)
-        for f in folds:
-            if _out_of_time(results, deadline):
-                break
-            again = resumes(cfg.workdir, f, resume, several=len(folds) > 1)
-            with render.training_progress(f, cfg.train.epochs, quiet) as callbacks:
-                results.append(train_fold(cfg, f, again, **callbacks, deadline=deadline))
+        results = train_folds(
+            cfg, folds, resume=resume, progress=lambda f: render.training_progress(f, cfg.train.epochs, quiet)
+        )
     if not quiet:
         render.training_results(results, folds)
 
@@ -102,23 +85,20 @@ def pseudo(
     """Pseudo-label the test set with each fold's own model, then train the folds again with them."""
     from kseg.prediction.infer import competition_test_images, list_images
     from kseg.training.pseudo import label_fold, prepare_run, pseudo_rows
-    from kseg.training.train import FoldResult, folds_to_train, resumes, train_fold
+    from kseg.training.train import folds_to_train, train_folds
 
     options = {
         "--threshold": ("pseudo.threshold", threshold),
         "--share": ("pseudo.share", share),
         "--out": ("pseudo.workdir", out),
     }
-    results: list[FoldResult] = []
     with handled(debug):
         cfg = config_from(config, set_, options)
         table = list_images(images) if images is not None else competition_test_images(cfg.data)
         folds = folds_to_train(cfg.workdir, fold)  # the arguments are checked before the new run's folder is made
         run_cfg = prepare_run(cfg)
-        deadline = _deadline(cfg.train.time_limit)
-        for f in folds:
-            if _out_of_time(results, deadline):
-                break
+
+        def label(f: int) -> PseudoRows:
             with render.progress_bar(f"pseudo-label fold {f}") as update:
                 labels = label_fold(
                     cfg,
@@ -130,10 +110,15 @@ def pseudo(
                     on_progress=update,
                 )
             render.pseudo_labels(labels, cfg.pseudo.threshold)
-            again = resumes(run_cfg.workdir, f, resume, several=len(folds) > 1)
-            with render.training_progress(f, cfg.train.epochs, False) as callbacks:
-                rows = pseudo_rows(labels, cfg.pseudo.share)
-                results.append(train_fold(run_cfg, f, again, **callbacks, deadline=deadline, pseudo=rows))
+            return pseudo_rows(labels, cfg.pseudo.share)
+
+        results = train_folds(
+            run_cfg,
+            folds,
+            resume=resume,
+            progress=lambda f: render.training_progress(f, cfg.train.epochs, False),
+            before_fold=label,
+        )
     render.training_results(results, folds)
     render.say(f"the pseudo-labelled run is {run_cfg.workdir}: tune, infer and submit it with --set workdir=...")
 

@@ -61,3 +61,34 @@ def wrap(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.M
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class Ranks:
+    """This process's place among the training processes, and the few exchanges the loop needs; with one
+    process (the default) every exchange is a no-op.
+
+    Args:
+        rank: This process's rank (0 validates and writes).
+        world: The number of processes.
+    """
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    @classmethod
+    def joined(cls) -> Ranks:
+        """The ranks of this launch (joining torchrun's process group when there is one)."""
+        return cls(*init())
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, value: Any) -> Any:
+        return broadcast(value, self.rank, self.world)
+
+    def barrier(self) -> None:
+        barrier(self.world)
+
+    def mean(self, total: float, count: int) -> float:
+        return mean_over_ranks(total, count, self.world)

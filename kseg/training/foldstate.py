@@ -12,6 +12,8 @@ import pandas as pd
 
 from kseg.errors import TrainError
 from kseg.models.averaging import AverageResult
+from kseg.training.distributed import Ranks
+from kseg.training.evaluation import EpochStats
 
 StepCallback = Callable[[int, int, int, float, float], None]  # epoch, step, steps, loss, images/s
 NoteCallback = Callable[[str], None]
@@ -42,7 +44,6 @@ class RunProgress:
     """Where a run stands: what ``last.pt`` saves and ``restore`` brings back."""
 
     epoch: int = 0  # epochs done
-    steps_done: int = 0  # optimiser steps done
     best_score: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
@@ -52,6 +53,22 @@ class RunProgress:
     def from_checkpoint(cls, checkpoint: dict) -> RunProgress:
         """The progress a ``last.pt`` saved (``FoldRun.state``)."""
         return cls(**{name: checkpoint[name] for name in cls.__dataclass_fields__})
+
+    def record(self, stats: EpochStats) -> None:
+        """An epoch validated: its row, and the best score so far or one more epoch without it."""
+        if stats.best:
+            self.best_score, self.best_epoch, self.bad_epochs = stats.val_score, stats.epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.history.append(stats.row())
+        self.epoch = stats.epoch
+
+    def share(self, ranks: Ranks) -> None:
+        """Rank 0's history and best-so-far on every rank."""
+        self.history = ranks.broadcast(self.history)
+        self.best_score, self.best_epoch, self.bad_epochs, self.epoch = ranks.broadcast(
+            (self.best_score, self.best_epoch, self.bad_epochs, self.epoch)
+        )
 
 
 def check_finite(value: float, what: str, lr: float) -> None:

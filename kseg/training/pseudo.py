@@ -118,7 +118,9 @@ class FoldLabels:
 
 
 def _info(workdir: Path, threshold: float, fold: int, tta: str, images: pd.DataFrame) -> dict:
-    best = WorkDir(workdir).best(fold)
+    work = WorkDir(workdir)
+    work.settle(fold)
+    best = work.best(fold)
     return {
         "source": str(best),
         "source_mtime_ns": best.stat().st_mtime_ns if best.is_file() else None,

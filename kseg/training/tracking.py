@@ -17,6 +17,9 @@ import yaml
 
 from kseg.config import TrainConfig
 from kseg.errors import TrainError
+from kseg.training.evaluation import EpochStats
+from kseg.training.foldstate import RunProgress
+from kseg.training.loop import Callback
 from kseg.workspace.workdir import WorkDir
 
 
@@ -107,3 +110,19 @@ def open_trackers(train: TrainConfig, config: dict[str, Any], fold: int, workdir
             tracker.close()
         raise
     return trackers
+
+
+class Trackers(Callback):
+    """The trackers of ``open_trackers`` as a loop callback: every validated epoch's row is sent (rank 0)."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
+
+    def on_epoch_end(self, epoch: int, stats: EpochStats | None, progress: RunProgress) -> None:
+        if stats is not None:
+            for tracker in self.trackers:
+                tracker.log(stats.row(), stats.epoch)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()

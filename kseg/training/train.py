@@ -13,22 +13,34 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from kseg.config import Config
 from kseg.data.split import fold_tables
 from kseg.errors import KsegError, TrainError
-from kseg.metrics.scores import epoch_score
 from kseg.models.averaging import AverageResult, average_weights, best_is_average, recalibrate_batchnorm
 from kseg.models.checkpoint import MODEL_KEYS, inference_state, load_checkpoint, save_checkpoint, unwrap
 from kseg.prediction.predictor import Predictor
 from kseg.runtime import epoch_seed, seed_everything
-from kseg.training import distributed
 from kseg.training.dataset import PseudoRows
+from kseg.training.distributed import Ranks
 from kseg.training.evaluation import EpochStats
-from kseg.training.foldrun import FoldRun
-from kseg.training.foldstate import FoldResult, NoteCallback, StepCallback
-from kseg.training.tracking import open_trackers
+from kseg.training.foldrun import CommitEpoch, FoldRun
+from kseg.training.foldstate import FoldResult, NoteCallback, RunProgress, StepCallback
+from kseg.training.loop import (
+    EARLY,
+    OUT_OF_TIME,
+    Callback,
+    EarlyStopping,
+    EpochEnd,
+    FiniteLoss,
+    StepProgress,
+    TimeLimit,
+    fit,
+)
+from kseg.training.tracking import Trackers, open_trackers
 from kseg.workspace.folds import sibling_mismatch
 from kseg.workspace.workdir import WorkDir
 
@@ -41,6 +53,7 @@ __all__ = [
     "fold_tables",
     "folds_to_train",
     "train_fold",
+    "train_folds",
 ]
 
 
@@ -65,7 +78,42 @@ def resumes(workdir: Path, fold: int, resume: bool, several: bool) -> bool:
     """Whether a fold of a ``--resume`` command resumes, one rule for ``kseg train`` and ``kseg pseudo``: a
     fold named alone must resume (``train_fold`` stops with the fix when it has no ``last.pt``); among
     several (``--fold all``), folds never started start now."""
-    return resume and (not several or WorkDir(workdir).last(fold).is_file())
+    work = WorkDir(workdir)
+    work.settle(fold)
+    return resume and (not several or work.last(fold).is_file())
+
+
+def train_folds(
+    cfg: Config,
+    folds: list[int],
+    *,
+    resume: bool = False,
+    progress: Callable[[int], AbstractContextManager[Any]] | None = None,
+    before_fold: Callable[[int], PseudoRows | None] | None = None,
+) -> list[FoldResult]:
+    """Train ``folds`` one after another, the one fold loop of ``kseg train``, ``kseg pseudo`` and the demo:
+    one ``train.time_limit`` for them all (no fold starts after a fold stopped at it or once it has
+    passed) and one resume rule (``resumes``).
+
+    Args:
+        cfg: The experiment config of the run being trained.
+        folds: Fold numbers, in order.
+        resume: ``--resume``.
+        progress: ``progress(fold)`` gives a context whose value is ``train_fold``'s callbacks
+            (``on_step``, ``on_epoch``, ``on_note``).
+        before_fold: ``before_fold(fold)`` runs before the fold trains and gives its pseudo-labelled rows.
+    """
+    deadline = time.monotonic() + cfg.train.time_limit if cfg.train.time_limit is not None else None
+    results: list[FoldResult] = []
+    for fold in folds:
+        late = deadline is not None and time.monotonic() >= deadline
+        if results and (results[-1].stopped_by_time or late):
+            break
+        pseudo = before_fold(fold) if before_fold is not None else None
+        again = resumes(cfg.workdir, fold, resume, several=len(folds) > 1)
+        with progress(fold) if progress is not None else nullcontext({}) as callbacks:
+            results.append(train_fold(cfg, fold, again, **callbacks, deadline=deadline, pseudo=pseudo))
+    return results
 
 
 def train_fold(
@@ -108,11 +156,11 @@ def train_fold(
             f"{mismatch}; the folds of one work folder are one ensemble, so train another model in another work "
             f"folder (--set workdir=...; kseg blend combines runs), or remove that fold's folder first"
         )
-    rank, _ = distributed.init()
-    hold = WorkDir(cfg.workdir).hold_fold(fold) if rank == 0 else None  # readers leave our commits to us
+    main = Ranks.joined().main
+    hold = WorkDir(cfg.workdir).journal(fold).hold() if main else None  # readers leave our commits to us
     try:
-        run = FoldRun(cfg, fold, resume=resume, on_step=on_step, on_note=note, pseudo=pseudo)
-        return _train(run, on_epoch, note, deadline, pseudo)
+        run = FoldRun(cfg, fold, resume=resume, on_note=note, pseudo=pseudo)
+        return _train(run, on_step, on_epoch, note, deadline, pseudo)
     finally:
         if hold is not None:
             hold.close()
@@ -120,13 +168,14 @@ def train_fold(
 
 def _train(
     run: FoldRun,
+    on_step: StepCallback | None,
     on_epoch: Callable[[EpochStats], None] | None,
     note: NoteCallback,
     deadline: float | None,
     pseudo: PseudoRows | None,
 ) -> FoldResult:
-    """``train_fold``'s epochs, then the averaging it may owe."""
-    cfg, fold = run.cfg, run.fold
+    """``train_fold``'s epochs through ``fit``, with the callbacks a fold run has."""
+    cfg, fold, ranks = run.cfg, run.fold, run.ranks
     _opening_notes(run, pseudo, note)
     run.prepare_outputs()
     if run.progress.epoch >= cfg.train.epochs:
@@ -134,39 +183,53 @@ def _train(
             f"fold {fold} has already trained {run.progress.epoch} epochs (train.epochs is {cfg.train.epochs}); "
             "raise train.epochs to train on"
         )
-    stopped_early, out_of_time = _epochs(run, on_epoch, note, deadline)
-    result = run.result(stopped_early)
-    result.stopped_by_time = out_of_time
-    if out_of_time:
+    callbacks: list[Callback] = [FiniteLoss(f"fold {fold}", cfg.train.lr)]
+    if on_step is not None and ranks.main:
+        callbacks.append(StepProgress(on_step, ranks.world))
+    averaging = Averaging(run, note, deadline) if cfg.train.average is not None and ranks.main else None
+    if ranks.main:
+        trackers = open_trackers(cfg.train, cfg.model_dump(mode="json"), fold, run.work)
+        callbacks += [CommitEpoch(run), Trackers(trackers)]
+    if on_epoch is not None:
+        callbacks.append(EpochEnd(on_epoch))
+    callbacks += [
+        EarlyStopping(cfg.train.patience, cfg.submission.metric, note),
+        TimeLimit(deadline, cfg.train.epochs, ranks),
+    ]
+    if averaging is not None:
+        callbacks.append(averaging)
+    reason = fit(
+        run.task,
+        run.data.loader,
+        run.validate,
+        run.progress,
+        epochs=cfg.train.epochs,
+        seed=cfg.train.seed,
+        callbacks=callbacks,
+        ranks=ranks,
+    )
+    result = run.result(stopped_early=reason == EARLY)
+    result.stopped_by_time = reason == OUT_OF_TIME or (averaging is not None and averaging.out_of_time)
+    if reason == OUT_OF_TIME:
         note(
             f"time limit reached after epoch {len(run.progress.history)} of {cfg.train.epochs} (train.time_limit "
             f"{cfg.train.time_limit:g} s): fold{fold}/last.pt is saved; continue with "
             f"'kseg train --fold {fold} --resume'"
         )
-    elif cfg.train.average is not None and run.main and average_is_due(run):
-        if deadline is not None and time.monotonic() >= deadline:
-            result.stopped_by_time = True
-            note(
-                f"time limit reached (train.time_limit {cfg.train.time_limit:g} s) before checkpoint averaging; "
-                f"'kseg train --fold {fold} --resume' averages the epochs"
-            )
-            distributed.barrier(run.world)
-            return result
-        result.average = average_fold(run, note)
-        if result.average.kept:
+    if averaging is not None:
+        result.average = averaging.result
+        if result.average is not None and averaging.made and result.average.kept:
             result.best_score = result.average.score
-    elif cfg.train.average is not None and run.main:
-        result.average = AverageResult.from_json(run.work.read_average(fold))
-    distributed.barrier(run.world)
+    ranks.barrier()
     return result
 
 
 def _opening_notes(run: FoldRun, pseudo: PseudoRows | None, note: NoteCallback) -> None:
     """What the fold trains on, where, from which weights, with which extras."""
-    processes = f", {run.world} processes" if run.world > 1 else ""
+    processes = f", {run.ranks.world} processes" if run.ranks.world > 1 else ""
     note(
-        f"fold {run.fold}: {len(run.train_rows)} train / {len(run.val_rows)} validation images on {run.device} "
-        f"({run.precision}{processes}); weights: {run.weights_from}"
+        f"fold {run.fold}: {len(run.data.train_rows)} train / {len(run.data.val_rows)} validation images on "
+        f"{run.device} ({run.precision}{processes}); weights: {run.weights_from}"
     )
     if run.weights_note:
         note(run.weights_note)
@@ -176,43 +239,30 @@ def _opening_notes(run: FoldRun, pseudo: PseudoRows | None, note: NoteCallback) 
         note("copy-paste classes: " + ", ".join(run.cfg.data.classes[c] for c in run.pasted))
 
 
-def _epochs(
-    run: FoldRun, on_epoch: Callable[[EpochStats], None] | None, note: NoteCallback, deadline: float | None
-) -> tuple[bool, bool]:
-    """Train the remaining epochs; returns ``(stopped early, stopped by the time limit)``."""
-    cfg = run.cfg
-    trackers = open_trackers(cfg.train, cfg.model_dump(mode="json"), run.fold, run.work) if run.main else []
-    try:
-        for epoch in range(run.progress.epoch, cfg.train.epochs):
-            started = time.perf_counter()
-            train_loss, images_per_s = run.train_epoch(epoch)
-            stats = run.validate(epoch, train_loss, images_per_s, started) if run.main else None
-            if stats is not None:
-                run.progress.history.append(stats.row())
-            run.share_progress()
-            if run.scheduler is not None and not run.per_step:
-                run.scheduler.step(epoch_score(run.progress.history[-1]))
-            if stats is not None:
-                run.save(epoch, stats.best)
-                for tracker in trackers:
-                    tracker.log(stats.row(), stats.epoch)
-                if on_epoch:
-                    on_epoch(stats)
-            distributed.barrier(run.world)
-            if cfg.train.patience and run.progress.bad_epochs >= cfg.train.patience:
-                note(
-                    f"early stop: no better validation {cfg.submission.metric} for {run.progress.bad_epochs} epochs "
-                    "(train.patience)"
-                )
-                return True, False
-            # every rank reads its own clock: the decision is shared so that no rank waits alone
-            late = deadline is not None and time.monotonic() >= deadline
-            if distributed.broadcast(late, run.rank, run.world) and epoch + 1 < cfg.train.epochs:
-                return False, True
-    finally:
-        for tracker in trackers:
-            tracker.close()
-    return False, False
+class Averaging(Callback):
+    """``train.average`` when the loop ends (rank 0): the kept epochs averaged (``average_fold``) unless
+    the fold already has a current average, or the time limit stopped the run or has passed."""
+
+    def __init__(self, run: FoldRun, note: NoteCallback, deadline: float | None):
+        self.run, self.note, self.deadline = run, note, deadline
+        self.result: AverageResult | None = None
+        self.made = self.out_of_time = False
+
+    def on_fit_end(self, reason: str | None, progress: RunProgress) -> None:
+        run = self.run
+        if reason == OUT_OF_TIME:
+            return
+        if not average_is_due(run):
+            self.result = AverageResult.from_json(run.work.read_average(run.fold))
+            return
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.out_of_time = True
+            self.note(
+                f"time limit reached (train.time_limit {run.cfg.train.time_limit:g} s) before checkpoint "
+                f"averaging; 'kseg train --fold {run.fold} --resume' averages the epochs"
+            )
+            return
+        self.result, self.made = average_fold(run, self.note), True
 
 
 def average_is_due(run: FoldRun) -> bool:
@@ -228,7 +278,7 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
     """Average the kept epochs' weights, re-estimate batch norm on training images, validate the average
     like an epoch and, when it beats every epoch, make it the fold's ``best.pt`` (and ``oof.npy``).
     Writes ``average.json`` either way (rank 0 only)."""
-    cfg, work, fold = run.cfg, run.work, run.fold
+    cfg, work, fold, journal = run.cfg, run.work, run.fold, run.journal
     epochs = run.averaged_epochs()
     missing = [e for e in epochs if not work.snapshot(fold, e).is_file()]
     if missing:
@@ -241,11 +291,11 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
         earlier.epochs if earlier and best_is_average(earlier, run.progress.best_score, run.progress.history) else None
     )
     started = time.perf_counter()
-    model = copy.deepcopy(unwrap(run.eval_model))
+    model = copy.deepcopy(unwrap(run.task.eval_model))
     model.load_state_dict(average_weights([load_checkpoint(work.snapshot(fold, e))["model"] for e in epochs]))
     after = len(run.progress.history)
     seed_everything(epoch_seed(cfg.train.seed, after))
-    bn_batches = recalibrate_batchnorm(model, iter(run.loader(after)), run.device)
+    bn_batches = recalibrate_batchnorm(model, iter(run.data.loader(after)), run.device)
     predictor = Predictor([model], run.predictor.options, run.device, run.amp)
     stats = run.score(predictor, after, float("nan"), float("nan"), started)
     result = AverageResult(
@@ -262,13 +312,13 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
     names = []
     if stats.best:  # later epochs of a resumed run must beat the average to replace it
         run.progress.best_score = stats.val_score
-        save_checkpoint(work.staged(fold, "last.pt"), run.state(after - 1))
+        save_checkpoint(journal.staged("last.pt"), run.state(after - 1))
         state = inference_state(run.state(after - 1))
         state.update(model=unwrap(model).state_dict(), averaged_epochs=epochs)
-        save_checkpoint(work.staged(fold, "best.pt"), state)
-        names += ["best.pt", "oof.npy", "last.pt"] if work.staged(fold, "oof.npy").exists() else ["best.pt", "last.pt"]
+        save_checkpoint(journal.staged("best.pt"), state)
+        names += ["best.pt", "oof.npy", "last.pt"] if journal.staged("oof.npy").exists() else ["best.pt", "last.pt"]
     work.write_average(fold, result.__dict__, staged=True)
-    work.commit(fold, [*names, "average.json"])
+    journal.commit([*names, "average.json"])
     if note:
         holder = f"the average of epochs {', '.join(map(str, previous))}" if previous else "the best epoch"
         verdict = "kept as best.pt" if stats.best else f"best.pt stays {holder}"

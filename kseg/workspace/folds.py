@@ -40,6 +40,7 @@ def fold_status(work: WorkDir, fold: int) -> FoldStatus:
 
     try:
         tree = yaml.safe_load(work.fold_config(fold).read_text(encoding="utf-8")) or {}
+        work.settle(fold)
         history = work.read_metrics(fold).to_dict("records") if work.metrics(fold).is_file() else []
     except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return FoldStatus(fold, False, 0, 0, "its config.yaml or metrics.csv cannot be read")

@@ -48,6 +48,7 @@ def check_pins(info: dict[str, Any], blend_json: Path) -> None:
                 f"{blend_json} blends run {run['path']}, which no longer exists; restore it, or run 'kseg blend' again"
             )
         for fold, digest in pinned.items():
+            work.settle(int(fold))
             best = work.best(int(fold))
             if not best.is_file():
                 raise KsegError(

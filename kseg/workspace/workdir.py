@@ -24,28 +24,29 @@
       audit/               audit.md, duplicates.csv, ...                  kseg audit
       predictions/         <ImageID>.png, predictions.csv, inference.json kseg infer (submission.predictions)
 
-An epoch's fold files are committed together (``commit``); the path accessors of committed files
-(``best``, ``last``, ``metrics``, ``oof``...) first complete a commit that a killed run left half done, so
-every reader sees one epoch's set. ``.fold<N>.lock`` is held (``flock``) by the live run training the
-fold: readers leave its commits to it.
+An epoch's fold files are committed together through the fold's journal (``journal(fold)``,
+``kseg.workspace.journal``). The path accessors are paths only; the readers (``read_metrics``,
+``read_oof``, ``read_average``) and fold discovery (``folds_with``, ``trained_folds``) first complete a
+commit that a killed run left half done (``settle``), so every reader sees one epoch's set; code that
+opens a fold's file by its path calls ``settle`` first. ``.fold<N>.lock`` is held (``flock``) by the live
+run training the fold: readers leave its commits to it.
 
 A predictions folder may live anywhere (``kseg infer --out``); its files are named here too.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kseg.common import ID  # re-exported: the id column of every table
 from kseg.errors import KsegError
-from kseg.io import atomic_open, atomic_write_text, lock_is_held, remove_stale, try_lock
+from kseg.io import atomic_open, atomic_write_text, reserve_space
+from kseg.workspace.journal import FoldJournal
 
 FOLDS_NAME = "folds.csv"
 STATS_NAME = "class_pixels.csv"
@@ -111,13 +112,13 @@ class WorkDir:
         return self.root / f"fold{fold}"
 
     def best(self, fold: int) -> Path:
-        return self.committed(fold, "best.pt")
+        return self.fold_dir(fold) / "best.pt"
 
     def last(self, fold: int) -> Path:
-        return self.committed(fold, "last.pt")
+        return self.fold_dir(fold) / "last.pt"
 
     def metrics(self, fold: int) -> Path:
-        return self.committed(fold, "metrics.csv")
+        return self.fold_dir(fold) / "metrics.csv"
 
     def curves(self, fold: int) -> Path:
         return self.fold_dir(fold) / "curves.png"
@@ -129,25 +130,17 @@ class WorkDir:
         return self.fold_dir(fold) / "tensorboard"
 
     def oof(self, fold: int) -> Path:
-        return self.committed(fold, "oof.npy")
+        return self.fold_dir(fold) / "oof.npy"
 
-    def committed(self, fold: int, name: str) -> Path:
-        """``fold<N>/<name>``, one of the files an epoch commits together; a commit that a killed run left
-        half done is completed first (``settle``), so what is read there belongs to one epoch."""
-        self.settle(fold)
-        return self.fold_dir(fold) / name
+    def journal(self, fold: int) -> FoldJournal:
+        """The fold's commit journal and lock (``kseg.workspace.journal``); the lock lies beside the fold
+        folder, so a run that stops before its first write leaves no fold folder."""
+        return FoldJournal(self.fold_dir(fold), self.root / f".fold{fold}.lock")
 
-    def staged(self, fold: int, name: str) -> Path:
-        """Where an epoch's new ``fold<N>/<name>`` is written before ``commit`` puts it in place."""
-        return self.fold_dir(fold) / f"{name}.next"
-
-    def lock(self, fold: int) -> Path:
-        """Held by the live run training ``fold<N>`` (``hold_fold``); beside the fold folder, so a run that
-        stops before its first write leaves no fold folder."""
-        return self.root / f".fold{fold}.lock"
-
-    def journal(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "commit.json"
+    def settle(self, fold: int) -> bool:
+        """Complete a commit that a killed run left half done (``FoldJournal.settle``); readers of a fold's
+        files call it, or ``folds_with``, before they read."""
+        return self.journal(fold).settle()
 
     def snapshot(self, fold: int, epoch: int) -> Path:
         """One epoch's weights, kept while ``train.average`` may take them."""
@@ -159,13 +152,13 @@ class WorkDir:
         return sorted(int(n[5:-3]) for n in names if n[5:-3].isdigit())
 
     def average_json(self, fold: int) -> Path:
-        return self.committed(fold, "average.json")
+        return self.fold_dir(fold) / "average.json"
 
     def oof_masks(self, fold: int) -> Path:
-        return self.committed(fold, "oof_masks.npy")
+        return self.fold_dir(fold) / "oof_masks.npy"
 
     def oof_csv(self, fold: int) -> Path:
-        return self.committed(fold, "oof.csv")
+        return self.fold_dir(fold) / "oof.csv"
 
     def folds_with(self, name: str) -> list[int]:
         """Fold numbers whose ``fold<N>/`` holds a file ``name``, ascending (each fold settled first: pending
@@ -231,10 +224,11 @@ class WorkDir:
     # ----------------------------------------------------------------------------- fold files
 
     def write_metrics(self, fold: int, table: pd.DataFrame, staged: bool = False) -> None:
-        path = self.staged(fold, "metrics.csv") if staged else self.metrics(fold)
+        path = self.journal(fold).staged("metrics.csv") if staged else self.metrics(fold)
         atomic_write_text(path, table.to_csv(index=False))
 
     def read_metrics(self, fold: int) -> pd.DataFrame:
+        self.settle(fold)
         return pd.read_csv(self.metrics(fold))
 
     def write_oof_truth(self, fold: int, masks: np.ndarray, table: pd.DataFrame) -> None:
@@ -248,7 +242,7 @@ class WorkDir:
 
         Its disk space is reserved first: a memory map written on a full disk kills the process with a bus
         error, while a failed reservation is an ``OSError`` that names the file."""
-        path = self.staged(fold, "oof.npy")
+        path = self.journal(fold).staged("oof.npy")
         array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
         try:
             reserve_space(path)
@@ -258,68 +252,13 @@ class WorkDir:
             raise
         return array
 
-    def commit(self, fold: int, names: list[str]) -> None:
-        """Put an epoch's staged files (``<name>.next``, each complete) in place together.
-
-        The list is written to ``commit.json`` first; ``roll_forward`` completes the renames if the
-        process dies among them, so a kill leaves either the previous epoch's files or the new ones.
-        """
-        atomic_write_text(self.journal(fold), json.dumps({"files": names}))
-        self.roll_forward(fold)
-
-    def roll_forward(self, fold: int) -> bool:
-        """Finish a commit that a killed run started (see ``commit``); whether there was one."""
-        journal = self.journal(fold)
-        if not journal.is_file():
-            return False
-        for name in json.loads(journal.read_text(encoding="utf-8"))["files"]:
-            try:
-                os.replace(self.staged(fold, name), self.fold_dir(fold) / name)
-            except FileNotFoundError:
-                pass  # renamed before the kill
-        journal.unlink(missing_ok=True)
-        return True
-
-    def settle(self, fold: int) -> bool:
-        """Complete a commit that a killed run left half done, unless a live run trains the fold (it completes
-        its own), or remove what a killed run staged before it wrote its journal; whether a commit was
-        completed. Readers call it (through ``committed``) before they read."""
-        try:
-            if not self.journal(fold).is_file():
-                if self.fold_dir(fold).is_dir() and not self.fold_is_held(fold):
-                    remove_stale(self.fold_dir(fold))  # what a killed run staged before its journal
-                return False
-            return not self.fold_is_held(fold) and self.roll_forward(fold)
-        except OSError:  # a read-only copy of a work folder (a Kaggle dataset): read it as it is
-            return False
-
-    def hold_fold(self, fold: int) -> IO[str]:
-        """Mark ``fold<N>/`` as trained by this process until the handle is closed or the process ends (a
-        killed run holds nothing).
-
-        Raises:
-            KsegError: Another live kseg process trains the fold.
-        """
-        if not self.root.is_dir():  # nothing to protect yet, and nothing to train on
-            raise KsegError(f"{self.folds_csv} does not exist; run 'kseg split' first")
-        handle = try_lock(self.lock(fold))
-        if handle is None:
-            raise KsegError(
-                f"{self.fold_dir(fold)} is being trained by another kseg process; let it finish or stop it, "
-                "then run again"
-            )
-        return handle
-
-    def fold_is_held(self, fold: int) -> bool:
-        """Whether a live process (this one included, through ``hold_fold``) trains the fold."""
-        return lock_is_held(self.lock(fold))
-
     def write_average(self, fold: int, info: dict[str, Any], staged: bool = False) -> None:
-        path = self.staged(fold, "average.json") if staged else self.average_json(fold)
+        path = self.journal(fold).staged("average.json") if staged else self.average_json(fold)
         atomic_write_text(path, json.dumps(info, indent=2))
 
     def read_average(self, fold: int) -> dict[str, Any] | None:
         """``average.json`` of a fold, or ``None`` when absent or unreadable."""
+        self.settle(fold)
         path = self.average_json(fold)
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
@@ -334,6 +273,7 @@ class WorkDir:
             KsegError: A file is missing, damaged (truncated), or the three disagree on the number of images;
                 the message names the file and the problem, the caller adds the fix.
         """
+        self.settle(fold)
         paths = (self.oof(fold), self.oof_masks(fold), self.oof_csv(fold))
         missing = next((p for p in paths if not p.is_file()), None)
         if missing is not None:
@@ -433,18 +373,3 @@ def read_inference_info(directory: Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     return info if isinstance(info, dict) else None
-
-
-def reserve_space(path: Path) -> None:
-    """Allocate the disk blocks of a (sparse) file now, so a full disk shows as an ``OSError`` here rather
-    than as a bus error when a memory map of it is written later. A no-op where the system cannot."""
-    if not hasattr(os, "posix_fallocate"):
-        return
-    size = path.stat().st_size
-    with open(path, "r+b") as handle:
-        try:
-            os.posix_fallocate(handle.fileno(), 0, size)
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without it: keep the sparse file
-                return
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
