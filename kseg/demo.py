@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kseg.config import Config, load_config
+from kseg.config import load_config
 from kseg.cv.report import Report, cv_report
 from kseg.data.split import make_folds
 from kseg.errors import KsegError
@@ -105,7 +105,7 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
     cfg = load_config(out_dir / "kseg.yaml")
     with rep.stage("split into folds") as progress:
         make_folds(cfg, on_progress=progress)
-    _train_folds(cfg, rep)
+    train_folds(cfg, list(range(cfg.split.n_folds)), progress=_fold_stages(rep, cfg.train.epochs))
     with rep.stage("tune post-processing on out-of-fold predictions") as progress:
         tuned = tune(cfg, on_progress=progress)
     with rep.stage("cross-validation report") as progress:
@@ -142,19 +142,19 @@ def run_demo(out_dir: Path, reporter: Reporter | None = None, seed: int = 0, for
     )
 
 
-def _train_folds(cfg: Config, rep: Reporter) -> None:
-    """Every fold, one stage each, with a progress bar over its steps."""
+def _fold_stages(rep: Reporter, epochs: int) -> Callable[[int], contextlib.AbstractContextManager[dict[str, Any]]]:
+    """``train_folds``'s progress: one stage per fold, with a bar over its steps."""
 
     @contextlib.contextmanager
-    def progress(fold: int) -> Iterator[dict[str, Any]]:
+    def stage(fold: int) -> Iterator[dict[str, Any]]:
         with rep.stage(f"train fold {fold}") as bar:
 
             def step(epoch: int, done: int, steps: int, loss: float, speed: float) -> None:
-                bar(epoch * steps + done, cfg.train.epochs * steps)
+                bar(epoch * steps + done, epochs * steps)
 
             yield {"on_step": step}
 
-    train_folds(cfg, list(range(cfg.split.n_folds)), progress=progress)
+    return stage
 
 
 def _pictures(workdir: Path, n_folds: int, predictions: Path, report: Report) -> dict[str, list[Path]]:

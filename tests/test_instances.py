@@ -13,6 +13,7 @@ from kseg.data.labels import RleSource, read_rle_labels
 from kseg.errors import ConfigError
 from kseg.metrics.instances import IOU_THRESHOLDS, components, fbeta, iou_matrix, mask_fbeta
 from kseg.schema import DataConfig
+from kseg.workspace.oof import write_oof_truth
 from kseg.workspace.workdir import WorkDir
 
 INSTANCES = [
@@ -168,8 +169,8 @@ def test_tuning_under_fbeta_scores_what_applying_the_choice_scores(comp):
     work = WorkDir(cfg.workdir)
     work.fold_dir(0).mkdir(parents=True)
     np.save(work.oof(0), np.stack(probs))
-    work.write_oof_truth(
-        0, np.stack(truths), pd.DataFrame({"ImageID": [f"im{i}" for i in range(12)], "height": 40, "width": 40})
+    write_oof_truth(
+        work, 0, np.stack(truths), pd.DataFrame({"ImageID": [f"im{i}" for i in range(12)], "height": 40, "width": 40})
     )
     result = tune(cfg)
     post = result.post

@@ -40,7 +40,7 @@ def _cfg(comp: Path, *overrides: str):
 
 def _decode(path: Path, cfg) -> dict[str, np.ndarray]:
     """A submission file back to one label map per test image (classes without rows stay 0)."""
-    fmt = load_format(cfg)
+    fmt = load_format(cfg.data, cfg.submission)
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     keys = table.iloc[:, 0].tolist()
     if fmt.layout == "long":
@@ -103,7 +103,7 @@ def test_scores_follow_the_layout(comp):
 def test_validation_follows_the_layout(comp):
     hand_made_predictions(comp)
     cfg = _cfg(comp, *SEVERSTAL)
-    fmt = load_format(cfg)
+    fmt = load_format(cfg.data, cfg.submission)
     lines = write_submission(cfg).path.read_text().splitlines()
     assert validate_bytes(("\n".join(lines[:3]) + "\n").encode(), fmt).ok  # missing rows are empty masks
     image, mask, _ = lines[1].split(",")
@@ -114,7 +114,7 @@ def test_validation_follows_the_layout(comp):
     assert f"{image},9" in kinds["unknown ids"].examples[0]
     every_row = _cfg(comp, "submission.layout=long", "submission.sample=null")
     full = write_submission(every_row, out=comp / "full.csv").path.read_text().splitlines()
-    report = validate_bytes(("\n".join(full[:-1]) + "\n").encode(), load_format(every_row))
+    report = validate_bytes(("\n".join(full[:-1]) + "\n").encode(), load_format(every_row.data, every_row.submission))
     assert [p.kind for p in report.problems] == ["missing ids"]
     header = validate_bytes(b"ImageID,EncodedPixels\nx,1 1\n", fmt)
     assert header.problems[0].kind == "header" and "ImageID,EncodedPixels,ClassId" in header.problems[0].examples[0]
@@ -145,10 +145,10 @@ def test_a_long_sample_that_names_no_test_image_is_refused(comp):
     )
     cfg = _cfg(comp, "submission.layout=long", "submission.sample=sample_long.csv", "submission.id_format='{file}'")
     with pytest.raises(Exception, match=r"sample_long.csv id 'nope.png' \(1 such\) names no test image"):
-        load_format(cfg)
+        load_format(cfg.data, cfg.submission)
     pd.DataFrame({"ImageId": ["test_0000.png"], "EncodedPixels": ["1 1"]}).to_csv(comp / "sample_long.csv", index=False)
     with pytest.raises(Exception, match="has 2 column"):
-        load_format(cfg)
+        load_format(cfg.data, cfg.submission)
 
 
 def test_the_documented_layout_excerpts_are_valid_config():

@@ -233,7 +233,7 @@ def _assert_round_trip(cfg, path, tmp_path) -> None:
     from kseg.submission.validate import validate_file
     from kseg.submission.write import write_submission
 
-    fmt = load_format(cfg)
+    fmt = load_format(cfg.data, cfg.submission)
     parsed = validate_file(path, cfg, keep_runs=True).parsed
     flat = [np.zeros(int(h * w), np.uint8) for h, w in fmt.shapes]  # column order
     for row, runs in parsed.groupby("sample_row"):

@@ -134,7 +134,8 @@ def test_ids_from_image_file_names_and_class_names(comp):
     pairs = [row_id.rsplit("_", 1) for row_id in sample["ImageID"]]
     sample["ImageID"] = [f"{files[i]}_{cfg.data.classes[int(k)]}" for i, k in pairs]
     sample.to_csv(comp / "sample_submission.csv", index=False)
-    fmt = load_format(_cfg(comp, "submission.id_format={file}_{name}"))
+    cfg = _cfg(comp, "submission.id_format={file}_{name}")
+    fmt = load_format(cfg.data, cfg.submission)
     assert fmt.ids[0] == f"{files[test['ImageID'][0]]}_{cfg.data.classes[0]}" and "." in fmt.ids[0]
     solution = _solution(comp, "submission.id_format={file}_{name}")
     assert pd.read_csv(solution)["ImageID"].tolist() == sample["ImageID"].tolist()

@@ -44,6 +44,11 @@ def perfect(comp) -> Path:
     return comp
 
 
+def _sections(cfg):
+    """What ``load_format`` reads of a config."""
+    return cfg.data, cfg.submission
+
+
 def _cfg(comp, *overrides):
     return load_config(comp / "kseg.yaml", list(overrides))
 
@@ -54,7 +59,9 @@ def _lines(comp) -> list[str]:
 
 def _validate(comp, lines: list[str], *overrides):
     cfg = _cfg(comp, *overrides)
-    return validate_bytes(("\n".join(lines) + "\n").encode(), load_format(cfg), cfg.submission.check_overlap)
+    return validate_bytes(
+        ("\n".join(lines) + "\n").encode(), load_format(cfg.data, cfg.submission), cfg.submission.check_overlap
+    )
 
 
 def _kinds(report) -> set[str]:
@@ -195,7 +202,7 @@ def test_sample_with_ids_that_are_no_test_image(comp):
     sample.loc[3, "ImageID"] = "test_0000-3"
     sample.to_csv(comp / "sample_submission.csv", index=False)
     with pytest.raises(SubmissionError, match="id 'test_0000-3' .* is no test image and class"):
-        load_format(_cfg(comp))
+        load_format(*_sections(_cfg(comp)))
 
 
 def test_custom_id_format(comp):
@@ -272,7 +279,7 @@ def test_the_fast_reader_reports_what_pandas_reading_reports(perfect, monkeypatc
     from kseg.submission import table
 
     data = ("\n".join(READINGS[reading](_lines(perfect))) + "\n").encode()
-    fmt = load_format(_cfg(perfect))
+    fmt = load_format(*_sections(_cfg(perfect)))
     fast = validate_bytes(data, fmt)
     monkeypatch.setattr(table, "_plain", lambda _data: None)
     slow = validate_bytes(data, fmt)
@@ -282,9 +289,9 @@ def test_the_fast_reader_reports_what_pandas_reading_reports(perfect, monkeypatc
 
 
 def test_not_a_csv(perfect):
-    report = validate_bytes(b'ImageID,EncodedPixels\n"unterminated,1 2\n', load_format(_cfg(perfect)))
+    report = validate_bytes(b'ImageID,EncodedPixels\n"unterminated,1 2\n', load_format(*_sections(_cfg(perfect))))
     assert _kinds(report) == {"not a CSV"}
-    empty = validate_bytes(b"\n", load_format(_cfg(perfect)))
+    empty = validate_bytes(b"\n", load_format(*_sections(_cfg(perfect))))
     assert _kinds(empty) == {"not a CSV"} and "the file is empty" in empty.problems[0].examples[0]
 
 
@@ -430,7 +437,7 @@ class FakeApi:
 def test_upload_sends_a_valid_file(perfect):
     api = FakeApi()
     path = perfect / "submissions" / "submission.csv"
-    upload_submission(path, _cfg(perfect), "drone-seg", "fold ensemble", api=api)
+    upload_submission(path, validate_file(path, _cfg(perfect)), "drone-seg", "fold ensemble", api=api)
     assert api.calls == [(str(path), "fold ensemble", "drone-seg")]
 
 
@@ -439,7 +446,7 @@ def test_upload_refuses_an_invalid_file(perfect):
     bad = perfect / "bad.csv"
     bad.write_text("\n".join(_lines(perfect) + [_lines(perfect)[1]]) + "\n")
     with pytest.raises(SubmissionError, match=r"refusing to upload .*\(duplicate ids"):
-        upload_submission(bad, _cfg(perfect), "drone-seg", "x", api=api)
+        upload_submission(bad, validate_file(bad, _cfg(perfect)), "drone-seg", "x", api=api)
     assert api.calls == []
 
 

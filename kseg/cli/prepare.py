@@ -112,7 +112,7 @@ def split(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False
         cfg = config_from(config, set_)
         with render.progress_bar("scan masks") as update:
             result = make_folds(cfg, on_progress=update)
-    render.split_result(result, cfg)
+    render.split_result(result, cfg.data, cfg.split)
 
 
 @app.command()

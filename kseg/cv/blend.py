@@ -26,6 +26,7 @@ from kseg.errors import KsegError
 from kseg.metrics.scores import class_scores
 from kseg.postprocess import OOFBuilder, TuneResult, tune_oof
 from kseg.prediction.ensemble import run_config
+from kseg.workspace.oof import read_oof
 from kseg.workspace.pins import pin_run
 from kseg.workspace.workdir import ID, WorkDir
 
@@ -72,7 +73,7 @@ def open_run(path: Path) -> RunOOF:
     probs, masks, ids = {}, {}, {}
     for f in sorted(folds["fold"].unique().tolist()):
         try:
-            p, m, table = work.read_oof(f)
+            p, m, table = read_oof(work, f)
         except KsegError as exc:
             raise BlendError(
                 f"run {path}: {exc}; train the fold again with 'kseg train --fold {f}' (train.save_oof: true)"

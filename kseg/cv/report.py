@@ -31,6 +31,7 @@ from kseg.postprocess import (
     load,
     load_oof,
 )
+from kseg.workspace.oof import read_oof
 from kseg.workspace.workdir import WorkDir
 
 
@@ -185,7 +186,7 @@ def _plot_worst(
     spec = MaskSpec.from_config(data)
     for r, item in enumerate(worst.itertuples(index=False)):
         image_id, fold, dice = item
-        oof_probs, oof_masks, table = work.read_oof(fold)
+        oof_probs, oof_masks, table = read_oof(work, fold)
         i = int(np.flatnonzero(table[ID].to_numpy() == image_id)[0])
         probs, truth = oof_probs[i], oof_masks[i]
         image = load_image(samples.loc[image_id, "image"], channels)[..., :3]

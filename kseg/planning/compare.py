@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kseg.config import Config
+from kseg.config import Config, DataConfig, SplitConfig, SubmissionConfig
 
 # plan keys (chosen for the run, not read from the files) and project choices
 NOT_COMPARED = frozenset(
@@ -48,21 +48,22 @@ def _leaves(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
     return out
 
 
-def _keys(cfg: Config) -> dict[str, Any]:
-    leaves = {**_leaves(cfg.data.model_dump(), "data."), **_leaves(cfg.submission.model_dump(), "submission.")}
-    leaves.update({key: getattr(cfg.split, key.split(".")[1]) for key in SPLIT_KEYS})
-    classes = cfg.data.classes
+def _keys(data: DataConfig, submission: SubmissionConfig, split: SplitConfig) -> dict[str, Any]:
+    leaves = {**_leaves(data.model_dump(), "data."), **_leaves(submission.model_dump(), "submission.")}
+    leaves.update({key: getattr(split, key.split(".")[1]) for key in SPLIT_KEYS})
+    classes = data.classes
     for key in CLASS_LISTS:
         if key in leaves and leaves[key] is not None:
             leaves[key] = [classes.index(c) for c in leaves[key]]  # by position: names may be invented
-    if cfg.data.rle.background is not None:
-        leaves["data.rle.background"] = classes.index(cfg.data.rle.background)
+    if data.rle.background is not None:
+        leaves["data.rle.background"] = classes.index(data.rle.background)
     return {k: v for k, v in leaves.items() if k not in NOT_COMPARED}
 
 
 def compare_configs(written: Config, reference: Config, flagged: set[str]) -> Comparison:
     """Compare ``written`` (by ``kseg init``, which flagged the keys ``flagged``) with ``reference``."""
-    mine, theirs = _keys(written), _keys(reference)
+    mine = _keys(written.data, written.submission, written.split)
+    theirs = _keys(reference.data, reference.submission, reference.split)
     if "rle" not in (
         written.data.mask_format,
         reference.data.mask_format,

@@ -15,6 +15,7 @@ from kseg.config import Config
 from kseg.data.reading import ID
 from kseg.errors import KsegError, TuneError
 from kseg.postprocess.params import threshold_grid
+from kseg.workspace.oof import read_oof
 from kseg.workspace.workdir import WorkDir
 
 
@@ -149,7 +150,7 @@ def read_oof_images(
     tables = {}
     for f in folds:
         try:
-            tables[f] = work.read_oof(f)
+            tables[f] = read_oof(work, f)
         except KsegError as exc:
             raise TuneError(f"{exc}; train the fold again with 'kseg train --fold {f}'") from None
     total = sum(len(table) for _, _, table in tables.values())

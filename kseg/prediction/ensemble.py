@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kseg import __version__
-from kseg.config import Config, ModelConfig, apply_overrides, build_config, load_config
+from kseg.config import Config, InferConfig, ModelConfig, RuntimeConfig, apply_overrides, build_config, load_config
 from kseg.errors import InferError
 from kseg.io import remove_stale
 from kseg.models.build import build_model
@@ -54,11 +54,11 @@ def run_config(path: Path) -> Config:
     return load_config(work.fold_config(trained[0]))
 
 
-def member_config(run: Config, cfg: Config) -> Config:
+def member_config(run: Config, infer: InferConfig, runtime: RuntimeConfig) -> Config:
     """A blended run's own config (model, data sizes, normalisation) under the current config's inference
     and runtime settings (TTA, mode, batch, device)."""
-    infer = cfg.infer.model_copy(update={"folds": None, "fold_weights": None})
-    return run.model_copy(update={"infer": infer, "runtime": cfg.runtime})
+    chosen = infer.model_copy(update={"folds": None, "fold_weights": None})
+    return run.model_copy(update={"infer": chosen, "runtime": runtime})
 
 
 def load_blend(cfg: Config, info: dict, partial: bool = False) -> Ensemble:
@@ -71,7 +71,9 @@ def load_blend(cfg: Config, info: dict, partial: bool = False) -> Ensemble:
     check_pins(info, path)
     members = []
     for run in info["runs"]:
-        member = load_ensemble(member_config(run_config(Path(run["path"])), cfg), use_blend=False, partial=partial)
+        member = load_ensemble(
+            member_config(run_config(Path(run["path"])), cfg.infer, cfg.runtime), use_blend=False, partial=partial
+        )
         member.post = None
         members.append((member, float(run["weight"])))
     post = PostProcess.from_json(info["postprocess"], str(path)) if info.get("postprocess") else None
@@ -259,7 +261,7 @@ def load_bundle(path: Path, overrides: list[str] | None = None) -> Ensemble:
         return single
     cfg = _bundle_member(bundle["config"], [], overrides, str(path)).cfg
     for ensemble, _ in parts:  # the bundle's inference settings (and --set) for every run
-        ensemble.cfg = member_config(ensemble.cfg, cfg)
+        ensemble.cfg = member_config(ensemble.cfg, cfg.infer, cfg.runtime)
     models = [m for ensemble, _ in parts for m in ensemble.models]
     source = f"bundle {path} (blend of {len(parts)} runs)"
     return Ensemble(cfg, models, list(bundle["folds"]), None, source, post, parts, partial=partial)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kseg import __version__
 from kseg.common import Progress
-from kseg.config import Config, DataConfig, RuntimeConfig
+from kseg.config import DataConfig, RuntimeConfig
 from kseg.data.images import load_image
 from kseg.data.reading import ID, list_samples
 from kseg.errors import DataError, InferError
@@ -184,7 +185,10 @@ def run_inference(
     remove_stale(out.parent, target=out.name)  # what a killed run of this output left next to it
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:  # a failed or killed run leaves the previous folder whole, or none
-        written, skipped = _predict_into(tmp, predictor, cfg, images, post, outputs, on_progress)
+        step = infer_batch(cfg.infer.batch_size, predictor.device) if cfg.infer.mode == "resize" else 1
+        batches = _loader(cfg.model.in_channels, cfg.runtime, images, step)
+        stream = _Stream(batches, len(images), palette_rgb(cfg.data), cfg.infer.on_error, cfg.multilabel)
+        written, skipped = _predict_into(tmp, predictor, stream, post, outputs, on_progress)
         info = _inference_info(ensemble, tta, post, written, skipped)
         write_inference_info(tmp, info, pd.DataFrame(written, columns=[ID, "height", "width"]))
     seconds = time.perf_counter() - t0
@@ -240,29 +244,37 @@ def check_output_folder(out: Path) -> None:
         )
 
 
+@dataclass
+class _Stream:
+    """The images to predict and how their outputs are made."""
+
+    batches: Iterable[list]  # lists of (id, path, image, error)
+    total: int
+    palette: np.ndarray  # the colours of the colour and overlay pictures
+    on_error: str  # infer.on_error
+    multilabel: bool
+
+
 def _predict_into(
     folder: Path,
     predictor: Predictor | BlendPredictor,
-    cfg: Config,
-    images: pd.DataFrame,
+    stream: _Stream,
     post: PostProcess | None,
     outputs: OutputOptions,
     on_progress: Progress | None,
 ) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
     """Stream every image through the model into ``folder``; returns ``(written (id, H, W), skipped (id, why))``."""
-    palette = palette_rgb(cfg.data)
-    step = infer_batch(cfg.infer.batch_size, predictor.device) if cfg.infer.mode == "resize" else 1
-    loader = _loader(cfg.model.in_channels, cfg.runtime, images, step)
+    palette = stream.palette
     done = 0
     skipped: list[tuple[str, str]] = []
     written: list[tuple[str, int, int]] = []
     pending: list[Future] = []
     with ThreadPoolExecutor(max_workers=2) as writer:
-        for batch in loader:
-            good = _readable(batch, cfg.infer.on_error, skipped)
+        for batch in stream.batches:
+            good = _readable(batch, stream.on_error, skipped)
             predicted = predictor.predict([im for _, im in good]) if good else iter(())
             for (image_id, image), probs in zip(good, predicted, strict=True):
-                labels = apply(probs, post, cfg.multilabel)
+                labels = apply(probs, post, stream.multilabel)
                 stored = (probs * 255).round().to(torch.uint8).numpy() if outputs.probs else None
                 args = (folder, image_id, image, labels, stored, palette, outputs)
                 pending.append(writer.submit(_write_outputs, *args))
@@ -271,7 +283,7 @@ def _predict_into(
                 pending.pop(0).result()
             done += len(batch)
             if on_progress:
-                on_progress(done, len(images))
+                on_progress(done, stream.total)
         for future in pending:
             future.result()
     return written, skipped

@@ -9,13 +9,13 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from kseg.config import Config
+    from kseg.config import DataConfig, SplitConfig
 from kseg.render.core import console, pct, say, short
 
 
-def split_result(result: Any, cfg: Config) -> None:
+def split_result(result: Any, data: DataConfig, split: SplitConfig) -> None:
     """``kseg split``: per-fold class shares, the imbalance figure, unknown values, what was written."""
-    n_folds = cfg.split.n_folds
+    n_folds = split.n_folds
     sizes = result.folds["fold"].value_counts().reindex(range(n_folds), fill_value=0)
     table = Table(title=f"{n_folds} folds of {len(result.folds)} images  (image share % / pixel share %)")
     table.add_column("class")
@@ -26,13 +26,13 @@ def split_result(result: Any, cfg: Config) -> None:
     counts = result.stats.counts
     all_img = (counts > 0).mean(0)
     all_px = counts.sum(0) / max(counts.sum(), 1)
-    for k, name in enumerate(cfg.data.classes):
+    for k, name in enumerate(data.classes):
         cells = [f"{pct(result.image_share[f, k])} / {pct(result.pixel_share[f, k])}" for f in range(n_folds)]
         table.add_row(name, f"{pct(all_img[k])} / {pct(all_px[k])}", *cells)
     console.print(table)
-    by = [f"'{cfg.split.group_by}'"] if cfg.split.group_by else []
-    by += [f"ids matching '{cfg.split.group_pattern}'"] if cfg.split.group_pattern else []
-    by_text = " and ".join(by + (["audit duplicates"] if cfg.split.duplicates else []))
+    by = [f"'{split.group_by}'"] if split.group_by else []
+    by += [f"ids matching '{split.group_pattern}'"] if split.group_pattern else []
+    by_text = " and ".join(by + (["audit duplicates"] if split.duplicates else []))
     groups = f", {result.n_groups} groups by {by_text}" if result.n_groups else ""
     plain = "plain group KFold" if result.n_groups else "plain KFold"
     say(
@@ -44,7 +44,7 @@ def split_result(result: Any, cfg: Config) -> None:
             f"{v} ({p:,} px in {m} masks)"
             for v, (p, m) in sorted(result.stats.unknown.items(), key=lambda kv: -kv[1][0])
         )
-        say(f"[yellow]mapped to ignore index {cfg.data.ignore_index}:[/] {escape(shown)}")
+        say(f"[yellow]mapped to ignore index {data.ignore_index}:[/] {escape(shown)}")
     cached = len(result.folds) - result.stats.n_scanned
     say(f"wrote {escape(str(result.path))}  (scanned {result.stats.n_scanned} masks, {cached} from cache)")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kseg.config import Config, SubmissionConfig
+from kseg.config import DataConfig, SubmissionConfig
 from kseg.data.reading import ID, image_size, list_samples
 from kseg.errors import SubmissionError
 from kseg.rle import Order
@@ -139,16 +139,17 @@ def _sample_rows(sub: SubmissionConfig, path: Path, sample: pd.DataFrame, grid: 
     return sample[first].tolist()
 
 
-def load_format(cfg: Config, test: pd.DataFrame | None = None) -> SubmissionFormat:
-    """The submission format of ``cfg``'s competition, from its sample submission and test set."""
-    test = list_samples(cfg.data, "test") if test is None else test
-    sub = cfg.submission
-    grid = _grid(sub, list(cfg.data.classes), test)
+def load_format(data: DataConfig, sub: SubmissionConfig, test: pd.DataFrame | None = None) -> SubmissionFormat:
+    """The submission format of a competition (its data and submission sections), from its sample
+    submission and test set (``test``: the test set's table, listed from ``data`` by default)."""
+    test = list_samples(data, "test") if test is None else test
+    sample_path = data.root / sub.sample if sub.sample is not None else None
+    grid = _grid(sub, list(data.classes), test)
     width = 2 if sub.layout == "wide" else 3
-    sample = _read_sample(cfg.sample_path, width)
-    ids = _sample_rows(sub, Path(str(cfg.sample_path)), sample, grid) if sample is not None else None
+    sample = _read_sample(sample_path, width)
+    ids = _sample_rows(sub, Path(str(sample_path)), sample, grid) if sample is not None else None
     if sample is not None:
-        header, source = list(sample.columns), str(cfg.sample_path)
+        header, source = list(sample.columns), str(sample_path)
     else:
         header = [ID, "EncodedPixels", "ClassId"][:width]
         source = "submission.id_format" if sub.layout == "wide" else "submission.id_format and class_format"
@@ -170,7 +171,7 @@ def load_format(cfg: Config, test: pd.DataFrame | None = None) -> SubmissionForm
         shapes=shapes.reshape(-1, 2),
         order=sub.pixel_order,
         empty=sub.empty_token,
-        classes=list(cfg.data.classes),
+        classes=list(data.classes),
         source=source,
         layout=sub.layout,
         nonempty=sub.rows == "nonempty",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kseg.config import Config
 from kseg.errors import KsegError, SubmissionError
-from kseg.submission.validate import ValidationReport, validate_file
+from kseg.submission.validate import ValidationReport
 
 
 def kaggle_api():
@@ -27,18 +26,19 @@ def kaggle_api():
     return api
 
 
-def upload_submission(path: Path, cfg: Config, competition: str, message: str, api=None) -> ValidationReport:
-    """Validate ``path`` and send it to a Kaggle competition; refuses a file that fails validation.
+def upload_submission(
+    path: Path, report: ValidationReport, competition: str, message: str, api=None
+) -> ValidationReport:
+    """Send ``path`` to a Kaggle competition; refuses a file that failed validation.
 
     Args:
         path: The submission file.
-        cfg: The experiment config (defines the format).
+        report: Its validation against the competition's format (``validate_file``).
         competition: The competition's slug, as in its URL.
         message: The submission's description on Kaggle.
         api: An object with ``competition_submit(file_name, message, competition)``; default: the
             ``kaggle`` package's authenticated API.
     """
-    report = validate_file(path, cfg)
     if not report.ok:
         raise SubmissionError(
             f"refusing to upload {path}: it is not valid ({report.first()}); run 'kseg validate {path}'"

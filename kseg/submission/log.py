@@ -23,6 +23,7 @@ from kseg.errors import SubmissionError
 from kseg.io import atomic_write_text
 from kseg.metrics.scores import epoch_score
 from kseg.submission import kaggle
+from kseg.submission.validate import validate_file
 from kseg.workspace.pins import check_pins
 from kseg.workspace.workdir import WorkDir, read_inference_info
 
@@ -64,9 +65,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def config_hash(cfg: Config) -> str:
-    """A short fingerprint of the resolved config (every default spelled out)."""
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+def config_hash(resolved: dict[str, Any]) -> str:
+    """A short fingerprint of a resolved config (``Config.model_dump(mode="json")``: every default spelled out)."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def read_log(path: Path) -> pd.DataFrame:
@@ -284,12 +285,19 @@ def record_submission(
     """
     path = log_path(submission)
     read_log(path)
-    entry = make_entry(config_hash(cfg), cfg.workdir, submission, predictions or Path(submission).parent, postprocess)
+    entry = make_entry(
+        config_hash(cfg.model_dump(mode="json")),
+        cfg.workdir,
+        submission,
+        predictions or Path(submission).parent,
+        postprocess,
+    )
     done = Recorded(path, entry)
     try:
         if competition:
             api = api or kaggle.kaggle_api()
-            kaggle.upload_submission(Path(submission), cfg, competition, message, api)
+            report = validate_file(Path(submission), cfg)
+            kaggle.upload_submission(Path(submission), report, competition, message, api)
             entry.values.update(competition=competition, message=message)
             done.uploaded = True
     finally:

@@ -105,7 +105,7 @@ def score_file(path: Path, cfg: Config, truth: Path | None = None) -> ScoreResul
     Raises:
         SubmissionError: If the file is invalid (Kaggle would reject it) or truth is missing.
     """
-    fmt = load_format(cfg)
+    fmt = load_format(cfg.data, cfg.submission)
     report = validate_file(path, cfg, fmt, keep_runs=True)
     if not report.ok:
         raise SubmissionError(

@@ -348,5 +348,5 @@ def validate_file(
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"submission file {path} does not exist; check the path, or run 'kseg submit'")
-    fmt = fmt or load_format(cfg)
+    fmt = fmt or load_format(cfg.data, cfg.submission)
     return validate_bytes(path.read_bytes(), fmt, cfg.overlap_check, keep_runs)

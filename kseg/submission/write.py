@@ -255,7 +255,7 @@ def write_submission(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    fmt = load_format(cfg)
+    fmt = load_format(cfg.data, cfg.submission)
     directory = predictions or default_predictions(cfg.submission.predictions, cfg.workdir)
     info = read_inference_info(directory)
     _refuse_partial(directory, info, partial)

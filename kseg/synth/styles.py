@@ -291,7 +291,7 @@ def write_solution(config: Path, truth: dict[str, np.ndarray]) -> Path:
     every_row = ["submission.rows=all"] if load_config(config).submission.rows == "nonempty" else []
     cfg = load_config(config, ["submission.require_manifest=false", "submission.solution=null", *every_row])
     test = list_samples(cfg.data, "test")
-    fmt = load_format(cfg, test)
+    fmt = load_format(cfg.data, cfg.submission, test)
     with tempfile.TemporaryDirectory(dir=cfg.data.root) as tmp:
         folder = Path(tmp)
         for image_id in test[ID]:

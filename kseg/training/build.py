@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kseg.config import Config
+from kseg.config import Config, ModelConfig, TrainConfig
 from kseg.data.split import fold_tables, with_pseudo_rows
 from kseg.errors import TrainError
 from kseg.models.build import build_model
@@ -120,8 +120,10 @@ class FoldData:
         )
 
 
-def resume_checkpoint(cfg: Config, last: Path, fold: int) -> dict[str, Any]:
-    """``last.pt`` of the fold, checked against the config it is to be resumed with.
+def resume_checkpoint(
+    last: Path, fold: int, model: ModelConfig, classes: list[str], multilabel: bool, train: TrainConfig
+) -> dict[str, Any]:
+    """``last.pt`` of the fold, checked against the model, classes and training it is to be resumed with.
 
     Raises:
         TrainError: It is missing, of another model or classes, past ``train.epochs``, or of another EMA.
@@ -131,19 +133,19 @@ def resume_checkpoint(cfg: Config, last: Path, fold: int) -> dict[str, Any]:
             f"no checkpoint to resume: {last} does not exist; run 'kseg train --fold {fold}' without --resume"
         )
     checkpoint = load_checkpoint(last)
-    mismatch = checkpoint_mismatch(checkpoint, cfg.model, list(cfg.data.classes), cfg.multilabel)
+    mismatch = checkpoint_mismatch(checkpoint, model, classes, multilabel)
     if mismatch:
         raise TrainError(f"{last} {mismatch}; resume with the same model and classes, or train without --resume")
     done = int(checkpoint.get("epoch", 0))
-    if done > cfg.train.epochs:
+    if done > train.epochs:
         raise TrainError(
-            f"{last} has already trained {done} epochs but train.epochs is {cfg.train.epochs}; to train on, "
+            f"{last} has already trained {done} epochs but train.epochs is {train.epochs}; to train on, "
             f"set train.epochs above {done}; the best epoch so far is in best.pt already"
         )
-    if (checkpoint.get("ema_decay") is not None) != (cfg.train.ema is not None):
+    if (checkpoint.get("ema_decay") is not None) != (train.ema is not None):
         raise TrainError(
             f"{last} was trained with train.ema {checkpoint.get('ema_decay')} and the config says "
-            f"{cfg.train.ema}; resume with the same train.ema, or train without --resume"
+            f"{train.ema}; resume with the same train.ema, or train without --resume"
         )
     return checkpoint
 
@@ -176,7 +178,7 @@ def build_task(
         # BatchNorm statistics are averaged too (use_buffers), so the averaged model needs no recalibration
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
     optimizer = build_optimizer(cfg.train, model)
-    steps = steps_per_epoch(cfg, data)
+    steps = steps_per_epoch(data, cfg.train.accumulate)
     scheduler = build_scheduler(cfg.train, optimizer, steps)
     aug = cfg.train.augment
     pasted = paste_classes(aug.copy_paste_classes, list(cfg.data.classes), data.class_pixels) if aug.copy_paste else []
@@ -197,9 +199,9 @@ def build_task(
     return BuiltTask(task, str(source), normalization_note(source.report, cfg.data.mean, cfg.data.std), pasted)
 
 
-def steps_per_epoch(cfg: Config, data: FoldData) -> int:
+def steps_per_epoch(data: FoldData, accumulate: int) -> int:
     """Optimiser steps in one epoch (what the schedule is laid out over)."""
-    return math.ceil(len(data.loader(0)) / cfg.train.accumulate)
+    return math.ceil(len(data.loader(0)) / accumulate)
 
 
 def _mixing(cutmix_p: float, paste_p: float, pasted: list[int]) -> BatchTransform | None:

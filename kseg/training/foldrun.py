@@ -29,6 +29,7 @@ from kseg.training.foldstate import FoldResult, NoteCallback, RunProgress, check
 from kseg.training.loop import Callback
 from kseg.training.losses import loss_from_config
 from kseg.training.optim import build_scheduler
+from kseg.workspace.oof import open_oof, write_oof_truth
 from kseg.workspace.workdir import WorkDir
 
 
@@ -65,7 +66,10 @@ class FoldRun:
         self.data = FoldData.from_config(cfg, fold, self.device, self.ranks, pseudo)
         self.classes = list(cfg.data.classes)
         self.spec = MaskSpec.from_config(cfg.data)
-        checkpoint = resume_checkpoint(cfg, self.work.last(fold), fold) if resume else None
+        checkpoint = None
+        if resume:
+            last = self.work.last(fold)
+            checkpoint = resume_checkpoint(last, fold, cfg.model, self.classes, cfg.multilabel, cfg.train)
         built = build_task(cfg, self.data, self.device, self.amp, resumed=checkpoint is not None)
         self.task, self.weights_note, self.pasted = built.task, built.weights_note, built.pasted
         self.weights_from = built.weights_from
@@ -94,7 +98,7 @@ class FoldRun:
         ``train.epochs`` changed gets its per-step schedule stretched to the new length from where it was."""
         cfg = self.cfg
         stretch = checkpoint["total_epochs"] != cfg.train.epochs and self.task.per_step
-        steps = steps_per_epoch(cfg, self.data)
+        steps = steps_per_epoch(self.data, cfg.train.accumulate)
         self.task.load_state_dict(
             checkpoint, new_schedule=(lambda opt: build_scheduler(cfg.train, opt, steps)) if stretch else None
         )
@@ -117,7 +121,7 @@ class FoldRun:
         if cfg.train.save_oof and not self.work.oof_masks(self.fold).is_file():
             size = (cfg.data.image_size[0], cfg.data.image_size[1])
             masks, table = oof_truth(self.data.val_rows, self.spec, size)
-            self.work.write_oof_truth(self.fold, masks, table)
+            write_oof_truth(self.work, self.fold, masks, table)
 
     def validate(self, epoch: int, train_loss: float, images_per_s: float, started: float) -> EpochStats:
         """Score the held-out fold after an epoch (rank 0); stops a run whose validation loss diverged."""
@@ -133,7 +137,7 @@ class FoldRun:
         cfg, val_rows = self.cfg, self.data.val_rows
         oof: Any = None  # a numpy memmap
         if cfg.train.save_oof:
-            oof = self.work.open_oof(self.fold, (len(val_rows), len(self.classes), *cfg.data.image_size))
+            oof = open_oof(self.work, self.fold, (len(val_rows), len(self.classes), *cfg.data.image_size))
         for model in predictor.models:
             model.eval()
         sub = cfg.submission

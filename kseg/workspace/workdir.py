@@ -26,10 +26,10 @@
 
 An epoch's fold files are committed together through the fold's journal (``journal(fold)``,
 ``kseg.workspace.journal``). The path accessors are paths only; the readers (``read_metrics``,
-``read_oof``, ``read_average``) and fold discovery (``folds_with``, ``trained_folds``) first complete a
-commit that a killed run left half done (``settle``), so every reader sees one epoch's set; code that
-opens a fold's file by its path calls ``settle`` first. ``.fold<N>.lock`` is held (``flock``) by the live
-run training the fold: readers leave its commits to it.
+``read_average``, ``kseg.workspace.oof.read_oof``) and fold discovery (``folds_with``,
+``trained_folds``) first complete a commit that a killed run left half done (``settle``), so every reader
+sees one epoch's set; code that opens a fold's file by its path calls ``settle`` first.
+``.fold<N>.lock`` is held (``flock``) by the live run training the fold: readers leave its commits to it.
 
 A predictions folder may live anywhere (``kseg infer --out``); its files are named here too.
 """
@@ -40,12 +40,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from kseg.common import ID  # re-exported: the id column of every table
 from kseg.errors import KsegError
-from kseg.io import atomic_open, atomic_write_text, reserve_space
+from kseg.io import atomic_write_text
 from kseg.workspace.journal import FoldJournal
 
 FOLDS_NAME = "folds.csv"
@@ -231,27 +230,6 @@ class WorkDir:
         self.settle(fold)
         return pd.read_csv(self.metrics(fold))
 
-    def write_oof_truth(self, fold: int, masks: np.ndarray, table: pd.DataFrame) -> None:
-        """The validation images' true labels at ``data.image_size`` and their ids and original sizes."""
-        with atomic_open(self.oof_masks(fold), "wb") as handle:
-            np.save(handle, masks)
-        atomic_write_text(self.oof_csv(fold), table[[ID, "height", "width"]].to_csv(index=False))
-
-    def open_oof(self, fold: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A fresh memory-mapped staged ``oof.npy`` to fill; ``commit`` puts it in place.
-
-        Its disk space is reserved first: a memory map written on a full disk kills the process with a bus
-        error, while a failed reservation is an ``OSError`` that names the file."""
-        path = self.journal(fold).staged("oof.npy")
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-        try:
-            reserve_space(path)
-        except OSError:
-            del array
-            path.unlink(missing_ok=True)
-            raise
-        return array
-
     def write_average(self, fold: int, info: dict[str, Any], staged: bool = False) -> None:
         path = self.journal(fold).staged("average.json") if staged else self.average_json(fold)
         atomic_write_text(path, json.dumps(info, indent=2))
@@ -265,34 +243,6 @@ class WorkDir:
         except (OSError, ValueError):
             return None
         return info if isinstance(info, dict) else None
-
-    def read_oof(self, fold: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-        """``(probabilities (N, K, H, W), true labels (N, H, W), ids table)``, arrays memory-mapped.
-
-        Raises:
-            KsegError: A file is missing, damaged (truncated), or the three disagree on the number of images;
-                the message names the file and the problem, the caller adds the fix.
-        """
-        self.settle(fold)
-        paths = (self.oof(fold), self.oof_masks(fold), self.oof_csv(fold))
-        missing = next((p for p in paths if not p.is_file()), None)
-        if missing is not None:
-            raise KsegError(f"fold {fold} has no {missing.name} ({missing})")
-        read: list[Any] = []
-        for path in paths:
-            try:
-                read.append(
-                    pd.read_csv(path, dtype={ID: str}) if path.suffix == ".csv" else np.load(path, mmap_mode="r")
-                )
-            except (OSError, ValueError, pd.errors.ParserError) as exc:
-                raise KsegError(f"{path} is damaged, perhaps truncated ({exc})") from None
-        probs, masks, table = read
-        if ID not in table.columns or not len(probs) == len(masks) == len(table):
-            raise KsegError(
-                f"fold {fold}'s out-of-fold files disagree: {len(probs)} probability maps, {len(masks)} masks, "
-                f"{len(table)} rows in {paths[2].name}"
-            )
-        return probs, masks, table
 
     # ------------------------------------------------------------------------ postprocess.json
 
