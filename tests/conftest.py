@@ -14,6 +14,22 @@ from kseg.config import Config, load_config
 from kseg.synth.aerial import make_competition
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI does)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (the end-to-end demo, the fault injections, whole pipelines) run with
+    ``--slow``, with a ``-m`` expression that chooses for itself, or when named one by one
+    (``path::test``); otherwise they are deselected, so that ``python -m pytest`` stays fast."""
+    if config.getoption("--slow") or config.getoption("markexpr") or any("::" in a for a in config.args):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 DUBAI = Path(os.environ.get("KSEG_DUBAI", REPO.parent / "shared" / "data" / "dubai-aerial"))
 
 
@@ -72,6 +88,11 @@ FAST = [
 ]
 
 
+def competition_config(root: Path, *overrides: str) -> Config:
+    """The competition's ``kseg.yaml`` under ``overrides`` (``key=value``)."""
+    return load_config(root / "kseg.yaml", list(overrides))
+
+
 def fast_config(root: Path, *extra: str) -> Config:
     """The competition's ``kseg.yaml`` under ``FAST`` and ``extra`` overrides."""
     return load_config(root / "kseg.yaml", [*FAST, *extra])
@@ -82,3 +103,42 @@ def scan(cfg, *args, **kwargs):
     from kseg.data.scan import scan_masks
 
     return scan_masks(cfg.data, cfg.split, cfg.workdir, *args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def split_template(comp_template, tmp_path_factory) -> Path:
+    """The synthetic competition split into folds under ``FAST`` (do not modify: ``copy_comp`` it)."""
+    from kseg.data.split import make_folds
+
+    root = tmp_path_factory.mktemp("split") / "comp"
+    shutil.copytree(comp_template, root)
+    make_folds(fast_config(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_template(split_template, tmp_path_factory) -> Path:
+    """The one trained run of the session: ``split_template`` with folds 0, 1 and 2 trained one epoch each
+    under ``FAST`` (fold f with ``train.seed=f``, so that the folds' models differ as trained ones do), for
+    every test that needs trained folds (do not modify: ``copy_comp`` it)."""
+    from kseg.training.train import train_fold
+
+    root = tmp_path_factory.mktemp("trained") / "comp"
+    shutil.copytree(split_template, root)
+    for fold in range(3):
+        train_fold(fast_config(root, "train.epochs=1", f"train.seed={fold}"), fold)
+    return root
+
+
+def copy_comp(template: Path, target: Path, *, folds: tuple[int, ...] | None = None) -> Path:
+    """A private copy of a competition fixture at ``target/comp``: with every trained fold, or only ``folds``."""
+    keep = None if folds is None else {f"fold{f}" for f in folds}
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        if keep is None or Path(folder).name != "work":
+            return set()
+        return {n for n in names if n.startswith("fold") and n[4:].isdigit() and n not in keep}
+
+    root = Path(target) / "comp"
+    shutil.copytree(template, root, ignore=skip)
+    return root

@@ -8,12 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST as SHARED
-from conftest import fast_config
+from conftest import FAST, copy_comp, fast_config
 from torch import nn
 
 from kseg.cli import app
-from kseg.data.split import make_folds
 from kseg.errors import ConfigError
 from kseg.models.averaging import (
     AverageResult,
@@ -24,26 +22,16 @@ from kseg.models.averaging import (
 )
 from kseg.training.train import train_fold
 
-FAST = SHARED
-
-
-def _cfg(root: Path, *more: str):
-    return fast_config(root, *more)
-
 
 @pytest.fixture(scope="module")
-def split_comp(comp_template, tmp_path_factory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("avg") / "comp"
-    shutil.copytree(comp_template, root)
-    make_folds(_cfg(root))
+def split_comp(split_template, tmp_path_factory) -> Iterator[Path]:
+    root = copy_comp(split_template, tmp_path_factory.mktemp("avg"), folds=())
     yield root
     shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 
 
 def _copy(split_comp: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "comp"
-    shutil.copytree(split_comp, root, ignore=shutil.ignore_patterns("fold[0-9]*"))
-    return root
+    return copy_comp(split_comp, tmp_path, folds=())
 
 
 def test_epochs_to_average():
@@ -77,9 +65,9 @@ def test_batchnorm_statistics_are_measured_again():
 
 def test_average_larger_than_epochs_is_refused(split_comp):
     with pytest.raises(ConfigError, match="average 5 asks for more epochs than train.epochs 3"):
-        _cfg(split_comp, "train.epochs=3", "train.average=5")
+        fast_config(split_comp, "train.epochs=3", "train.average=5")
     with pytest.raises(ConfigError, match="time_limit"):
-        _cfg(split_comp, "train.time_limit=-3")
+        fast_config(split_comp, "train.time_limit=-3")
 
 
 def _evaluate(cfg, state_dict, fold):
@@ -99,14 +87,13 @@ def _evaluate(cfg, state_dict, fold):
     return summarize(counts, cfg.data.classes)[0]
 
 
-@pytest.mark.slow
 def test_average_is_validated_kept_when_best_and_survives_a_time_limit(split_comp, tmp_path):
     """The average of the k best epochs is validated like an epoch and becomes best.pt only when it beats
     every epoch; a run stopped by train.time_limit and resumed ends with the same files."""
     straight = _copy(split_comp, tmp_path / "a")
     stopped = _copy(split_comp, tmp_path / "b")
     extra = ["train.epochs=4", "train.average=2"]
-    full = train_fold(_cfg(straight, *extra), 1)
+    full = train_fold(fast_config(straight, *extra), 1)
     fold = straight / "work" / "fold1"
     metrics = pd.read_csv(fold / "metrics.csv")
     best_two = sorted(metrics.sort_values(["val_dice", "epoch"], ascending=[False, True])["epoch"][:2])
@@ -118,7 +105,7 @@ def test_average_is_validated_kept_when_best_and_survives_a_time_limit(split_com
 
     snapshots = [torch.load(fold / f"epoch{e:03d}.pt", weights_only=False)["model"] for e in best_two]
     best = torch.load(fold / "best.pt", weights_only=False)
-    cfg = _cfg(straight, *extra)
+    cfg = fast_config(straight, *extra)
     if info["kept"]:  # the average: its weights, and the score average.json reports for it
         assert best["averaged_epochs"] == best_two and full.best_score == info["score"] > metrics["val_dice"].max()
         for key in ("encoder.conv1.weight", "segmentation_head.0.weight"):
@@ -129,10 +116,10 @@ def test_average_is_validated_kept_when_best_and_survives_a_time_limit(split_com
         assert info["score"] <= metrics["val_dice"].max() == full.best_score
 
     # the same run under a time limit that passes during the first epoch: one epoch, resumable
-    first = train_fold(_cfg(stopped, *extra, "train.time_limit=0.001"), 1)
+    first = train_fold(fast_config(stopped, *extra, "train.time_limit=0.001"), 1)
     assert first.stopped_by_time and first.epochs_done == 1 and first.average is None
     assert not (stopped / "work" / "fold1" / "average.json").exists()
-    resumed = train_fold(_cfg(stopped, *extra), 1, resume=True)
+    resumed = train_fold(fast_config(stopped, *extra), 1, resume=True)
     assert not resumed.stopped_by_time
     other = stopped / "work" / "fold1"
     pd.testing.assert_frame_equal(metrics, pd.read_csv(other / "metrics.csv"), check_exact=True)
@@ -142,7 +129,7 @@ def test_average_is_validated_kept_when_best_and_survives_a_time_limit(split_com
 
     # a resume of a finished run does not average again; a lost average.json is made again, the same
     (other / "average.json").unlink()
-    train_fold(_cfg(stopped, *extra), 1, resume=True)
+    train_fold(fast_config(stopped, *extra), 1, resume=True)
     assert json.loads((other / "average.json").read_text()) == info
 
 
@@ -188,9 +175,9 @@ def test_resume_with_more_epochs_builds_the_schedule_a_short_run_had_none_of(spl
     new average that does not beat the earlier one leaves best.pt naming the earlier one."""
     root = _copy(split_comp, tmp_path)
     extra = ["train.batch_size=64", "train.scheduler=onecycle", "train.average=2", "train.average_rule=last"]
-    first = train_fold(_cfg(root, "train.epochs=2", *extra), 0)
+    first = train_fold(fast_config(root, "train.epochs=2", *extra), 0)
     assert first.average is not None and first.average.epochs == [1, 2]
-    more = train_fold(_cfg(root, "train.epochs=4", *extra), 0, resume=True)
+    more = train_fold(fast_config(root, "train.epochs=4", *extra), 0, resume=True)
     assert more.epochs_done == 4 and more.average is not None and more.average.epochs == [3, 4]
     best = torch.load(root / "work" / "fold0" / "best.pt", weights_only=True)
     held = best.get("averaged_epochs")

@@ -7,40 +7,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST, copy_comp, fast_config
 from PIL import Image
 from torch import nn
 
 from kseg.cli import app
-from kseg.config import load_config
-from kseg.data.split import make_folds
 from kseg.errors import InferError, SubmissionError
 from kseg.prediction.ensemble import export_bundle, load_bundle, load_ensemble
 from kseg.prediction.infer import OutputOptions, list_images, run_inference
 from kseg.prediction.predictor import Predictor, window_weights
 from kseg.prediction.predictor import window_origins as tile_origins
-from kseg.training.train import train_fold
-
-FAST = [
-    "train.num_workers=0",
-    "train.lr=0.001",
-    "train.batch_size=4",
-    "model.encoder_name=resnet18",
-    "infer.batch_size=4",
-]
-
-
-def _cfg(root: Path, *extra: str):
-    return load_config(root / "kseg.yaml", [*FAST, *extra])
 
 
 @pytest.fixture(scope="module")
-def trained_comp(comp_template, tmp_path_factory) -> Iterator[Path]:
-    """A synthetic competition with folds 0 and 1 trained for one epoch."""
-    root = tmp_path_factory.mktemp("infer") / "comp"
-    shutil.copytree(comp_template, root)
-    make_folds(_cfg(root))
-    for fold in (0, 1):
-        train_fold(_cfg(root, "train.epochs=1"), fold)
+def trained_comp(trained_template, tmp_path_factory) -> Iterator[Path]:
+    """The session's trained run with folds 0 and 1 (one epoch each)."""
+    root = copy_comp(trained_template, tmp_path_factory.mktemp("infer"), folds=(0, 1))
     yield root
     shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 
@@ -64,7 +46,7 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(150, 230), (64, 96), (40, 50), (97, 33)])
 @pytest.mark.parametrize("tta", ["none", "d4"])
 def test_tiling_matches_whole_image_and_covers_every_pixel(comp, shape, tta):
-    cfg = _cfg(comp, "data.image_size=[64,64]", "infer.tile_overlap=0.3")
+    cfg = fast_config(comp, "data.image_size=[64,64]", "infer.tile_overlap=0.3")
     model = Pointwise().eval()
     image = _image(*shape)
     tiled = next(
@@ -100,7 +82,7 @@ def test_conv_model_tiling_agrees_in_the_interior(comp):
 
     torch.manual_seed(0)
     model = smp.Unet("resnet18", encoder_weights=None, classes=4).eval()
-    cfg = _cfg(comp, "data.image_size=[64,64]", "infer.tile_overlap=0.5", "infer.mode=tile")
+    cfg = fast_config(comp, "data.image_size=[64,64]", "infer.tile_overlap=0.5", "infer.mode=tile")
     image = _image(128, 192, seed=3)
     tiled = next(Predictor.from_config([model], cfg, torch.device("cpu")).predict([image]))
     whole = next(
@@ -120,7 +102,7 @@ def test_conv_model_tiling_agrees_in_the_interior(comp):
 
 
 def test_resize_mode_returns_original_size(comp):
-    cfg = _cfg(comp)
+    cfg = fast_config(comp)
     probs = list(
         Predictor.from_config([Pointwise().eval()], cfg, torch.device("cpu")).predict([_image(50, 70), _image(130, 90)])
     )
@@ -129,7 +111,7 @@ def test_resize_mode_returns_original_size(comp):
 
 
 def test_multiscale_tta(comp):
-    cfg = _cfg(comp, "infer.tta_scales=[0.5,1.0,1.5]")
+    cfg = fast_config(comp, "infer.tta_scales=[0.5,1.0,1.5]")
     probs = next(
         Predictor.from_config([Pointwise().eval()], cfg, torch.device("cpu"), tta="hflip").predict([_image(64, 96)])
     )
@@ -142,7 +124,9 @@ def test_multiscale_tta(comp):
 def test_test_set_inference_feeds_submit(trained_comp, tmp_path):
     from kseg.submission import score_file, write_submission
 
-    cfg = _cfg(trained_comp, f"submission.predictions={tmp_path / 'pred'}", f"submission.path={tmp_path / 'sub.csv'}")
+    cfg = fast_config(
+        trained_comp, f"submission.predictions={tmp_path / 'pred'}", f"submission.path={tmp_path / 'sub.csv'}"
+    )
     result = run_inference(
         load_ensemble(cfg),
         pd.read_csv(trained_comp / "test.csv").assign(
@@ -165,7 +149,7 @@ def test_folder_inference_with_colour_overlay_and_probabilities(trained_comp, tm
     folder.mkdir()
     Image.fromarray(_image(70, 110)).save(folder / "a.jpg")
     Image.fromarray(_image(40, 40, 1)).save(folder / "b.png")
-    cfg = _cfg(trained_comp)
+    cfg = fast_config(trained_comp)
     run_inference(
         load_ensemble(cfg, [1]),
         list_images(folder),
@@ -192,9 +176,9 @@ def test_unreadable_image_stops_or_is_skipped(trained_comp, tmp_path):
     Image.fromarray(_image(32, 32)).save(folder / "good.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(InferError, match=r"image .*broken.jpg cannot be read .*set infer.on_error: skip"):
-        run_inference(load_ensemble(_cfg(trained_comp)), list_images(folder), tmp_path / "out")
+        run_inference(load_ensemble(fast_config(trained_comp)), list_images(folder), tmp_path / "out")
     result = run_inference(
-        load_ensemble(_cfg(trained_comp, "infer.on_error=skip")), list_images(folder), tmp_path / "out2"
+        load_ensemble(fast_config(trained_comp, "infer.on_error=skip")), list_images(folder), tmp_path / "out2"
     )
     assert result.n_images == 1 and len(result.skipped) == 1 and "broken.jpg" in result.skipped[0]
 
@@ -204,14 +188,14 @@ def test_empty_folder_and_no_folds(comp, tmp_path):
     with pytest.raises(InferError, match="no images in .*empty"):
         list_images(tmp_path / "empty")
     with pytest.raises(InferError, match="no trained folds in .*run 'kseg train --fold 0'"):
-        load_ensemble(_cfg(comp))
+        load_ensemble(fast_config(comp))
 
 
 def test_missing_fold_and_wrong_weight_count(trained_comp):
     with pytest.raises(InferError, match="fold 2 has no .*best.pt \\(trained folds: 0, 1\\)"):
-        load_ensemble(_cfg(trained_comp), [0, 2])
+        load_ensemble(fast_config(trained_comp), [0, 2])
     with pytest.raises(InferError, match="3 fold weights for 2 folds"):
-        load_ensemble(_cfg(trained_comp), [0, 1], [1, 1, 1])
+        load_ensemble(fast_config(trained_comp), [0, 1], [1, 1, 1])
 
 
 def test_bundle_predicts_like_the_workdir_and_needs_nothing_else(trained_comp, tmp_path, monkeypatch):
@@ -219,7 +203,7 @@ def test_bundle_predicts_like_the_workdir_and_needs_nothing_else(trained_comp, t
     folder.mkdir()
     for i in range(3):
         Image.fromarray(_image(48 + 8 * i, 80, i)).save(folder / f"img{i}.png")
-    cfg = _cfg(trained_comp)
+    cfg = fast_config(trained_comp)
     bundle = export_bundle(cfg, tmp_path / "model.kseg")
     direct = run_inference(load_ensemble(cfg), list_images(folder), tmp_path / "direct", "flip")
     elsewhere = tmp_path / "elsewhere"
@@ -236,14 +220,14 @@ def test_bundle_predicts_like_the_workdir_and_needs_nothing_else(trained_comp, t
 
 
 def test_half_precision_bundle_is_smaller(trained_comp, tmp_path):
-    full = export_bundle(_cfg(trained_comp), tmp_path / "full.kseg", [0])
-    half = export_bundle(_cfg(trained_comp), tmp_path / "half.kseg", [0], half=True)
+    full = export_bundle(fast_config(trained_comp), tmp_path / "full.kseg", [0])
+    half = export_bundle(fast_config(trained_comp), tmp_path / "half.kseg", [0], half=True)
     assert half.stat().st_size < 0.6 * full.stat().st_size
     assert len(load_bundle(half).models) == 1
 
 
 def test_bundle_of_another_version_or_kind(trained_comp, tmp_path):
-    path = export_bundle(_cfg(trained_comp), tmp_path / "m.kseg", [0])
+    path = export_bundle(fast_config(trained_comp), tmp_path / "m.kseg", [0])
     bundle = torch.load(path, weights_only=True)
     member = bundle["members"][0]  # a bundle of format 1 (kseg before blends) still loads
     old = {k: v for k, v in bundle.items() if k not in ("members", "source")}
@@ -312,7 +296,7 @@ def test_cli_infer_errors_are_one_line(runner, comp, tmp_path):
 def test_per_image_normalisation_ignores_lighting(comp, mode):
     """Standardising each image by its own statistics makes predictions blind to a per-channel
     brightness and contrast change (the scene-to-scene shift it is meant for)."""
-    cfg = _cfg(comp, "data.normalize=per_image", f"infer.mode={mode}", "data.image_size=[64,64]")
+    cfg = fast_config(comp, "data.normalize=per_image", f"infer.mode={mode}", "data.image_size=[64,64]")
     model = Pointwise().eval()
     image = np.random.default_rng(4).random((80, 120, 3)).astype(np.float32)
     darker = image * np.array([0.6, 0.7, 0.8], np.float32) + np.array([0.05, 0.1, 0.0], np.float32)
@@ -320,7 +304,7 @@ def test_per_image_normalisation_ignores_lighting(comp, mode):
     a, b = next(predictor.predict([image])), next(predictor.predict([darker]))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
     fixed = Predictor.from_config(
-        [model], _cfg(comp, f"infer.mode={mode}", "data.image_size=[64,64]"), torch.device("cpu")
+        [model], fast_config(comp, f"infer.mode={mode}", "data.image_size=[64,64]"), torch.device("cpu")
     )
     assert (next(fixed.predict([image])) - next(fixed.predict([darker]))).abs().max() > 1e-2
 
@@ -331,11 +315,11 @@ def test_per_image_normalisation_ignores_lighting(comp, mode):
 def _test_images(root: Path) -> pd.DataFrame:
     from kseg.prediction.infer import competition_test_images
 
-    return competition_test_images(_cfg(root).data)
+    return competition_test_images(fast_config(root).data)
 
 
 def _submit_cfg(root: Path, pred: Path, tmp_path: Path):
-    return _cfg(root, f"submission.predictions={pred}", f"submission.path={tmp_path / 'sub.csv'}")
+    return fast_config(root, f"submission.predictions={pred}", f"submission.path={tmp_path / 'sub.csv'}")
 
 
 def test_a_failed_run_leaves_the_previous_predictions_whole(trained_comp, tmp_path):
@@ -343,14 +327,14 @@ def test_a_failed_run_leaves_the_previous_predictions_whole(trained_comp, tmp_pa
     from kseg.submission import write_submission
 
     pred = tmp_path / "pred"
-    run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), pred, "flip")
+    run_inference(load_ensemble(fast_config(trained_comp)), _test_images(trained_comp), pred, "flip")
     before = {p.name: p.read_bytes() for p in pred.iterdir()}
     broken = _test_images(trained_comp)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not an image")
     broken.loc[5, "image"] = str(bad)  # the sixth image fails after five were predicted
     with pytest.raises(InferError, match="broken.png cannot be read"):
-        run_inference(load_ensemble(_cfg(trained_comp)), broken, pred, "none")
+        run_inference(load_ensemble(fast_config(trained_comp)), broken, pred, "none")
     assert {p.name: p.read_bytes() for p in pred.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pred.")] == []  # no half-built folder
     result = write_submission(_submit_cfg(trained_comp, pred, tmp_path))
@@ -371,7 +355,7 @@ def test_a_full_disk_during_inference_leaves_no_partial_predictions(trained_comp
     real = kseg.prediction.infer._write_outputs
     monkeypatch.setattr(kseg.prediction.infer, "_write_outputs", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), tmp_path / "pred")
+        run_inference(load_ensemble(fast_config(trained_comp)), _test_images(trained_comp), tmp_path / "pred")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -383,7 +367,7 @@ def test_skipped_images_are_in_the_manifest_and_submit_says_so(trained_comp, tmp
     bad.write_bytes(b"\x89PNG broken")
     images.loc[images["ImageID"] == "test_0002", "image"] = str(bad)
     pred = tmp_path / "pred"
-    run_inference(load_ensemble(_cfg(trained_comp, "infer.on_error=skip")), images, pred)
+    run_inference(load_ensemble(fast_config(trained_comp, "infer.on_error=skip")), images, pred)
     info = json.loads((pred / "inference.json").read_text())
     assert info["skipped_ids"] == ["test_0002"] and "test_0002" not in info["image_ids"]
     cfg = _submit_cfg(trained_comp, pred, tmp_path)
@@ -404,11 +388,11 @@ def test_submit_refuses_predictions_that_are_not_the_test_set_or_were_changed(tr
     for name in ("test_0000.png", "test_0001.png"):
         shutil.copy(trained_comp / "images" / name, subset / name)
     pred = tmp_path / "pred"
-    run_inference(load_ensemble(_cfg(trained_comp)), list_images(subset), pred)
+    run_inference(load_ensemble(fast_config(trained_comp)), list_images(subset), pred)
     cfg = _submit_cfg(trained_comp, pred, tmp_path)
     with pytest.raises(SubmissionError, match=r"lists no prediction for test image 'test_0002' \(6 of 8 missing\)"):
         write_submission(cfg)
-    run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), pred)
+    run_inference(load_ensemble(fast_config(trained_comp)), _test_images(trained_comp), pred)
     (pred / "test_0003.png").write_bytes((pred / "test_0004.png").read_bytes() + b"\0")
     with pytest.raises(SubmissionError, match=r"test_0003.png is not the file kseg infer wrote \(changed since\)"):
         write_submission(cfg)
@@ -420,14 +404,14 @@ def test_out_never_replaces_a_folder_kseg_did_not_write(trained_comp, tmp_path):
     mine.mkdir()
     (mine / "holiday.jpg").write_bytes(b"precious")
     with pytest.raises(InferError, match=r"holds files kseg infer did not write \(e.g. holiday.jpg\)"):
-        run_inference(load_ensemble(_cfg(trained_comp)), _test_images(trained_comp), mine)
+        run_inference(load_ensemble(fast_config(trained_comp)), _test_images(trained_comp), mine)
     assert [p.name for p in mine.iterdir()] == ["holiday.jpg"]
 
 
 def test_a_bundle_predicts_only_the_folds_it_holds_and_keeps_its_model(trained_comp, tmp_path, runner):
     from kseg.cli import app
 
-    bundle = export_bundle(_cfg(trained_comp), tmp_path / "m.kseg", [0])
+    bundle = export_bundle(fast_config(trained_comp), tmp_path / "m.kseg", [0])
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted((trained_comp / "images").glob("test_*.png"))[:2]:
@@ -459,5 +443,5 @@ def test_an_export_clears_what_a_killed_export_of_the_same_file_left(trained_com
     left.write_bytes(b"half a bundle")
     other = tmp_path / ".other.kseg.k3j9x.tmp"  # another file's: not ours to remove
     other.write_bytes(b"x")
-    export_bundle(_cfg(trained_comp), tmp_path / "m.kseg", [0])
+    export_bundle(fast_config(trained_comp), tmp_path / "m.kseg", [0])
     assert not left.exists() and other.exists() and (tmp_path / "m.kseg").is_file()

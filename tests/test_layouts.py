@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import competition_config
 from PIL import Image
 from test_solution import _noisy_predictions
 from test_submission import hand_made_predictions
 
 from kseg import rle
 from kseg.cli import app
-from kseg.config import load_config
 from kseg.errors import ConfigError
 from kseg.submission import load_format, score_file, validate_bytes, write_submission
 
@@ -32,10 +32,6 @@ LAYOUTS = {
     ],
     "long, non-empty, file names": [*SEVERSTAL, "submission.id_format='{file}'", "submission.classes=[road,car]"],
 }
-
-
-def _cfg(comp: Path, *overrides: str):
-    return load_config(comp / "kseg.yaml", list(overrides))
 
 
 def _decode(path: Path, cfg) -> dict[str, np.ndarray]:
@@ -59,7 +55,7 @@ def _decode(path: Path, cfg) -> dict[str, np.ndarray]:
 def test_each_layout_round_trips_byte_for_byte(comp, layout):
     overrides = LAYOUTS[layout]
     hand_made_predictions(comp)
-    cfg = _cfg(comp, *overrides)
+    cfg = competition_config(comp, *overrides)
     first = write_submission(cfg, out=comp / "first.csv")
     assert first.report.ok
     predictions = comp / "decoded"
@@ -73,7 +69,7 @@ def test_each_layout_round_trips_byte_for_byte(comp, layout):
 
 def test_the_long_non_empty_layout_is_written_as_severstal_is(comp):
     hand_made_predictions(comp)
-    cfg = _cfg(comp, *SEVERSTAL, "submission.classes=[building,road,car]")
+    cfg = competition_config(comp, *SEVERSTAL, "submission.classes=[building,road,car]")
     table = pd.read_csv(write_submission(cfg).path, dtype=str, keep_default_na=False)
     assert list(table.columns) == ["ImageID", "EncodedPixels", "ClassId"]
     assert set(table["ClassId"]) <= {"2", "3", "5"} and (table["EncodedPixels"] != "").all()
@@ -87,8 +83,8 @@ def test_scores_follow_the_layout(comp):
     # the same noisy predictions scored in the wide layout (every row) and in a long non-empty layout of
     # three classes: the long score is the wide rows' mean over those classes
     _noisy_predictions(comp)
-    wide = score_file(write_submission(_cfg(comp), out=comp / "wide.csv").path, _cfg(comp))
-    long_cfg = _cfg(comp, *SEVERSTAL, "submission.classes=[building,road,car]")
+    wide = score_file(write_submission(competition_config(comp), out=comp / "wide.csv").path, competition_config(comp))
+    long_cfg = competition_config(comp, *SEVERSTAL, "submission.classes=[building,road,car]")
     long = score_file(write_submission(long_cfg, out=comp / "long.csv").path, long_cfg)
     chosen = wide.rows["class"].isin([2, 3, 5]).to_numpy()
     assert long.score == pytest.approx(wide.rows["dice"][chosen].mean(), abs=1e-12)
@@ -102,7 +98,7 @@ def test_scores_follow_the_layout(comp):
 
 def test_validation_follows_the_layout(comp):
     hand_made_predictions(comp)
-    cfg = _cfg(comp, *SEVERSTAL)
+    cfg = competition_config(comp, *SEVERSTAL)
     fmt = load_format(cfg.data, cfg.submission)
     lines = write_submission(cfg).path.read_text().splitlines()
     assert validate_bytes(("\n".join(lines[:3]) + "\n").encode(), fmt).ok  # missing rows are empty masks
@@ -112,7 +108,7 @@ def test_validation_follows_the_layout(comp):
     kinds = {p.kind: p for p in report.problems}
     assert {"duplicate ids", "unknown ids"} <= set(kinds)  # (the repeated row also overlaps itself)
     assert f"{image},9" in kinds["unknown ids"].examples[0]
-    every_row = _cfg(comp, "submission.layout=long", "submission.sample=null")
+    every_row = competition_config(comp, "submission.layout=long", "submission.sample=null")
     full = write_submission(every_row, out=comp / "full.csv").path.read_text().splitlines()
     report = validate_bytes(("\n".join(full[:-1]) + "\n").encode(), load_format(every_row.data, every_row.submission))
     assert [p.kind for p in report.problems] == ["missing ids"]
@@ -132,7 +128,7 @@ def test_validation_follows_the_layout(comp):
 )
 def test_layout_config_errors_name_the_key_and_the_fix(comp, runner, overrides, fragment):
     with pytest.raises(ConfigError, match=None) as caught:
-        _cfg(comp, *overrides)
+        competition_config(comp, *overrides)
     assert fragment in str(caught.value)
     sets = [x for item in overrides for x in ("--set", item)]
     result = runner.invoke(app, ["validate", "-c", str(comp / "kseg.yaml"), *sets])
@@ -143,7 +139,9 @@ def test_a_long_sample_that_names_no_test_image_is_refused(comp):
     pd.DataFrame({"ImageId": ["nope.png"], "EncodedPixels": ["1 1"], "ClassId": ["1"]}).to_csv(
         comp / "sample_long.csv", index=False
     )
-    cfg = _cfg(comp, "submission.layout=long", "submission.sample=sample_long.csv", "submission.id_format='{file}'")
+    cfg = competition_config(
+        comp, "submission.layout=long", "submission.sample=sample_long.csv", "submission.id_format='{file}'"
+    )
     with pytest.raises(Exception, match=r"sample_long.csv id 'nope.png' \(1 such\) names no test image"):
         load_format(cfg.data, cfg.submission)
     pd.DataFrame({"ImageId": ["test_0000.png"], "EncodedPixels": ["1 1"]}).to_csv(comp / "sample_long.csv", index=False)

@@ -250,3 +250,24 @@ def test_a_resumed_progress_starts_at_its_next_epoch():
         seed=1,
     )
     assert seen == [2] and progress.best_epoch == 3 and len(progress.history) == 3
+
+
+def test_a_compile_that_fails_at_the_first_forward_pass_trains_uncompiled(monkeypatch):
+    from kseg.training.build import compiled
+
+    def broken_compile(model):
+        def forward(*_args):
+            raise RuntimeError("no C compiler")  # as inductor fails, at the first call, not at torch.compile
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    notes = []
+    model = nn.Conv2d(3, 2, 1)
+    wrapped = compiled(model, True, torch.device("cuda"), notes.append)  # the device is only looked at
+    x = torch.randn(1, 3, 4, 4)
+    torch.testing.assert_close(wrapped(x), model(x))
+    torch.testing.assert_close(wrapped(x), model(x))
+    assert notes == ["torch.compile failed at the first forward pass (RuntimeError); training uncompiled"]
+    assert list(wrapped.parameters()) == list(model.parameters())  # the optimiser's parameters, once
+    assert compiled(model, True, torch.device("cpu"), notes.append) is model  # compile is for CUDA only

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import FAST as SHARED
-from conftest import fast_config
+from conftest import copy_comp, fast_config
 from PIL import Image
 
 from kseg.cli import app
@@ -22,7 +22,6 @@ from kseg.errors import TrainError
 from kseg.prediction.ensemble import load_ensemble
 from kseg.prediction.infer import run_predictor
 from kseg.training.dataset import mixed_order
-from kseg.training.train import train_fold
 
 FAST = [*SHARED, "train.epochs=1"]
 
@@ -32,12 +31,9 @@ def _cfg(root: Path, *more: str):
 
 
 @pytest.fixture(scope="module")
-def trained(comp_template, tmp_path_factory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("pseudo") / "comp"
-    shutil.copytree(comp_template, root)
-    make_folds(_cfg(root))
-    for fold in range(3):
-        train_fold(_cfg(root, f"train.seed={fold}"), fold)
+def trained(trained_template, tmp_path_factory) -> Iterator[Path]:
+    """The session's trained run (folds 0-2, one epoch each)."""
+    root = copy_comp(trained_template, tmp_path_factory.mktemp("pseudo"))
     yield root
     shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 

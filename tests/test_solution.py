@@ -10,18 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import competition_config
 from PIL import Image
 from test_submission import allow_hand_made, hand_made_predictions
 
 from kseg.cli import app
-from kseg.config import load_config
 from kseg.data.reading import list_samples
 from kseg.errors import SubmissionError
 from kseg.submission import load_format, score_file, write_submission
-
-
-def _cfg(comp: Path, *overrides: str):
-    return load_config(comp / "kseg.yaml", list(overrides))
 
 
 def _noisy_predictions(comp: Path, seed: int = 3) -> None:
@@ -41,7 +37,7 @@ def _solution(comp: Path, *overrides: str) -> Path:
     """The hidden truth written as a submission: the host's solution file."""
     hand_made_predictions(comp)
     path = comp / "solution.csv"
-    write_submission(_cfg(comp, *overrides), out=path)
+    write_submission(competition_config(comp, *overrides), out=path)
     return path
 
 
@@ -52,7 +48,7 @@ def test_a_solution_file_scores_as_the_truth_masks_do(comp, metric):
     shuffled.to_csv(solution, index=False)  # a solution's row order is its own
     (comp / "work" / "predictions").rename(comp / "truth_maps")
     _noisy_predictions(comp)
-    cfg = _cfg(comp, f"submission.metric={metric}")
+    cfg = competition_config(comp, f"submission.metric={metric}")
     sub = write_submission(cfg).path
     by_masks = score_file(sub, cfg)
     by_solution = score_file(sub, cfg, solution)
@@ -70,7 +66,7 @@ def test_usage_splits_public_and_private_and_leaves_ignored_rows_out(comp):
     table.to_csv(solution, index=False)
     (comp / "work" / "predictions").rename(comp / "truth_maps")
     _noisy_predictions(comp)
-    cfg = _cfg(comp)
+    cfg = competition_config(comp)
     sub = write_submission(cfg).path
     all_rows = score_file(sub, cfg).rows
     usage = table.set_index("ImageID").loc[all_rows.index, "Usage"]
@@ -87,7 +83,7 @@ def test_cli_scores_against_a_solution_file(comp, runner):
     table = pd.read_csv(solution, dtype=str, keep_default_na=False)
     table["Usage"] = np.resize(["Public", "Private"], len(table))
     table.to_csv(solution, index=False)
-    write_submission(_cfg(comp))  # the truth submitted: 1 in both parts
+    write_submission(competition_config(comp))  # the truth submitted: 1 in both parts
     cfg = str(comp / "kseg.yaml")
     result = runner.invoke(app, ["score", "-c", cfg, "--truth", str(solution), "--json"])
     assert result.exit_code == 0, result.output
@@ -113,7 +109,7 @@ def test_a_solution_that_does_not_fit_is_named_with_the_fix(comp, runner, change
     table = pd.read_csv(solution, dtype=str, keep_default_na=False)
     change(table).to_csv(solution, index=False)
     with pytest.raises(SubmissionError, match=re.escape(f"solution file {solution} ")):
-        score_file(comp / "sample_submission.csv", _cfg(comp), solution)
+        score_file(comp / "sample_submission.csv", competition_config(comp), solution)
     result = runner.invoke(
         app, ["score", str(comp / "sample_submission.csv"), "-c", str(comp / "kseg.yaml"), "--truth", str(solution)]
     )
@@ -122,24 +118,24 @@ def test_a_solution_that_does_not_fit_is_named_with_the_fix(comp, runner, change
 
 def test_a_missing_solution_file_is_named(comp):
     with pytest.raises(SubmissionError, match="solution file .*nope.csv does not exist; pass --truth SOLUTION.csv"):
-        score_file(comp / "sample_submission.csv", _cfg(comp), comp / "nope.csv")
+        score_file(comp / "sample_submission.csv", competition_config(comp), comp / "nope.csv")
 
 
 def test_ids_from_image_file_names_and_class_names(comp):
     # the clouds competition's ids: 0011165.jpg_Fish
     sample = pd.read_csv(comp / "sample_submission.csv", dtype=str, keep_default_na=False)
-    cfg = _cfg(comp)
+    cfg = competition_config(comp)
     test = list_samples(cfg.data, "test")
     files = {i: Path(p).name for i, p in zip(test["ImageID"], test["image"], strict=True)}
     pairs = [row_id.rsplit("_", 1) for row_id in sample["ImageID"]]
     sample["ImageID"] = [f"{files[i]}_{cfg.data.classes[int(k)]}" for i, k in pairs]
     sample.to_csv(comp / "sample_submission.csv", index=False)
-    cfg = _cfg(comp, "submission.id_format={file}_{name}")
+    cfg = competition_config(comp, "submission.id_format={file}_{name}")
     fmt = load_format(cfg.data, cfg.submission)
     assert fmt.ids[0] == f"{files[test['ImageID'][0]]}_{cfg.data.classes[0]}" and "." in fmt.ids[0]
     solution = _solution(comp, "submission.id_format={file}_{name}")
     assert pd.read_csv(solution)["ImageID"].tolist() == sample["ImageID"].tolist()
-    assert score_file(solution, _cfg(comp, "submission.id_format={file}_{name}"), solution).score == 1.0
+    assert score_file(solution, competition_config(comp, "submission.id_format={file}_{name}"), solution).score == 1.0
 
 
 def _severstal(runner, tmp_path: Path) -> tuple[Path, object]:
@@ -148,7 +144,7 @@ def _severstal(runner, tmp_path: Path) -> tuple[Path, object]:
     assert (
         runner.invoke(app, ["synth", str(comp), "--style", "severstal", "--train", "6", "--test", "6"]).exit_code == 0
     )
-    cfg = _cfg(comp, "submission.require_manifest=false", "submission.solution=null")
+    cfg = competition_config(comp, "submission.require_manifest=false", "submission.solution=null")
     truth = comp / "work" / "predictions"
     truth.mkdir(parents=True)
     rng = np.random.default_rng(0)

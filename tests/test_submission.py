@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import competition_config
 from PIL import Image
 
 from kseg import rle
@@ -49,16 +50,12 @@ def _sections(cfg):
     return cfg.data, cfg.submission
 
 
-def _cfg(comp, *overrides):
-    return load_config(comp / "kseg.yaml", list(overrides))
-
-
 def _lines(comp) -> list[str]:
     return (comp / "submissions" / "submission.csv").read_text().splitlines()
 
 
 def _validate(comp, lines: list[str], *overrides):
-    cfg = _cfg(comp, *overrides)
+    cfg = competition_config(comp, *overrides)
     return validate_bytes(
         ("\n".join(lines) + "\n").encode(), load_format(cfg.data, cfg.submission), cfg.submission.check_overlap
     )
@@ -86,7 +83,7 @@ def test_rows_in_shuffled_sample_order(comp):
     sample = pd.read_csv(comp / "sample_submission.csv", keep_default_na=False)
     sample.sample(frac=1, random_state=0).to_csv(comp / "sample_submission.csv", index=False)
     hand_made_predictions(comp)
-    result = write_submission(_cfg(comp))
+    result = write_submission(competition_config(comp))
     written = pd.read_csv(result.path, keep_default_na=False)
     assert written["ImageID"].tolist() == pd.read_csv(comp / "sample_submission.csv")["ImageID"].tolist()
 
@@ -103,9 +100,9 @@ def test_masks_are_resized_to_each_original_size(comp):
     for path in (comp / "test_masks").glob("*.png"):  # predicted at half size, like a model at training size
         Image.open(path).resize((48, 32), Image.NEAREST).save(pred_dir / path.name)
     with pytest.raises(SubmissionError, match=r"test_0000.png is 32x48 but its image needs 64x96.*resize_predictions"):
-        write_submission(_cfg(comp))  # never silently: the config has to ask for it
+        write_submission(competition_config(comp))  # never silently: the config has to ask for it
     assert not (comp / "submissions" / "submission.csv").exists()
-    result = write_submission(_cfg(comp, "submission.resize_predictions=true"))
+    result = write_submission(competition_config(comp, "submission.resize_predictions=true"))
     assert result.report.ok
     small = Image.open(pred_dir / "test_0001.png")
     expected = np.asarray(small.resize((96, 64), Image.NEAREST))
@@ -115,7 +112,7 @@ def test_masks_are_resized_to_each_original_size(comp):
 
 def test_fixed_submission_size(comp):
     hand_made_predictions(comp)
-    cfg = _cfg(comp, "submission.size=[32,48]")
+    cfg = competition_config(comp, "submission.size=[32,48]")
     result = write_submission(cfg)
     expected = np.asarray(Image.open(comp / "test_masks" / "test_0001.png").resize((48, 32), Image.NEAREST))
     for k, mask in enumerate(_decoded(result.path, "test_0001", (32, 48))):
@@ -129,11 +126,11 @@ def test_label_values_that_are_no_class_are_refused(comp):
     labels[:3, :3] = 9  # 6 classes: 9 is none of them
     Image.fromarray(labels).save(comp / "work" / "predictions" / "test_0004.png")
     with pytest.raises(SubmissionError, match=r"test_0004.png has label 9 in 9 pixels, but there are 6 classes"):
-        write_submission(_cfg(comp))
+        write_submission(competition_config(comp))
     assert not (comp / "submissions" / "submission.csv").exists()
     labels[:3, :3] = 255  # what post-processing writes for a pixel left without a class: allowed
     Image.fromarray(labels).save(comp / "work" / "predictions" / "test_0004.png")
-    assert write_submission(_cfg(comp)).report.ok
+    assert write_submission(competition_config(comp)).report.ok
 
 
 def test_npy_predictions_and_empty_token(comp):
@@ -142,7 +139,7 @@ def test_npy_predictions_and_empty_token(comp):
     pred_dir.mkdir(parents=True)
     for path in (comp / "test_masks").glob("*.png"):
         np.save(pred_dir / f"{path.stem}.npy", np.asarray(Image.open(path)))
-    result = write_submission(_cfg(comp, "submission.empty_token=-1"), out=comp / "sub.csv")
+    result = write_submission(competition_config(comp, "submission.empty_token=-1"), out=comp / "sub.csv")
     text = (comp / "sub.csv").read_text()
     assert ",-1\n" in text and ",\n" not in text
     assert result.empty_rows > 0
@@ -169,7 +166,7 @@ def test_npy_maps_of_negative_nan_or_fractional_values_are_refused(comp, values,
         np.save(pred_dir / f"{path.stem}.npy", np.asarray(Image.open(path)))
     np.save(pred_dir / "test_0002.npy", values(np.asarray(Image.open(comp / "test_masks" / "test_0002.png"))))
     with pytest.raises(SubmissionError, match=rf"test_0002.npy {message}, but a label map holds class indices"):
-        write_submission(_cfg(comp))
+        write_submission(competition_config(comp))
     assert not (comp / "submissions" / "submission.csv").exists()
 
 
@@ -179,22 +176,22 @@ def test_missing_predictions_name_the_image_and_write_nothing(comp):
     with pytest.raises(
         SubmissionError, match=r"no prediction for test image 'test_0002'.*\(1 of 8 missing\); run 'kseg infer'"
     ):
-        write_submission(_cfg(comp))
+        write_submission(competition_config(comp))
     assert not (comp / "submissions" / "submission.csv").exists()
 
 
 def test_label_maps_without_kseg_s_manifest_are_refused_unless_asked(comp):
     shutil.copytree(comp / "test_masks", comp / "work" / "predictions")
     with pytest.raises(SubmissionError, match=r"has no inference.json manifest.*submission.require_manifest: false"):
-        write_submission(_cfg(comp))
+        write_submission(competition_config(comp))
     assert not (comp / "submissions" / "submission.csv").exists()
-    result = write_submission(_cfg(comp, "submission.require_manifest=false"))
+    result = write_submission(competition_config(comp, "submission.require_manifest=false"))
     assert "not checked against a manifest" in result.note and result.report.ok
 
 
 def test_no_predictions_folder(comp):
     with pytest.raises(SubmissionError, match="predictions folder .* does not exist; run 'kseg infer' first"):
-        write_submission(_cfg(comp))
+        write_submission(competition_config(comp))
 
 
 def test_sample_with_ids_that_are_no_test_image(comp):
@@ -202,7 +199,7 @@ def test_sample_with_ids_that_are_no_test_image(comp):
     sample.loc[3, "ImageID"] = "test_0000-3"
     sample.to_csv(comp / "sample_submission.csv", index=False)
     with pytest.raises(SubmissionError, match="id 'test_0000-3' .* is no test image and class"):
-        load_format(*_sections(_cfg(comp)))
+        load_format(*_sections(competition_config(comp)))
 
 
 def test_custom_id_format(comp):
@@ -210,7 +207,7 @@ def test_custom_id_format(comp):
     sample["ImageID"] = sample["ImageID"].str.replace(r"_(\d)$", r"-class\1", regex=True)
     sample.to_csv(comp / "sample_submission.csv", index=False)
     hand_made_predictions(comp)
-    result = write_submission(_cfg(comp, "submission.id_format={id}-class{k}"))
+    result = write_submission(competition_config(comp, "submission.id_format={id}-class{k}"))
     assert pd.read_csv(result.path)["ImageID"][1] == "test_0000-class1"
 
 
@@ -218,7 +215,7 @@ def test_custom_id_format(comp):
 
 
 def test_written_file_is_valid(perfect):
-    report = validate_file(perfect / "submissions" / "submission.csv", _cfg(perfect))
+    report = validate_file(perfect / "submissions" / "submission.csv", competition_config(perfect))
     assert report.ok and report.n_rows == 48
 
 
@@ -279,7 +276,7 @@ def test_the_fast_reader_reports_what_pandas_reading_reports(perfect, monkeypatc
     from kseg.submission import table
 
     data = ("\n".join(READINGS[reading](_lines(perfect))) + "\n").encode()
-    fmt = load_format(*_sections(_cfg(perfect)))
+    fmt = load_format(*_sections(competition_config(perfect)))
     fast = validate_bytes(data, fmt)
     monkeypatch.setattr(table, "_plain", lambda _data: None)
     slow = validate_bytes(data, fmt)
@@ -289,9 +286,11 @@ def test_the_fast_reader_reports_what_pandas_reading_reports(perfect, monkeypatc
 
 
 def test_not_a_csv(perfect):
-    report = validate_bytes(b'ImageID,EncodedPixels\n"unterminated,1 2\n', load_format(*_sections(_cfg(perfect))))
+    report = validate_bytes(
+        b'ImageID,EncodedPixels\n"unterminated,1 2\n', load_format(*_sections(competition_config(perfect)))
+    )
     assert _kinds(report) == {"not a CSV"}
-    empty = validate_bytes(b"\n", load_format(*_sections(_cfg(perfect))))
+    empty = validate_bytes(b"\n", load_format(*_sections(competition_config(perfect))))
     assert _kinds(empty) == {"not a CSV"} and "the file is empty" in empty.problems[0].examples[0]
 
 
@@ -351,7 +350,7 @@ def test_cli_validate_and_score_default_to_the_submission_path(runner, perfect):
 
 
 def test_truth_scores_one(perfect):
-    result = score_file(perfect / "submissions" / "submission.csv", _cfg(perfect))
+    result = score_file(perfect / "submissions" / "submission.csv", competition_config(perfect))
     assert result.score == 1.0
     assert all(v["dice"] == 1.0 and v["iou"] == 1.0 for v in result.per_class.values())
 
@@ -359,7 +358,7 @@ def test_truth_scores_one(perfect):
 def test_all_empty_file_scores_the_empty_row_share(perfect):
     truth = [np.asarray(Image.open(p)) for p in sorted((perfect / "test_masks").glob("*.png"))]
     empty_share = np.mean([(t == k).sum() == 0 for t in truth for k in range(6)])
-    result = score_file(perfect / "sample_submission.csv", _cfg(perfect))
+    result = score_file(perfect / "sample_submission.csv", competition_config(perfect))
     assert result.score == pytest.approx(empty_share)
     assert result.per_class["background"]["dice"] == 0.0
 
@@ -377,8 +376,8 @@ def test_score_matches_pixelwise_dice(comp):
         pred[noise] = rng.integers(0, 6, noise.sum())
         Image.fromarray(pred).save(pred_dir / path.name)
         truths[path.stem], preds[path.stem] = truth, pred
-    write_submission(_cfg(comp))
-    result = score_file(comp / "submissions" / "submission.csv", _cfg(comp))
+    write_submission(competition_config(comp))
+    result = score_file(comp / "submissions" / "submission.csv", competition_config(comp))
     expected = []
     for image_id in pd.read_csv(comp / "test.csv")["ImageID"]:
         t, p = truths[image_id], preds[image_id]
@@ -397,20 +396,22 @@ def test_score_leaves_ignored_truth_pixels_out(comp):
         t[:, :10] = 255  # not scored
         Image.fromarray(t).save(truth_dir / path.name)
     hand_made_predictions(comp)
-    write_submission(_cfg(comp))
-    assert score_file(comp / "submissions" / "submission.csv", _cfg(comp), truth_dir).score == 1.0
+    write_submission(competition_config(comp))
+    assert score_file(comp / "submissions" / "submission.csv", competition_config(comp), truth_dir).score == 1.0
 
 
 def test_score_refuses_an_invalid_file(perfect):
     bad = perfect / "bad.csv"
     bad.write_text("\n".join(_lines(perfect)[:-1]) + "\n")
     with pytest.raises(SubmissionError, match="is not a valid submission \\(missing ids"):
-        score_file(bad, _cfg(perfect))
+        score_file(bad, competition_config(perfect))
 
 
 def test_score_needs_truth(perfect):
     with pytest.raises(SubmissionError, match="no true masks to score against"):
-        score_file(perfect / "submissions" / "submission.csv", _cfg(perfect, "data.test_mask_template=null"))
+        score_file(
+            perfect / "submissions" / "submission.csv", competition_config(perfect, "data.test_mask_template=null")
+        )
 
 
 def test_cli_score_json(runner, perfect):
@@ -437,7 +438,7 @@ class FakeApi:
 def test_upload_sends_a_valid_file(perfect):
     api = FakeApi()
     path = perfect / "submissions" / "submission.csv"
-    upload_submission(path, validate_file(path, _cfg(perfect)), "drone-seg", "fold ensemble", api=api)
+    upload_submission(path, validate_file(path, competition_config(perfect)), "drone-seg", "fold ensemble", api=api)
     assert api.calls == [(str(path), "fold ensemble", "drone-seg")]
 
 
@@ -446,7 +447,7 @@ def test_upload_refuses_an_invalid_file(perfect):
     bad = perfect / "bad.csv"
     bad.write_text("\n".join(_lines(perfect) + [_lines(perfect)[1]]) + "\n")
     with pytest.raises(SubmissionError, match=r"refusing to upload .*\(duplicate ids"):
-        upload_submission(bad, validate_file(bad, _cfg(perfect)), "drone-seg", "x", api=api)
+        upload_submission(bad, validate_file(bad, competition_config(perfect)), "drone-seg", "x", api=api)
     assert api.calls == []
 
 
@@ -486,7 +487,7 @@ def test_missing_kaggle_package_is_explained(monkeypatch):
 def test_score_a_folder_of_label_maps(comp, runner):
     from kseg.submission import score_label_maps
 
-    cfg = _cfg(comp)
+    cfg = competition_config(comp)
     result = score_label_maps(cfg, comp / "test_masks", comp / "test_masks")
     assert result.score == 1.0 and len(result.rows) == 8 * 6
     out = runner.invoke(app, ["score", "-c", str(comp / "kseg.yaml"), "--predictions", str(comp / "test_masks")])

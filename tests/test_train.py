@@ -9,31 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST, copy_comp, fast_config
 
 from kseg.cli import app
-from kseg.config import load_config
-from kseg.data.split import make_folds
 from kseg.errors import ConfigError, ModelError, TrainError
 from kseg.training.train import train_fold
 
-FAST = [
-    "train.num_workers=0",
-    "train.lr=0.001",
-    "train.batch_size=4",
-    "model.encoder_name=resnet18",
-    "train.augment.brightness_contrast=0",
-]
-
-
-def _cfg(root: Path, *extra: str):
-    return load_config(root / "kseg.yaml", [*FAST, *extra])
-
 
 @pytest.fixture(scope="module")
-def split_comp(comp_template, tmp_path_factory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("train") / "comp"
-    shutil.copytree(comp_template, root)
-    make_folds(_cfg(root))
+def split_comp(split_template, tmp_path_factory) -> Iterator[Path]:
+    root = copy_comp(split_template, tmp_path_factory.mktemp("train"), folds=())
     yield root
     shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 
@@ -41,13 +26,11 @@ def split_comp(comp_template, tmp_path_factory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def trained(split_comp):
     """Fold 0 trained for 4 epochs."""
-    return train_fold(_cfg(split_comp, "train.epochs=4"), 0)
+    return train_fold(fast_config(split_comp, "train.epochs=4"), 0)
 
 
 def _copy(split_comp: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "comp"
-    shutil.copytree(split_comp, root, ignore=shutil.ignore_patterns("fold[0-9]*"))
-    return root
+    return copy_comp(split_comp, tmp_path, folds=())
 
 
 @pytest.mark.slow
@@ -108,7 +91,7 @@ def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     from kseg.training.losses import loss_from_config
     from kseg.training.train import fold_tables
 
-    cfg = _cfg(split_comp)
+    cfg = fast_config(split_comp)
     model, _ = build_model(cfg.model, 6)
     model.load_state_dict(torch.load(trained.dir / "best.pt", weights_only=False)["model"])
     model.eval()
@@ -122,20 +105,19 @@ def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     assert summarize(counts, cfg.data.classes)[0] == pytest.approx(trained.best_score, abs=1e-12)
 
 
-@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(split_comp, tmp_path):
     straight = _copy(split_comp, tmp_path / "a")
     interrupted = _copy(split_comp, tmp_path / "b")
-    full = train_fold(_cfg(straight, "train.epochs=3"), 1)
+    full = train_fold(fast_config(straight, "train.epochs=3"), 1)
 
     def stop_after_two(stats):
         if stats.epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_fold(_cfg(interrupted, "train.epochs=3"), 1, on_epoch=stop_after_two)
+        train_fold(fast_config(interrupted, "train.epochs=3"), 1, on_epoch=stop_after_two)
     assert len(pd.read_csv(interrupted / "work" / "fold1" / "metrics.csv")) == 2
-    resumed = train_fold(_cfg(interrupted, "train.epochs=3"), 1, resume=True)
+    resumed = train_fold(fast_config(interrupted, "train.epochs=3"), 1, resume=True)
     a = pd.read_csv(straight / "work" / "fold1" / "metrics.csv")
     b = pd.read_csv(interrupted / "work" / "fold1" / "metrics.csv")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -145,7 +127,7 @@ def test_resume_equals_an_uninterrupted_run(split_comp, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
     # raising train.epochs trains on from where the run stopped
-    more = train_fold(_cfg(interrupted, "train.epochs=4"), 1, resume=True)
+    more = train_fold(fast_config(interrupted, "train.epochs=4"), 1, resume=True)
     assert more.epochs_done == 4
     grown = pd.read_csv(interrupted / "work" / "fold1" / "metrics.csv")
     pd.testing.assert_frame_equal(grown.iloc[:2], a.iloc[:2], check_exact=True)
@@ -154,7 +136,7 @@ def test_resume_equals_an_uninterrupted_run(split_comp, tmp_path):
 @pytest.mark.slow
 def test_early_stopping(split_comp, tmp_path):
     root = _copy(split_comp, tmp_path)
-    result = train_fold(_cfg(root, "train.epochs=6", "train.patience=1", "train.lr=1e-7"), 0)
+    result = train_fold(fast_config(root, "train.epochs=6", "train.patience=1", "train.lr=1e-7"), 0)
     assert result.stopped_early and result.epochs_done < 6
 
 
@@ -178,7 +160,7 @@ def test_early_stopping(split_comp, tmp_path):
 )
 def test_configuration_variants_train(split_comp, tmp_path, extra):
     root = _copy(split_comp, tmp_path)
-    result = train_fold(_cfg(root, "train.epochs=1", *extra), 2)
+    result = train_fold(fast_config(root, "train.epochs=1", *extra), 2)
     assert np.isfinite(result.metrics[["train_loss", "val_loss", "val_dice"]].to_numpy()).all()
 
 
@@ -188,7 +170,7 @@ def test_multispectral_input(split_comp, tmp_path):
     for path in (root / "images").glob("*.png"):  # four bands: RGB plus a synthetic near-infrared
         rgb = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(path))
         np.save(path.with_suffix(".npy"), np.concatenate([rgb, rgb[..., 1:2]], axis=2))
-    cfg = _cfg(
+    cfg = fast_config(
         root,
         "train.epochs=1",
         "model.in_channels=4",
@@ -208,7 +190,7 @@ def test_local_encoder_weights_offline(split_comp, tmp_path, monkeypatch):
     reference = torchvision.models.resnet18()
     torch.save(reference.state_dict(), weights)
     root = _copy(split_comp, tmp_path)
-    cfg = _cfg(root, "train.epochs=1", "train.lr=1e-9", f"model.encoder_weights={weights}")
+    cfg = fast_config(root, "train.epochs=1", "train.lr=1e-9", f"model.encoder_weights={weights}")
     result = train_fold(cfg, 0)
     assert str(weights) in result.weights_from
     trained = torch.load(result.dir / "last.pt", weights_only=False)["model"]
@@ -226,7 +208,7 @@ def test_imagenet_weights_offline_is_a_clear_error(split_comp, tmp_path, monkeyp
     with pytest.raises(
         ModelError, match="could not download 'imagenet' weights.*set model.encoder_weights to the local"
     ):
-        train_fold(_cfg(root, "model.encoder_weights=imagenet"), 0)
+        train_fold(fast_config(root, "model.encoder_weights=imagenet"), 0)
 
 
 @pytest.mark.slow
@@ -236,33 +218,33 @@ def test_weights_that_do_not_fit(split_comp, tmp_path):
     weights = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34().state_dict(), weights)
     with pytest.raises(ModelError, match="do not fit encoder 'resnet18'"):
-        train_fold(_cfg(_copy(split_comp, tmp_path), f"model.encoder_weights={weights}"), 0)
+        train_fold(fast_config(_copy(split_comp, tmp_path), f"model.encoder_weights={weights}"), 0)
 
 
 def test_missing_folds(comp):
     with pytest.raises(Exception, match="folds.csv does not exist; run 'kseg split' first"):
-        train_fold(_cfg(comp), 0)
+        train_fold(fast_config(comp), 0)
 
 
 def test_fold_out_of_range(split_comp):
     with pytest.raises(TrainError, match="fold 7 does not exist: folds.csv has folds 0-2"):
-        train_fold(_cfg(split_comp), 7)
+        train_fold(fast_config(split_comp), 7)
 
 
 def test_resume_without_checkpoint(split_comp, tmp_path):
     with pytest.raises(TrainError, match="no checkpoint to resume: .*last.pt does not exist"):
-        train_fold(_cfg(_copy(split_comp, tmp_path)), 0, resume=True)
+        train_fold(fast_config(_copy(split_comp, tmp_path)), 0, resume=True)
 
 
 @pytest.mark.slow
 def test_resume_with_another_model_is_refused(trained, split_comp):
     with pytest.raises(TrainError, match="model.encoder_name='resnet18' but the config says 'resnet34'"):
-        train_fold(_cfg(split_comp, "model.encoder_name=resnet34"), 0, resume=True)
+        train_fold(fast_config(split_comp, "model.encoder_name=resnet34"), 0, resume=True)
 
 
 def test_unknown_loss_name(split_comp):
     with pytest.raises(ConfigError, match="train.loss names 'dise', which is no loss; choose from ce, bce, dice"):
-        train_fold(_cfg(split_comp, "train.loss={dise: 1.0}"), 0)
+        train_fold(fast_config(split_comp, "train.loss={dise: 1.0}"), 0)
 
 
 def test_cli_unknown_architecture_is_one_line(runner, split_comp):
@@ -290,7 +272,6 @@ def test_cli_trains_all_folds(runner, split_comp, tmp_path):
         assert (root / "work" / f"fold{f}" / "best.pt").is_file()
 
 
-@pytest.mark.slow
 def test_two_process_gloo_training(split_comp, tmp_path):
     """The same command under torchrun: DistributedDataParallel with two gloo processes on the CPU."""
     root = _copy(split_comp, tmp_path)
@@ -326,7 +307,6 @@ def test_two_process_gloo_training(split_comp, tmp_path):
     assert (root / "work" / "fold0" / "best.pt").is_file()
 
 
-@pytest.mark.slow
 def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_path):
     """train.ema: the averaged weights are what validation scores and inference loads; resume is exact."""
     from kseg.data.reading import MaskSpec
@@ -338,14 +318,14 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
 
     straight = _copy(split_comp, tmp_path / "a")
     interrupted = _copy(split_comp, tmp_path / "b")
-    full = train_fold(_cfg(straight, "train.epochs=3", "train.ema=0.9"), 1)
+    full = train_fold(fast_config(straight, "train.epochs=3", "train.ema=0.9"), 1)
     last = torch.load(straight / "work" / "fold1" / "last.pt", weights_only=False)
     assert last["ema_decay"] == 0.9 and last["ema_updates"] > 0
     assert any(not torch.equal(last["model"][k], last["raw_model"][k]) for k in last["model"])
     state = torch.load(straight / "work" / "fold1" / "best.pt", weights_only=False)
     assert state["ema_decay"] == 0.9 and "raw_model" not in state  # inference loads the EMA weights only
 
-    cfg = _cfg(straight, "train.ema=0.9")
+    cfg = fast_config(straight, "train.ema=0.9")
     model, _ = build_model(cfg.model, 6)
     model.load_state_dict(state["model"])
     model.eval()
@@ -363,10 +343,10 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(split_comp, tmp_pat
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_fold(_cfg(interrupted, "train.epochs=3", "train.ema=0.9"), 1, on_epoch=stop_after_two)
+        train_fold(fast_config(interrupted, "train.epochs=3", "train.ema=0.9"), 1, on_epoch=stop_after_two)
     with pytest.raises(TrainError, match="trained with train.ema 0.9 and the config says None"):
-        train_fold(_cfg(interrupted, "train.epochs=3"), 1, resume=True)
-    train_fold(_cfg(interrupted, "train.epochs=3", "train.ema=0.9"), 1, resume=True)
+        train_fold(fast_config(interrupted, "train.epochs=3"), 1, resume=True)
+    train_fold(fast_config(interrupted, "train.epochs=3", "train.ema=0.9"), 1, resume=True)
     a = torch.load(straight / "work" / "fold1" / "last.pt", weights_only=False)
     b = torch.load(interrupted / "work" / "fold1" / "last.pt", weights_only=False)
     for key in ("model", "raw_model"):

@@ -5,6 +5,7 @@ resumed ``last.pt``. The config stops here: the task and the loop take plain val
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,12 +217,39 @@ def _mixing(cutmix_p: float, paste_p: float, pasted: list[int]) -> BatchTransfor
     return transform
 
 
-def compiled(model: nn.Module, enabled: bool, device: torch.device, note: Any) -> nn.Module:
-    """``torch.compile(model)`` on CUDA when ``runtime.compile`` asks; the model itself otherwise."""
+def compiled(model: nn.Module, enabled: bool, device: torch.device, note: Callable[[str], None]) -> nn.Module:
+    """``torch.compile(model)`` on CUDA when ``runtime.compile`` asks; the model itself otherwise. Compilation
+    happens at the first forward pass, so that pass is guarded too: a failure there (a missing compiler, an
+    unsupported operation) is a note, and the run goes on uncompiled."""
     if not enabled or device.type != "cuda":
         return model
     try:
-        return torch.compile(model)  # type: ignore[return-value]
+        return CompileOrEager(model, torch.compile(model), note)
     except Exception as exc:  # compile is an optimisation: never a reason to stop
         note(f"torch.compile unavailable ({type(exc).__name__}); training uncompiled")
         return model
+
+
+class CompileOrEager(nn.Module):
+    """The compiled model, or the eager one from the moment its first forward pass fails to compile."""
+
+    compiled: Callable[..., Any]
+
+    def __init__(self, model: nn.Module, compiled: Callable[..., Any], note: Callable[[str], None]):
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "compiled", compiled)  # the same parameters: not registered twice
+        self.note, self.tried, self.eager = note, False, False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.eager:
+            return self.model(*args, **kwargs)
+        if self.tried:
+            return self.compiled(*args, **kwargs)
+        self.tried = True
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as exc:  # compilation runs here, at the first call
+            self.eager = True
+            self.note(f"torch.compile failed at the first forward pass ({type(exc).__name__}); training uncompiled")
+            return self.model(*args, **kwargs)
