@@ -93,7 +93,7 @@ def test_average_is_validated_kept_when_best_and_survives_a_time_limit(split_com
     straight = _copy(split_comp, tmp_path / "a")
     stopped = _copy(split_comp, tmp_path / "b")
     extra = ["train.epochs=4", "train.average=2"]
-    full = train_fold(fast_config(straight, *extra), 1)
+    full = train_fold(fast_config(straight, *extra, resnet18=True), 1)
     fold = straight / "work" / "fold1"
     metrics = pd.read_csv(fold / "metrics.csv")
     best_two = sorted(metrics.sort_values(["val_dice", "epoch"], ascending=[False, True])["epoch"][:2])
@@ -105,7 +105,7 @@ def test_average_is_validated_kept_when_best_and_survives_a_time_limit(split_com
 
     snapshots = [torch.load(fold / f"epoch{e:03d}.pt", weights_only=False)["model"] for e in best_two]
     best = torch.load(fold / "best.pt", weights_only=False)
-    cfg = fast_config(straight, *extra)
+    cfg = fast_config(straight, *extra, resnet18=True)
     if info["kept"]:  # the average: its weights, and the score average.json reports for it
         assert best["averaged_epochs"] == best_two and full.best_score == info["score"] > metrics["val_dice"].max()
         for key in ("encoder.conv1.weight", "segmentation_head.0.weight"):
@@ -116,10 +116,10 @@ def test_average_is_validated_kept_when_best_and_survives_a_time_limit(split_com
         assert info["score"] <= metrics["val_dice"].max() == full.best_score
 
     # the same run under a time limit that passes during the first epoch: one epoch, resumable
-    first = train_fold(fast_config(stopped, *extra, "train.time_limit=0.001"), 1)
+    first = train_fold(fast_config(stopped, *extra, "train.time_limit=0.001", resnet18=True), 1)
     assert first.stopped_by_time and first.epochs_done == 1 and first.average is None
     assert not (stopped / "work" / "fold1" / "average.json").exists()
-    resumed = train_fold(fast_config(stopped, *extra), 1, resume=True)
+    resumed = train_fold(fast_config(stopped, *extra, resnet18=True), 1, resume=True)
     assert not resumed.stopped_by_time
     other = stopped / "work" / "fold1"
     pd.testing.assert_frame_equal(metrics, pd.read_csv(other / "metrics.csv"), check_exact=True)
@@ -129,7 +129,7 @@ def test_average_is_validated_kept_when_best_and_survives_a_time_limit(split_com
 
     # a resume of a finished run does not average again; a lost average.json is made again, the same
     (other / "average.json").unlink()
-    train_fold(fast_config(stopped, *extra), 1, resume=True)
+    train_fold(fast_config(stopped, *extra, resnet18=True), 1, resume=True)
     assert json.loads((other / "average.json").read_text()) == info
 
 

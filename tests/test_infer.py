@@ -263,7 +263,9 @@ def test_cli_export_then_bundle_infer(runner, trained_comp, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(_image(64, 96)).save(folder / "x.png")
-    result = runner.invoke(app, ["export", "-c", str(trained_comp / "kseg.yaml"), "--out", str(tmp_path / "m.kseg")])
+    sets = [x for item in FAST for x in ("--set", item)]
+    export = ["export", "-c", str(trained_comp / "kseg.yaml"), *sets, "--out", str(tmp_path / "m.kseg")]
+    result = runner.invoke(app, export)
     assert result.exit_code == 0, result.output
     result = runner.invoke(
         app,
@@ -431,7 +433,8 @@ def test_a_bundle_predicts_only_the_folds_it_holds_and_keeps_its_model(trained_c
 def test_a_softmax_run_is_not_read_as_multilabel(trained_comp, tmp_path, runner):
     from kseg.cli import app
 
-    args = ["infer", "-c", str(trained_comp / "kseg.yaml"), "--out", str(tmp_path / "p")]
+    sets = [x for item in FAST for x in ("--set", item)]
+    args = ["infer", "-c", str(trained_comp / "kseg.yaml"), *sets, "--out", str(tmp_path / "p")]
     result = runner.invoke(app, [*args, "--set", "data.multilabel=true", "--set", "data.palette=null"])
     text = " ".join(result.output.split())
     assert result.exit_code == 1 and "was trained softmax (one class per pixel) but the config says" in text

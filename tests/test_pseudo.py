@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import FAST as SHARED
-from conftest import copy_comp, fast_config
+from conftest import RESNET18, copy_comp, fast_config
 from PIL import Image
 
 from kseg.cli import app
@@ -22,18 +22,21 @@ from kseg.errors import TrainError
 from kseg.prediction.ensemble import load_ensemble
 from kseg.prediction.infer import run_predictor
 from kseg.training.dataset import mixed_order
+from kseg.training.train import train_fold
 
-FAST = [*SHARED, "train.epochs=1"]
+FAST = [*SHARED, *RESNET18, "train.epochs=1"]  # pseudo-labels need models that learned: resnet18
 
 
 def _cfg(root: Path, *more: str):
-    return fast_config(root, "train.epochs=1", *more)
+    return fast_config(root, "train.epochs=1", *more, resnet18=True)
 
 
 @pytest.fixture(scope="module")
-def trained(trained_template, tmp_path_factory) -> Iterator[Path]:
-    """The session's trained run (folds 0-2, one epoch each)."""
-    root = copy_comp(trained_template, tmp_path_factory.mktemp("pseudo"))
+def trained(split_template, tmp_path_factory) -> Iterator[Path]:
+    """Folds 0-2 trained one epoch each with resnet18 (fold f with seed f, so the folds' models differ)."""
+    root = copy_comp(split_template, tmp_path_factory.mktemp("pseudo"))
+    for fold in range(3):
+        train_fold(_cfg(root, f"train.seed={fold}"), fold)
     yield root
     shutil.rmtree(root.parent, ignore_errors=True)  # checkpoints: free the disk after the module
 

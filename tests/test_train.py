@@ -26,7 +26,7 @@ def split_comp(split_template, tmp_path_factory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def trained(split_comp):
     """Fold 0 trained for 4 epochs."""
-    return train_fold(fast_config(split_comp, "train.epochs=4"), 0)
+    return train_fold(fast_config(split_comp, "train.epochs=4", resnet18=True), 0)
 
 
 def _copy(split_comp: Path, tmp_path: Path) -> Path:
@@ -91,7 +91,7 @@ def test_best_checkpoint_reproduces_the_reported_score(trained, split_comp):
     from kseg.training.losses import loss_from_config
     from kseg.training.train import fold_tables
 
-    cfg = fast_config(split_comp)
+    cfg = fast_config(split_comp, resnet18=True)
     model, _ = build_model(cfg.model, 6)
     model.load_state_dict(torch.load(trained.dir / "best.pt", weights_only=False)["model"])
     model.eval()
@@ -190,7 +190,7 @@ def test_local_encoder_weights_offline(split_comp, tmp_path, monkeypatch):
     reference = torchvision.models.resnet18()
     torch.save(reference.state_dict(), weights)
     root = _copy(split_comp, tmp_path)
-    cfg = fast_config(root, "train.epochs=1", "train.lr=1e-9", f"model.encoder_weights={weights}")
+    cfg = fast_config(root, "train.epochs=1", "train.lr=1e-9", f"model.encoder_weights={weights}", resnet18=True)
     result = train_fold(cfg, 0)
     assert str(weights) in result.weights_from
     trained = torch.load(result.dir / "last.pt", weights_only=False)["model"]
@@ -208,7 +208,7 @@ def test_imagenet_weights_offline_is_a_clear_error(split_comp, tmp_path, monkeyp
     with pytest.raises(
         ModelError, match="could not download 'imagenet' weights.*set model.encoder_weights to the local"
     ):
-        train_fold(fast_config(root, "model.encoder_weights=imagenet"), 0)
+        train_fold(fast_config(root, "model.encoder_weights=imagenet", resnet18=True), 0)
 
 
 @pytest.mark.slow
@@ -218,7 +218,7 @@ def test_weights_that_do_not_fit(split_comp, tmp_path):
     weights = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34().state_dict(), weights)
     with pytest.raises(ModelError, match="do not fit encoder 'resnet18'"):
-        train_fold(fast_config(_copy(split_comp, tmp_path), f"model.encoder_weights={weights}"), 0)
+        train_fold(fast_config(_copy(split_comp, tmp_path), f"model.encoder_weights={weights}", resnet18=True), 0)
 
 
 def test_missing_folds(comp):
@@ -228,7 +228,7 @@ def test_missing_folds(comp):
 
 def test_fold_out_of_range(split_comp):
     with pytest.raises(TrainError, match="fold 7 does not exist: folds.csv has folds 0-2"):
-        train_fold(fast_config(split_comp), 7)
+        train_fold(fast_config(split_comp, resnet18=True), 7)  # (the module trains fold 0 with resnet18)
 
 
 def test_resume_without_checkpoint(split_comp, tmp_path):
@@ -239,7 +239,7 @@ def test_resume_without_checkpoint(split_comp, tmp_path):
 @pytest.mark.slow
 def test_resume_with_another_model_is_refused(trained, split_comp):
     with pytest.raises(TrainError, match="model.encoder_name='resnet18' but the config says 'resnet34'"):
-        train_fold(fast_config(split_comp, "model.encoder_name=resnet34"), 0, resume=True)
+        train_fold(fast_config(split_comp, "model.encoder_name=resnet34", resnet18=True), 0, resume=True)
 
 
 def test_unknown_loss_name(split_comp):
