@@ -48,15 +48,23 @@ def train(
 
 
 @app.command()
-def tune(config: ConfigOpt = None, set_: SetOpt = None, partial: PartialOpt = False, debug: DebugOpt = False) -> None:
-    """Tune per-class probability thresholds and minimum areas on the out-of-fold predictions."""
+def tune(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    gate: Annotated[
+        bool, typer.Option("--gate/--no-gate", help="Search presence gates too (a threshold some pixels must reach).")
+    ] = True,
+    partial: PartialOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Tune per-class thresholds, minimum areas and presence gates on the out-of-fold predictions."""
     from kseg.postprocess import tune as tune_postprocess
 
     with handled(debug):
         cfg = config_from(config, set_)
         _finished_oof(cfg.workdir, partial)
         with render.progress_bar("read OOF") as update:
-            result = tune_postprocess(cfg, on_progress=update)
+            result = tune_postprocess(cfg, on_progress=update, gates=gate)
     render.tune_result(result)
 
 

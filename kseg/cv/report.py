@@ -62,14 +62,36 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
         area, hits = class_table(oof, j)
         level, min_area = oof.identity[0], 0.0
         params = post.params.get(name) if post is not None else None
+        emptied = np.zeros(n, dtype=bool)
         if params is not None:  # a class kept at argmax (threshold 0) may still have a minimum area
             min_area = params.min_area
             if params.threshold > 0:
-                level = int(np.argmin(np.abs(oof.thresholds - params.threshold)))
-        emptied = area[:, level] < min_area * oof.n_pixels
+                level = _level(oof, params.threshold)
+            if params.gate > 0:
+                emptied = area[:, _level(oof, params.gate)] < np.maximum(1.0, params.gate_area * oof.n_pixels)
+        emptied |= area[:, level] < min_area * oof.n_pixels
         pred[:, j] = np.where(emptied, 0, area[:, level])
         inter[:, j] = np.where(emptied, 0, hits[:, level])
     return inter, pred, oof.truth_area.astype(np.float64)
+
+
+def _level(oof: OOFSet, threshold: float) -> int:
+    return int(np.argmin(np.abs(oof.thresholds - threshold)))
+
+
+def empty_rows(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows per class by whether the truth is empty and whether the prediction is: ``both_empty``,
+    ``false_positive`` (truth empty, prediction not), ``false_negative`` and ``both_filled``.
+
+    Shape:
+        pred, truth ``(N, K)`` pixel counts; each result ``(K,)``."""
+    t, p = truth == 0, pred == 0
+    return {
+        "both_empty": (t & p).sum(0),
+        "false_positive": (t & ~p).sum(0),
+        "false_negative": (~t & p).sum(0),
+        "both_filled": (~t & ~p).sum(0),
+    }
 
 
 def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) -> Report:
@@ -116,6 +138,7 @@ def cv_report(cfg: Config, worst: int = 6, on_progress: Progress | None = None) 
             "dice": after.mean(0),
             "iou": iou.mean(0),
             "empty_share": (truth == 0).mean(0),
+            **empty_rows(pred, truth),
         }
     )
     per_image = after.mean(1)

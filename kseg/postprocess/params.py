@@ -25,10 +25,19 @@ NO_CLASS = 255
 
 @dataclass
 class ClassParams:
-    """Post-processing of one class."""
+    """Post-processing of one class: the mask rule (``threshold``, ``min_area``) and, when ``gate`` > 0, the
+    presence gate in front of it (the "triplet" of Kaggle write-ups): an image keeps the class only if at
+    least ``gate_area`` of its pixels, and at least one, reach ``gate``; its mask is then drawn at
+    ``threshold``. Files written before the gate existed read as no gate."""
 
     threshold: float = 0.0
     min_area: float = 0.0  # share of the image's pixels
+    gate: float = 0.0  # presence threshold (0: no gate)
+    gate_area: float = 0.0  # share of the image's pixels that must reach the gate
+
+    def gated_out(self, strong_pixels: int, n_pixels: int) -> bool:
+        """Whether the gate empties the row: ``strong_pixels`` of the image's ``n_pixels`` reach ``gate``."""
+        return self.gate > 0 and strong_pixels < max(1.0, self.gate_area * n_pixels)
 
 
 @dataclass
@@ -60,7 +69,12 @@ class PostProcess:
     @property
     def identity(self) -> bool:
         plain = (0.0, LABEL_THRESHOLD) if self.multilabel else (0.0,)
-        return all(p.threshold in plain and p.min_area == 0 for p in self.params.values())
+        return all(p.threshold in plain and p.min_area == 0 and p.gate == 0 for p in self.params.values())
+
+    @property
+    def gated(self) -> list[str]:
+        """The classes with a presence gate."""
+        return [name for name, p in self.params.items() if p.gate > 0]
 
 
 def apply(probs: torch.Tensor | np.ndarray, post: PostProcess | None, multilabel: bool = False) -> np.ndarray:
@@ -86,6 +100,9 @@ def apply(probs: torch.Tensor | np.ndarray, post: PostProcess | None, multilabel
         if params is None:
             continue
         mine = labels == k
+        if params.gate > 0 and params.gated_out(int((mine & (p[k] >= params.gate - 1e-6)).sum()), height * width):
+            labels[mine] = NO_CLASS
+            continue
         if params.threshold > 0:
             weak = mine & (p[k] < params.threshold - 1e-6)
             labels[weak] = NO_CLASS
@@ -101,6 +118,8 @@ def _apply_multilabel(p: torch.Tensor, post: PostProcess | None) -> np.ndarray:
     for k in range(len(p)):
         params = post.params.get(post.classes[k]) if post is not None else None
         threshold = params.threshold if params is not None and params.threshold > 0 else LABEL_THRESHOLD
+        if params is not None and params.gated_out(int((p[k] >= params.gate - 1e-6).sum()), height * width):
+            continue  # the class's plane stays empty
         planes[k] = (p[k] >= threshold - 1e-6).numpy()
         if params is not None and params.min_area > 0 and planes[k].sum() < params.min_area * height * width:
             planes[k] = False

@@ -4,7 +4,7 @@ exhaustively over a grid that includes the identity, with the gain checked on he
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,37 +30,82 @@ def _score_grid(
 
 
 GridFn = Callable[[int, np.ndarray], np.ndarray]  # (class, image rows) -> (T, A) scores of that class
+GateFn = Callable[[int, np.ndarray], np.ndarray]  # (class, image rows) -> (P, A) scores of the gated rules
+Choice = tuple[int, ...]  # (threshold, min area) grid indices, or (gate pair, gate area) with a gate
+
+
+@dataclass(frozen=True)
+class Grids:
+    """A class's scores over the rules searched: ``pairs`` (threshold x min area) and, where gates are
+    searched, ``gates`` (the pairs (gate, mask threshold) of ``gate_pairs`` x gate area)."""
+
+    pairs: GridFn
+    gates: GateFn | None = None
+
+    def value(self, k: int, rows: np.ndarray, choice: Choice) -> float:
+        grid = self.pairs(k, rows) if len(choice) == 2 else self.gates(k, rows)  # type: ignore[misc]
+        return float(grid[choice[-2:]])
 
 
 def _search(
-    grid_for: GridFn, classes: list[int], identity: tuple[int, int], rows: np.ndarray
-) -> tuple[dict[int, tuple[int, int]], dict[int, float], dict[int, float]]:
-    """Best (threshold index, area index) per class on the chosen images, ties keeping the identity.
+    grids: Grids, classes: list[int], identity: tuple[int, int], rows: np.ndarray
+) -> tuple[dict[int, Choice], dict[int, float], dict[int, float]]:
+    """Each class's best rule on the chosen images: its best (threshold, min area) pair, or a gated rule
+    when one scores higher still; ties keep the identity, then the simpler rule.
 
     Returns:
         ``(choice, score before, score after)`` per class: each class's share of the metric.
     """
-    choice, before, after = {}, {}, {}
+    choice: dict[int, Choice] = {}
+    before, after = {}, {}
     for k in classes:
-        grid = grid_for(k, rows)
+        grid = grids.pairs(k, rows)
         t, a = np.unravel_index(np.argmax(grid), grid.shape)
-        best = (int(t), int(a)) if grid[t, a] > grid[identity] else identity
-        choice[k], before[k], after[k] = best, float(grid[identity]), float(grid[best])
+        best: Choice = (int(t), int(a)) if grid[t, a] > grid[identity] else identity
+        score = float(grid[best])
+        if grids.gates is not None:
+            gated = grids.gates(k, rows)
+            g, ga = np.unravel_index(np.argmax(gated), gated.shape)
+            if gated[g, ga] > score:
+                best, score = (-1, int(g), int(ga)), float(gated[g, ga])
+        choice[k], before[k], after[k] = best, float(grid[identity]), score
     return choice, before, after
 
 
-def _score(grid_for: GridFn, rows: np.ndarray, choice: dict[int, tuple[int, int]]) -> float:
-    return float(np.mean([grid_for(k, rows)[t, a] for k, (t, a) in choice.items()]))
+def _score(grids: Grids, rows: np.ndarray, choice: dict[int, Choice]) -> float:
+    return float(np.mean([grids.value(k, rows, c) for k, c in choice.items()]))
 
 
-def pixel_grids(oof: OOFSet, metric: str) -> GridFn:
-    """Each class's metric for every (threshold, min area) pair, from the OOF histograms."""
+def gate_pairs(thresholds: np.ndarray) -> np.ndarray:
+    """The (gate, mask threshold) index pairs searched: every gate above 0 with every mask threshold at or
+    below it. Shape ``(P, 2)``."""
+    return np.array([(g, t) for g in range(len(thresholds)) for t in range(g + 1) if thresholds[g] > 0])
+
+
+def pixel_grids(oof: OOFSet, metric: str, gates: bool = True) -> Grids:
+    """Each class's metric for every (threshold, min area) pair and, with ``gates``, every gated rule
+    (gate, gate area, mask threshold), from the OOF histograms."""
+    pairs = gate_pairs(oof.thresholds)
 
     def grid_for(k: int, rows: np.ndarray) -> np.ndarray:
         area, inter = class_table(oof, k)
         return _score_grid(area[rows], inter[rows], oof.truth_area[rows, k], oof.n_pixels[rows], metric)
 
-    return grid_for
+    def gates_for(k: int, rows: np.ndarray) -> np.ndarray:
+        area, inter = class_table(oof, k)
+        kept = gate_keeps(area[rows][:, pairs[:, 0]], oof.n_pixels[rows])  # (N, P, A)
+        a = np.where(kept, area[rows][:, pairs[:, 1], None], 0)
+        i = np.where(kept, inter[rows][:, pairs[:, 1], None], 0)
+        return class_scores(i, a, np.broadcast_to(oof.truth_area[rows, k][:, None, None], a.shape), metric)
+
+    return Grids(grid_for, gates_for if gates else None)
+
+
+def gate_keeps(strong: np.ndarray, n_pixels: np.ndarray) -> np.ndarray:
+    """Which rows a gate keeps, for every gate area: ``strong`` ``(N, P)`` pixels reach the gate, of
+    ``n_pixels`` ``(N,)``; returns ``(N, P, A)`` (``ClassParams.gated_out`` on histograms)."""
+    minimum = np.maximum(1.0, AREA_FRACTIONS[None, None, :] * n_pixels[:, None, None])
+    return strong[:, :, None] >= minimum
 
 
 @dataclass
@@ -75,18 +120,42 @@ class TuneResult:
     path: Path | None  # postprocess.json, once written
     oof: OOFSet | None  # the pixel statistics searched (None for instance tuning)
     metric: str = "row_dice"
+    class_holdout_gain: dict[str, float] = field(default_factory=dict)  # tuned on one half, scored on the other
+    gate_rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows a gate empties: (right, wrong)
 
 
 def tune_oof(
-    oof: OOFSet, classes: list[str], seed: int = 0, metric: str = "row_dice", scored: list[int] | None = None
+    oof: OOFSet,
+    classes: list[str],
+    seed: int = 0,
+    metric: str = "row_dice",
+    scored: list[int] | None = None,
+    gates: bool = True,
 ) -> TuneResult:
     """``tune`` on statistics already collected (``load_oof``, or a blend's); writes nothing. ``scored``:
     the classes the metric averages (``Config.scored_classes``; default all); the others keep no
-    post-processing."""
+    post-processing. ``gates``: search the gated rules too."""
     space = SearchSpace(oof.thresholds, oof.identity, len(oof.ids), list(oof.resolution), oof.multilabel)
-    result = tune_grids(pixel_grids(oof, metric), classes, space, seed, metric, scored)
+    result = tune_grids(pixel_grids(oof, metric, gates), classes, space, seed, metric, scored)
     result.oof = oof
+    result.gate_rows = gate_rows(oof, result.post)
     return result
+
+
+def gate_rows(oof: OOFSet, post: PostProcess) -> dict[str, tuple[int, int]]:
+    """Per gated class, the OOF rows its gate empties that its mask rule alone would not: ``(right, wrong)``,
+    right where the truth is empty."""
+    out = {}
+    levels = list(np.round(oof.thresholds, 6))
+    for name in post.gated:
+        k, params = post.classes.index(name), post.params[name]
+        area = class_table(oof, k)[0]
+        strong = area[:, levels.index(round(params.gate, 6))]
+        drawn = area[:, levels.index(round(params.threshold, 6))]
+        emptied = (strong < np.maximum(1.0, params.gate_area * oof.n_pixels)) & (drawn > 0)
+        empty_truth = oof.truth_area[:, k] == 0
+        out[name] = (int((emptied & empty_truth).sum()), int((emptied & ~empty_truth).sum()))
+    return out
 
 
 @dataclass(frozen=True)
@@ -100,34 +169,45 @@ class SearchSpace:
     resolution: list[int]
     multilabel: bool
 
+    def params(self, choice: Choice) -> ClassParams:
+        """The parameters a grid choice stands for."""
+        if len(choice) == 2:
+            return ClassParams(float(self.thresholds[choice[0]]), float(AREA_FRACTIONS[choice[1]]))
+        g, t = gate_pairs(self.thresholds)[choice[1]]
+        return ClassParams(
+            float(self.thresholds[t]), 0.0, gate=float(self.thresholds[g]), gate_area=float(AREA_FRACTIONS[choice[2]])
+        )
+
 
 def tune_grids(
-    grid_for: GridFn,
+    grids: Grids | GridFn,
     classes: list[str],
     space: SearchSpace,
     seed: int = 0,
     metric: str = "row_dice",
     scored: list[int] | None = None,
 ) -> TuneResult:
-    """Choose each scored class's (threshold, min area) on its score grids, and score the choice on
-    held-out halves; writes nothing."""
+    """Choose each scored class's rule on its score grids, and score the choice on held-out halves (in all
+    and per class); writes nothing."""
+    grids = grids if isinstance(grids, Grids) else Grids(grids)
     scored = list(range(len(classes))) if scored is None else scored
-    choice, before, after = _search(grid_for, scored, space.identity, np.arange(space.n_images))
+    choice, before, after = _search(grids, scored, space.identity, np.arange(space.n_images))
     order = np.random.default_rng(seed).permutation(space.n_images)
     halves = [np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])]
     holdout_before, holdout_after = [], []
+    class_gain = {k: 0.0 for k in scored}
     if min(len(h) for h in halves):
-        identity = {k: space.identity for k in scored}
         for fit, check in (halves, halves[::-1]):
-            tuned = _search(grid_for, scored, space.identity, fit)[0]
-            holdout_before.append(_score(grid_for, check, identity))
-            holdout_after.append(_score(grid_for, check, tuned))
+            tuned = _search(grids, scored, space.identity, fit)[0]
+            plain = {k: grids.value(k, check, space.identity) for k in scored}
+            held = {k: grids.value(k, check, tuned[k]) for k in scored}
+            holdout_before.append(float(np.mean(list(plain.values()))))
+            holdout_after.append(float(np.mean(list(held.values()))))
+            for k in scored:
+                class_gain[k] += (held[k] - plain[k]) / 2
     hb = float(np.mean(holdout_before)) if holdout_before else float("nan")
     ha = float(np.mean(holdout_after)) if holdout_after else float("nan")
-    params = {}
-    for k, name in enumerate(classes):
-        t, a = choice.get(k, space.identity)
-        params[name] = ClassParams(float(space.thresholds[t]), float(AREA_FRACTIONS[a]))
+    params = {name: space.params(choice.get(k, space.identity)) for k, name in enumerate(classes)}
     post = PostProcess(
         classes,
         params,
@@ -138,6 +218,15 @@ def tune_grids(
         space.resolution,
         space.multilabel,
     )
-    class_before = {classes[k]: v for k, v in before.items()}
-    class_after = {classes[k]: v for k, v in after.items()}
-    return TuneResult(post, class_before, class_after, hb, ha, None, None, metric)
+    result = TuneResult(
+        post,
+        {classes[k]: v for k, v in before.items()},
+        {classes[k]: v for k, v in after.items()},
+        hb,
+        ha,
+        None,
+        None,
+        metric,
+    )
+    result.class_holdout_gain = {classes[k]: v if holdout_before else float("nan") for k, v in class_gain.items()}
+    return result

@@ -11,8 +11,9 @@ from kseg.postprocess.search import TuneResult, tune_grids, tune_oof
 from kseg.workspace.workdir import WorkDir
 
 
-def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> TuneResult:
-    """Search per-class thresholds and minimum areas that maximise the OOF metric (``submission.metric``).
+def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None, gates: bool = True) -> TuneResult:
+    """Search per-class rules that maximise the OOF metric (``submission.metric``): a threshold and a minimum
+    area, or (``gates``, pixel metrics) a presence gate in front of a threshold, whichever scores higher.
 
     The in-sample gain is reported next to a held-out one: the OOF images are split in two halves; the
     parameters tuned on each half score the other, and the two results are averaged.
@@ -24,7 +25,7 @@ def tune(cfg: Config, seed: int = 0, on_progress: Progress | None = None) -> Tun
         )
     else:
         oof = load_oof(cfg.workdir, cfg.n_classes, cfg.multilabel, on_progress)
-        result = tune_oof(oof, list(cfg.data.classes), seed, cfg.submission.metric, cfg.scored_classes)
+        result = tune_oof(oof, list(cfg.data.classes), seed, cfg.submission.metric, cfg.scored_classes, gates)
     path = WorkDir(cfg.workdir).write_postprocess(result.post.to_json())
     result.path = path
     return result

@@ -148,23 +148,33 @@ def blend_result(result: Any) -> None:
 
 
 def tune_result(result: Any) -> None:
-    """``kseg tune``: the chosen threshold and minimum area per class, and the gains."""
+    """``kseg tune``: the chosen rule per class (threshold and minimum area, or a presence gate in front of
+    a threshold), its gain in-sample and on held-out halves, and the rows a gate empties."""
     post = result.post
     table = Table(
         title=f"post-processing tuned on {post.n_images} out-of-fold images "
         f"({post.resolution[0]}x{post.resolution[1]})",
         title_justify="left",
     )
-    for column in ("class", "threshold", "min area", f"OOF {metric_name(result)} before", "after"):
+    columns = ("class", "threshold", "min area", "presence gate", f"OOF {metric_name(result)} before", "after")
+    for column in (*columns, "held-out gain"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, params in post.params.items():
         if name not in result.class_before:  # a class without submission rows: not scored, not tuned
             continue
         threshold = f"{params.threshold:.2f}" if params.threshold else "argmax"
         area = f"{100 * params.min_area:.3g}% of image" if params.min_area else "-"
+        gate = "-"
+        if params.gate:
+            reach = f"{100 * params.gate_area:.3g}% of image" if params.gate_area else "a pixel"
+            gate = f"{reach} >= {params.gate:.2f}"
+            if name in result.gate_rows:
+                right, wrong = result.gate_rows[name]
+                gate += f" (empties {right} right, {wrong} wrong)"
         gain = result.class_after[name] - result.class_before[name]
         after = f"{result.class_after[name]:.4f}" + (f" [green](+{gain:.4f})[/]" if gain > 0 else "")
-        table.add_row(name, threshold, area, f"{result.class_before[name]:.4f}", after)
+        held = result.class_holdout_gain.get(name, float("nan"))
+        table.add_row(name, threshold, area, gate, f"{result.class_before[name]:.4f}", after, f"{held:+.4f}")
     console.print(table)
     say(
         f"OOF {metric_name(result)} {post.oof_score_before:.4f} -> [bold]{post.oof_score_after:.4f}[/] in-sample "
@@ -192,11 +202,18 @@ def cv_report(result: Any) -> None:
     )
     console.print(folds)
     classes = Table(title=f"per class{post}", title_justify="left")
-    for column in ("class", "Dice", "IoU", "Dice without post-processing", "empty rows"):
+    columns = ("class", "Dice", "IoU", "Dice without post-processing", "empty rows")
+    rows = ("both empty", "false positive", "false negative", "both filled")
+    for column in (*columns, *rows):
         classes.add_column(column, justify="left" if column == "class" else "right")
     for row in result.classes.itertuples(index=False):
         classes.add_row(
-            row[0], f"{row.dice:.4f}", f"{row.iou:.4f}", f"{row.dice_before:.4f}", f"{100 * row.empty_share:.1f}%"
+            row[0],
+            f"{row.dice:.4f}",
+            f"{row.iou:.4f}",
+            f"{row.dice_before:.4f}",
+            f"{100 * row.empty_share:.1f}%",
+            *(str(int(getattr(row, name.replace(" ", "_")))) for name in rows),
         )
     console.print(classes)
     say(f"confusion matrix: {escape(str(result.confusion_png))}\nworst images: {escape(str(result.worst_png))}")
