@@ -169,3 +169,23 @@ def test_every_example_config_loads():
     assert {"drone-12class.yaml", "severstal.yaml", "clouds.yaml", "airbus-ships.yaml"} <= {c.name for c in configs}
     for path in configs:
         load_config(path)
+
+
+def test_the_severstal_style_is_as_empty_heavy_as_severstal(runner, tmp_path):
+    """Most (image, defect) rows empty and about half the images clean, as in Severstal (86% and 47%), and
+    every defect class in the training set even of a small download."""
+    from kseg.synth.scenes import steel_scene
+
+    present = np.array(
+        [
+            [(steel_scene(np.random.default_rng([5, 0, i]), 32, 64)[1] == k).any() for k in range(1, 5)]
+            for i in range(300)
+        ]
+    )
+    assert 0.8 < 1 - present.mean() < 0.92
+    assert 0.4 < (~present.any(1)).mean() < 0.6
+    assert present[:, 2].sum() > present[:, 1].sum()  # class 3 the common defect, class 2 the rare one
+    comp = tmp_path / "steel"
+    _cli(runner, "synth", str(comp), "--style", "severstal", "--train", "6", "--test", "2", "--seed", "5")
+    rows = pd.read_csv(comp / "train.csv")
+    assert set(rows["ClassId"]) == {1, 2, 3, 4}

@@ -14,6 +14,7 @@ Public and Private halves, as Kaggle's do).
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +40,9 @@ from kseg.synth.aerial import (
     check_request,
     make_competition,
     round32,
-    synth_scene,
 )
 from kseg.synth.binary_styles import CARVANA_CLASSES, TGS_CLASSES, make_carvana, make_tgs
-from kseg.synth.scenes import cloud_scene, ship_scene
+from kseg.synth.scenes import cloud_scene, ship_scene, steel_scene
 
 STYLES = ("drone", "severstal", "clouds", "instances", "tgs", "carvana")
 CLOUD_CLASSES = ["Fish", "Flower", "Gravel", "Sugar"]
@@ -189,9 +189,16 @@ def make_styled(
 def _severstal(
     out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, on_progress: Progress | None
 ) -> tuple[SynthResult, dict[str, np.ndarray]]:
-    """Images and label maps drawn as the drone style's (five classes), laid out as Severstal's download."""
+    """Steel images as empty-heavy as Severstal's (``steel_scene``: half clean, 4 defect classes), laid out as
+    its download."""
     check_request(out_dir, n_train, n_test, height, width, 5)
-    labels = _write_images(out_dir, n_train, n_test, seed, on_progress, lambda rng: synth_scene(rng, height, width, 5))
+    drawn = itertools.count()  # images are drawn in order, training first: its first four show each class
+
+    def scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        i = next(drawn)
+        return steel_scene(rng, height, width, defect=i + 1 if i < min(4, n_train) else None)
+
+    labels = _write_images(out_dir, n_train, n_test, seed, on_progress, scene)
     config = _write_config(out_dir, SEVERSTAL_CONFIG, seed, (height, width), classes=", ".join(SEVERSTAL_CLASSES))
     _write_runs_table(config, labels["train"])
     test_names = [f"{name}.jpg" for name in labels["test"]]
