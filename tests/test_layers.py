@@ -134,10 +134,23 @@ ALLOWED: dict[str, set[str]] = {
         *("runtime", "workspace"),
     },
     "cv": {"common", "config", "data", "errors", "io", "metrics", "plotting", "postprocess", "prediction", "workspace"},
+    "codecomp": {"config", "errors", "io", "prediction", "workspace"},  # packs a bundle; never trains
     "render": {"common", "config", "metrics", "planning"},
     "demo": {"config", "cv", "data", "errors", "postprocess", "prediction", "submission", "synth", "training"}
     | {"workspace"},
-    "cli": {"config", "cv", "data", "demo", "errors", "io", "models", "planning", "postprocess", "prediction"}
+    "cli": {
+        "codecomp",
+        "config",
+        "cv",
+        "data",
+        "demo",
+        "errors",
+        "io",
+        "models",
+        "planning",
+        "postprocess",
+        "prediction",
+    }
     | {"render", "submission", "synth", "training", "workspace"},
     "__main__": {"cli"},
     "__init__": set(),

@@ -144,3 +144,39 @@ def export(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); predict anywhere with "
         f"[bold]kseg infer --bundle {path.name} --images DIR --out DIR[/]"
     )
+
+
+@app.command()
+def package(
+    out: Annotated[Path, typer.Argument(help="Folder to write: OUT/dataset and OUT/notebook.")],
+    competition: Annotated[str, typer.Option("--competition", help="The competition's slug (its URL name).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="OWNER/NAME of the Kaggle dataset to hold it.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    folds: FoldsOpt = None,
+    half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (half the size).")] = False,
+    gpu: Annotated[bool, typer.Option("--gpu/--no-gpu", help="The notebook asks for a GPU.")] = True,
+    python_version: Annotated[
+        str | None, typer.Option("--python-version", help="The notebook image's Python, X.Y (default: this one).")
+    ] = None,
+    partial: PartialOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a code competition's Kaggle dataset (bundle, config, wheels) and its offline notebook."""
+    from kseg.codecomp.package import package as write_package
+
+    with handled(debug):
+        cfg = config_from(config, set_)
+        with render.progress_bar("package (bundle, wheels, notebook)") as _update:
+            result = write_package(
+                cfg,
+                out,
+                competition,
+                dataset,
+                folds=numbers(folds, "--folds"),
+                half=half,
+                gpu=gpu,
+                python_version=python_version,
+                partial=partial,
+            )
+    render.package_result(result)

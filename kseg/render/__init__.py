@@ -21,6 +21,7 @@ from kseg.render.data import audit_result, installed_weights, split_result, tile
 from kseg.render.demo import RichReporter, demo_result
 from kseg.render.planning import init_result
 from kseg.render.submission import (
+    package_result,
     score_result,
     submission_log,
     submission_logged,
@@ -53,6 +54,7 @@ __all__ = [
     "installed_weights",
     "metric_name",
     "os_error",
+    "package_result",
     "pct",
     "progress_bar",
     "pseudo_labels",

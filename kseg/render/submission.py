@@ -92,3 +92,14 @@ def score_result(result: Any, what: Path, as_json: bool = False) -> None:
         cells += [f"{row['dice']:.4f}", f"{row['iou']:.4f}", f"{100 * row['empty_share']:.1f}%", str(row["rows"])]
         table.add_row(name, *cells)
     console.print(table)
+
+
+def package_result(result: Any) -> None:
+    """``kseg package``: what was written, its sizes and time, and the next steps."""
+    say(
+        f"wrote {escape(str(result.out))} in {result.seconds:.1f} s: dataset/ (bundle {result.bundle_mb:.1f} MB, "
+        f"{len(result.wheels)} wheels {result.wheels_mb:.1f} MB, kseg.yaml, dataset-metadata.json) and "
+        f"notebook/ ({escape(result.notebook.name)}, kernel-metadata.json)\n"
+        f"upload: kaggle datasets create -p {escape(str(result.dataset_dir))} (or: kaggle datasets version), then "
+        f"kaggle kernels push -p {escape(str(result.notebook.parent))}; the notebook is {escape(result.kernel_id)}"
+    )

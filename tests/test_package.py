@@ -1,0 +1,144 @@
+"""kseg package (issue 26, first part): a code competition's Kaggle dataset and offline notebook, their
+metadata as the Kaggle API documents it, a notebook that runs as written, and nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import FAST, copy_comp, fast_config
+
+from kseg.cli import app
+from kseg.codecomp.package import check_names, package
+from kseg.codecomp.wheels import pinned_requirements
+from kseg.errors import KsegError
+
+# the fields of kernel-metadata.json and dataset-metadata.json the Kaggle API documents
+# (github.com/Kaggle/kaggle-api, docs/kernels_metadata.md and docs/datasets_metadata.md)
+KERNEL_FIELDS = {
+    "id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu", "enable_internet",
+    "dataset_sources", "competition_sources", "kernel_sources",
+}  # fmt: skip
+DATASET_FIELDS = {"title", "id", "licenses"}
+
+
+def _fake_wheelhouse(folder: Path, python_version: str) -> list[Path]:
+    folder.mkdir(parents=True)
+    wheel = folder / "kseg-0-py3-none-any.whl"
+    wheel.write_bytes(b"a stand-in for pip's wheels")
+    return [wheel]
+
+
+@pytest.fixture
+def packaged(trained_template, tmp_path):
+    root = copy_comp(trained_template, tmp_path)
+    cfg = fast_config(root)
+    result = package(cfg, tmp_path / "out", "drone-seg", "me/drone-kseg", gpu=False, wheelhouse=_fake_wheelhouse)
+    return root, cfg, result
+
+
+def test_the_package_holds_what_kaggle_reads(packaged):
+    root, cfg, result = packaged
+    data = result.dataset_dir
+    assert sorted(p.name for p in data.iterdir()) == ["dataset-metadata.json", "kseg.yaml", "model.kseg", "wheels"]
+    meta = json.loads((data / "dataset-metadata.json").read_text())
+    assert set(meta) == DATASET_FIELDS and meta["id"] == "me/drone-kseg" and meta["title"] == "drone-kseg"
+    kernel = json.loads((result.notebook.parent / "kernel-metadata.json").read_text())
+    assert set(kernel) == KERNEL_FIELDS
+    assert kernel["id"] == "me/drone-seg-kseg-inference" == result.kernel_id
+    assert kernel["code_file"] == result.notebook.name and (result.notebook.parent / kernel["code_file"]).is_file()
+    assert (kernel["language"], kernel["kernel_type"], kernel["enable_internet"], kernel["enable_gpu"]) == (
+        "python", "notebook", False, False,
+    )  # fmt: skip
+    assert kernel["dataset_sources"] == ["me/drone-kseg"] and kernel["competition_sources"] == ["drone-seg"]
+    book = nbformat.read(result.notebook, as_version=4)
+    nbformat.validate(book)
+    assert str(root) not in result.notebook.read_text()  # nothing of this machine in the notebook
+    assert not list(result.out.parent.glob(".out.*"))  # no temporary folder left
+
+
+def test_the_notebook_writes_the_submission_kseg_writes_outside_it(packaged, tmp_path, monkeypatch):
+    """Its cells (all but the offline install: kseg is installed here) on an input tree laid out as Kaggle
+    mounts it give the same submission.csv, byte for byte, as kseg infer --bundle and kseg submit."""
+    root, cfg, result = packaged
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    inputs.mkdir()
+    working.mkdir()
+    os.symlink(root, inputs / "drone-seg")  # the competition's files, as the download has them
+    os.symlink(result.dataset_dir, inputs / "drone-kseg")
+    monkeypatch.setenv("KSEG_KAGGLE_INPUT", str(inputs))
+    monkeypatch.setenv("KSEG_KAGGLE_WORKING", str(working))
+    cells = [c.source for c in nbformat.read(result.notebook, as_version=4).cells if c.cell_type == "code"]
+    assert "--no-index" in cells[1] and "kseg" in cells[1]
+    namespace: dict = {}
+    for source in [cells[0], *cells[2:]]:
+        exec(compile(source, "notebook", "exec"), namespace)  # noqa: S102 - our own notebook
+    assert set(namespace["TIMES"]) == {"predict", "submit", "total"}
+
+    from kseg.prediction.ensemble import load_bundle
+    from kseg.prediction.infer import competition_test_images, run_inference
+    from kseg.submission import write_submission
+
+    bundle = load_bundle(result.dataset_dir / "model.kseg")
+    run_inference(bundle, competition_test_images(cfg.data), tmp_path / "p", cfg.infer.tta)  # kseg infer --tta
+    outside = fast_config(root, f"submission.predictions={tmp_path / 'p'}", f"submission.path={tmp_path / 's.csv'}")
+    assert write_submission(outside).path.read_bytes() == (working / "submission.csv").read_bytes()
+
+
+def test_a_failed_package_leaves_no_folder_and_a_run_without_folds_is_refused(trained_template, comp, tmp_path):
+    root = copy_comp(trained_template, tmp_path / "trained")
+
+    def broken(folder: Path, python_version: str) -> list[Path]:
+        raise KsegError("scipy has no wheel for Python 3.99")
+
+    with pytest.raises(KsegError, match="scipy has no wheel"):
+        package(fast_config(root), tmp_path / "out", "drone-seg", "me/drone-kseg", wheelhouse=broken)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    with pytest.raises(KsegError, match="has no trained folds .*run 'kseg train --fold all' first"):
+        package(fast_config(comp), tmp_path / "out", "drone-seg", "me/drone-kseg", wheelhouse=_fake_wheelhouse)
+
+
+@pytest.mark.parametrize(
+    ("competition", "dataset", "message"),
+    [
+        ("Drone Seg", "me/drone-kseg", "--competition 'Drone Seg' is not a competition slug"),
+        ("drone-seg", "drone-kseg", "--dataset 'drone-kseg' is not OWNER/NAME"),
+        ("drone-seg", "me/Drone_Kseg", "is not OWNER/NAME"),
+        ("drone-seg", "me/ab", "is not OWNER/NAME"),
+    ],
+)
+def test_names_that_are_not_kaggle_shaped(competition, dataset, message):
+    with pytest.raises(KsegError, match=message):
+        check_names(competition, dataset)
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line(runner, trained_template, tmp_path):
+    root = copy_comp(trained_template, tmp_path)
+    sets = [x for item in FAST for x in ("--set", item)]
+    args = ["package", str(tmp_path / "out"), "-c", str(root / "kseg.yaml"), *sets, "--competition", "drone-seg"]
+    result = runner.invoke(app, [*args, "--dataset", "drone"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is not OWNER/NAME" in " ".join(result.output.split()) and not (tmp_path / "out").exists()
+    result = runner.invoke(app, [*args, "--dataset", "me/drone-kseg", "--python-version", "three"])
+    assert result.exit_code == 1 and "--python-version 'three' is not X.Y" in " ".join(result.output.split())
+
+
+def test_the_wheelhouse_pins_kseg_s_dependencies_but_not_torch():
+    pins = dict(p.split("==") for p in pinned_requirements("3.11"))
+    assert {"segmentation-models-pytorch", "timm", "albumentations", "pydantic", "typer", "pandas"} <= set(pins)
+    assert not {"torch", "torchvision", "numpy", "pillow", "kseg"} & set(pins)  # the image has them
+
+
+@pytest.mark.slow
+def test_the_real_wheelhouse_builds_from_the_package_index(tmp_path):
+    from kseg.codecomp.wheels import build_wheelhouse
+
+    wheels = build_wheelhouse(tmp_path / "wheels", "3.11")
+    names = {w.name.split("-")[0].lower().replace("_", "-") for w in wheels}
+    assert "kseg" in names and "timm" in names and "segmentation-models-pytorch" in names
+    assert not any(n.startswith("torch") and n in ("torch", "torchvision") for n in names)
+    shutil.rmtree(tmp_path / "wheels")
