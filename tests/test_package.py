@@ -142,3 +142,44 @@ def test_the_real_wheelhouse_builds_from_the_package_index(tmp_path):
     assert "kseg" in names and "timm" in names and "segmentation-models-pytorch" in names
     assert not any(n.startswith("torch") and n in ("torch", "torchvision") for n in names)
     shutil.rmtree(tmp_path / "wheels")
+
+
+@pytest.fixture(scope="module")
+def real_package(trained_template, tmp_path_factory):
+    """The session's trained run packaged with its real wheelhouse (pip's package index, as kseg package)."""
+    root = copy_comp(trained_template, tmp_path_factory.mktemp("real"))
+    cfg = fast_config(root)
+    return root, cfg, package(cfg, root.parent / "out", "drone-seg", "me/drone-kseg", gpu=False)
+
+
+@pytest.mark.slow
+def test_a_rehearsal_submits_what_kseg_submits_outside_the_notebook(real_package, tmp_path):
+    """Offline (a network namespace), in a fresh environment without kseg, the notebook installs kseg from
+    the wheels and writes the same submission.csv, byte for byte, as kseg infer --bundle + kseg submit."""
+    from kseg.codecomp.rehearse import rehearse
+    from kseg.prediction.ensemble import load_bundle
+    from kseg.prediction.infer import competition_test_images, run_inference
+    from kseg.submission import write_submission
+
+    root, cfg, result = real_package
+    seen = rehearse(result.out, test_images=800, keep=tmp_path / "scratch")
+    assert seen.valid and seen.isolated and seen.n_images == 8 and seen.install_s > 0 and seen.peak_mib > 0
+    assert seen.projected_s > seen.predict_s * 99  # 800 images projected from 8
+    bundle = load_bundle(result.dataset_dir / "model.kseg")
+    run_inference(bundle, competition_test_images(cfg.data), tmp_path / "p", cfg.infer.tta)
+    outside = fast_config(root, f"submission.predictions={tmp_path / 'p'}", f"submission.path={tmp_path / 's.csv'}")
+    inside = tmp_path / "scratch" / "working" / "submission.csv"
+    assert write_submission(outside).path.read_bytes() == inside.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_missing_wheel_fails_the_rehearsal_with_the_dependency_s_name(real_package, tmp_path):
+    from kseg.codecomp.rehearse import rehearse
+
+    _, _, result = real_package
+    broken = tmp_path / "out"
+    shutil.copytree(result.out, broken)
+    for wheel in (broken / "dataset" / "wheels").glob("timm-*.whl"):
+        wheel.unlink()
+    with pytest.raises(KsegError, match=r"cell 2 of the notebook .*failed: .*the wheelhouse lacks timm"):
+        rehearse(broken)

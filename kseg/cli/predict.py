@@ -180,3 +180,28 @@ def package(
                 partial=partial,
             )
     render.package_result(result)
+
+
+@app.command()
+def rehearse(
+    out: Annotated[Path, typer.Argument(help="A 'kseg package' folder.")],
+    images: Annotated[
+        Path | None,
+        typer.Option("--images", help="A folder laid out as the competition's download (default: the config's)."),
+    ] = None,
+    test_images: Annotated[
+        int | None, typer.Option("--test-images", help="The hidden test set's size, for the projection.")
+    ] = None,
+    limit_hours: Annotated[
+        float | None, typer.Option("--limit-hours", help="The competition's notebook time limit.")
+    ] = None,
+    keep: Annotated[Path | None, typer.Option("--keep", help="Leave the rehearsal's folder here.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a package's notebook offline as Kaggle will: fresh environment with torch only, no network."""
+    from kseg.codecomp.rehearse import rehearse as run_rehearsal
+
+    with handled(debug):
+        with render.progress_bar("rehearse (venv, offline install, notebook)") as _update:
+            result = run_rehearsal(out, images=images, test_images=test_images, keep=keep)
+    render.rehearsal_result(result, limit_hours)

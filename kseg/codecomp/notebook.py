@@ -40,7 +40,9 @@ INSTALL = """t0 = time.perf_counter()
 # offline: kseg and its dependencies from the package's wheels (torch and torchvision come with the image)
 WHEELS = PACKAGE / {wheels!r}
 pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(WHEELS)]
-subprocess.run([*pip, "kseg"], check=True)
+done = subprocess.run([*pip, "kseg"], capture_output=True, text=True)
+print(done.stdout[-3000:] + done.stderr[-3000:], end="")  # pip's own words, in the notebook's log
+done.check_returncode()
 TIMES["install"] = time.perf_counter() - t0
 print(f"installed kseg in {{TIMES['install']:.1f}} s")"""
 

@@ -21,33 +21,35 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _requires(package: str, python_version: str) -> list[str]:
-    """The names ``package`` requires on ``python_version`` (no extras), as installed here."""
+def _requires(package: str, python_version: str, extras: frozenset[str] = frozenset()) -> list[tuple[str, frozenset]]:
+    """What ``package`` (with ``extras``) requires on ``python_version``, as installed here: names and the
+    extras asked of them."""
     from packaging.requirements import Requirement
 
     try:
         found = md.requires(package) or []
     except md.PackageNotFoundError:
         return []
-    where = {"extra": "", "python_version": python_version, "python_full_version": f"{python_version}.0"}
-    names = []
+    where = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
+    needed = []
     for text in found:
         req = Requirement(text)
-        if req.marker is None or req.marker.evaluate(where):
-            names.append(normalise(req.name))
-    return names
+        if req.marker is None or any(req.marker.evaluate({**where, "extra": e}) for e in ("", *extras)):
+            needed.append((normalise(req.name), frozenset(req.extras)))
+    return needed
 
 
 def closure(roots: list[str], python_version: str) -> set[str]:
-    """Every installed distribution ``roots`` need on ``python_version``, themselves included."""
-    seen: set[str] = set()
-    todo = [normalise(r) for r in roots]
+    """Every installed distribution ``roots`` need on ``python_version``, themselves included (with the
+    requirements of the extras they ask of each other)."""
+    seen: set[tuple[str, frozenset]] = set()
+    todo: list[tuple[str, frozenset]] = [(normalise(r), frozenset()) for r in roots]
     while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo += _requires(name, python_version)
-    return seen
+        item = todo.pop()
+        if item not in seen:
+            seen.add(item)
+            todo += _requires(item[0], python_version, item[1])
+    return {name for name, _ in seen}
 
 
 def pinned_requirements(python_version: str) -> list[str]:

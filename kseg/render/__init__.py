@@ -22,6 +22,7 @@ from kseg.render.demo import RichReporter, demo_result
 from kseg.render.planning import init_result
 from kseg.render.submission import (
     package_result,
+    rehearsal_result,
     score_result,
     submission_log,
     submission_logged,
@@ -58,6 +59,7 @@ __all__ = [
     "pct",
     "progress_bar",
     "pseudo_labels",
+    "rehearsal_result",
     "say",
     "score_result",
     "short",

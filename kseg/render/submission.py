@@ -103,3 +103,26 @@ def package_result(result: Any) -> None:
         f"upload: kaggle datasets create -p {escape(str(result.dataset_dir))} (or: kaggle datasets version), then "
         f"kaggle kernels push -p {escape(str(result.notebook.parent))}; the notebook is {escape(result.kernel_id)}"
     )
+
+
+def rehearsal_result(result: Any, limit_hours: float | None) -> None:
+    """``kseg rehearse``: each cell's time, install, memory, validity and the projection to the full test set."""
+    table = Table(title="the notebook, cell by cell (offline)" if result.isolated else "the notebook, cell by cell")
+    for column in ("cell", "first line", "seconds", "output (last line)"):
+        table.add_column(column, justify="right" if column in ("cell", "seconds") else "left")
+    for cell in result.cells:
+        last = cell["tail"].splitlines()[-1] if cell["tail"] else ""
+        table.add_row(str(cell["index"]), escape(cell["first_line"][:40]), f"{cell['seconds']:.1f}", escape(last[:80]))
+    console.print(table)
+    verdict = "[green]valid[/]" if result.valid else "[red]INVALID or missing[/]"
+    limit = ""
+    if limit_hours is not None:
+        fits = result.projected_s <= limit_hours * 3600
+        limit = f" against the {limit_hours:g} h limit: " + ("[green]fits[/]" if fits else "[red]does not fit[/]")
+    say(
+        f"submission.csv {verdict}; wheelhouse {result.wheels_mb:.0f} MB installed in {result.install_s:.1f} s; "
+        f"peak memory {result.peak_mib:.0f} MiB; {result.n_images} images predicted in {result.predict_s:.1f} s, "
+        f"the whole notebook projected to {result.projected_s / 60:.1f} min for the full test set{limit}"
+    )
+    for note in result.notes:
+        say(f"[yellow]{escape(note)}[/]")
