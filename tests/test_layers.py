@@ -134,7 +134,7 @@ ALLOWED: dict[str, set[str]] = {
         *("runtime", "workspace"),
     },
     "cv": {"common", "config", "data", "errors", "io", "metrics", "plotting", "postprocess", "prediction", "workspace"},
-    "codecomp": {"config", "errors", "io", "prediction", "workspace"},  # packs a bundle; never trains
+    "codecomp": {"config", "errors", "io", "prediction", "submission", "workspace"},  # packs a bundle; never trains
     "render": {"common", "config", "metrics", "planning"},
     "demo": {"config", "cv", "data", "errors", "postprocess", "prediction", "submission", "synth", "training"}
     | {"workspace"},

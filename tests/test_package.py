@@ -183,3 +183,72 @@ def test_a_missing_wheel_fails_the_rehearsal_with_the_dependency_s_name(real_pac
         wheel.unlink()
     with pytest.raises(KsegError, match=r"cell 2 of the notebook .*failed: .*the wheelhouse lacks timm"):
         rehearse(broken)
+
+
+class StandInKaggle:
+    """The kaggle package's API at kseg's boundary: records the calls, knows the datasets in ``known``."""
+
+    def __init__(self, known=(), error=None):
+        self.known, self.error, self.calls = set(known), error, []
+
+    def dataset_status(self, dataset):
+        self.calls.append(("dataset_status", dataset))
+        if dataset not in self.known:
+            raise ValueError("404 Not Found")
+        return "ready"
+
+    def dataset_create_new(self, folder, public=False, dir_mode="skip"):
+        self.calls.append(("dataset_create_new", Path(folder).name, public, dir_mode))
+        return {"error": self.error, "url": "https://www.kaggle.com/datasets/me/drone-kseg"}
+
+    def dataset_create_version(self, folder, version_notes, dir_mode="skip"):
+        self.calls.append(("dataset_create_version", Path(folder).name, version_notes, dir_mode))
+        return {"error": self.error}
+
+    def kernels_push(self, folder):
+        self.calls.append(("kernels_push", sorted(p.name for p in Path(folder).iterdir())))
+        return type("Response", (), {"error": None, "url": "https://www.kaggle.com/code/me/drone-seg-kseg-inference"})()
+
+
+def test_push_creates_the_dataset_then_versions_it_and_pushes_the_notebook(packaged):
+    from kseg.codecomp.push import push_package
+
+    _, _, result = packaged
+    args = (result.dataset_dir, result.notebook.parent, "me/drone-kseg", result.kernel_id, "drone-seg", "v2")
+    api = StandInKaggle()
+    pushed = push_package(*args, api=api)
+    assert api.calls == [
+        ("dataset_status", "me/drone-kseg"),
+        ("dataset_create_new", "dataset", False, "zip"),  # private; wheels/ travels zipped
+        ("kernels_push", ["drone-seg-kseg-inference.ipynb", "kernel-metadata.json"]),
+    ]
+    assert pushed.new_dataset and pushed.kernel_url.endswith("/code/me/drone-seg-kseg-inference")
+    assert "kaggle competitions submit drone-seg -k me/drone-seg-kseg-inference" in pushed.submit_hint
+    again = StandInKaggle(known={"me/drone-kseg"})
+    assert not push_package(*args, api=again).new_dataset
+    assert again.calls[1] == ("dataset_create_version", "dataset", "v2", "zip")
+    with pytest.raises(KsegError, match="Kaggle refused the dataset me/drone-kseg: Slug is taken; fix it"):
+        push_package(*args, api=StandInKaggle(error="Slug is taken"))
+
+
+def test_a_push_without_kaggle_credentials_is_one_line(runner, trained_template, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nothing"))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    monkeypatch.setattr("kseg.codecomp.package.build_wheelhouse", _fake_wheelhouse)
+    root = copy_comp(trained_template, tmp_path)
+    sets = [x for item in FAST for x in ("--set", item)]
+    args = ["package", str(tmp_path / "out"), "-c", str(root / "kseg.yaml"), *sets, "--competition", "drone-seg"]
+    result = runner.invoke(app, [*args, "--dataset", "me/drone-kseg", "--push"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Kaggle authentication failed" in text or "needs the kaggle package" in text
+
+
+@pytest.mark.slow
+def test_a_dependency_without_a_wheel_for_the_target_python_is_named(tmp_path, monkeypatch):
+    from kseg.codecomp import wheels
+
+    monkeypatch.setattr(wheels, "pinned_requirements", lambda version: ["timm==1.0.31", "no-such-dependency==1.0"])
+    with pytest.raises(KsegError, match=r"^no-such-dependency has no wheel for Python 3\.11 on manylinux x86-64"):
+        wheels.build_wheelhouse(tmp_path / "wheels", "3.11")

@@ -159,11 +159,14 @@ def package(
     python_version: Annotated[
         str | None, typer.Option("--python-version", help="The notebook image's Python, X.Y (default: this one).")
     ] = None,
+    push: Annotated[bool, typer.Option("--push", help="Create or version the dataset and push the notebook.")] = False,
+    message: Annotated[str, typer.Option("--message", "-m", help="Version notes of a pushed dataset.")] = "kseg",
     partial: PartialOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Write a code competition's Kaggle dataset (bundle, config, wheels) and its offline notebook."""
     from kseg.codecomp.package import package as write_package
+    from kseg.codecomp.push import push_package
 
     with handled(debug):
         cfg = config_from(config, set_)
@@ -180,6 +183,15 @@ def package(
                 partial=partial,
             )
     render.package_result(result)
+    if push:
+        with handled(debug):
+            pushed = push_package(
+                result.dataset_dir, result.notebook.parent, dataset, result.kernel_id, competition, message
+            )
+        render.say(
+            f"{'created' if pushed.new_dataset else 'new version of'} dataset {pushed.dataset}; notebook pushed: "
+            f"{pushed.kernel_url}\n{pushed.submit_hint}"
+        )
 
 
 @app.command()

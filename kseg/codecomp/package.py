@@ -70,7 +70,7 @@ def package(
     gpu: bool = True,
     python_version: str | None = None,
     partial: bool = False,
-    wheelhouse: Wheelhouse = build_wheelhouse,
+    wheelhouse: Wheelhouse | None = None,
 ) -> PackageResult:
     """Write ``out/dataset/`` and ``out/notebook/`` for a code competition.
 
@@ -84,7 +84,8 @@ def package(
         gpu: The notebook asks for a GPU.
         python_version: The notebook image's Python, ``X.Y`` (default: this one's).
         partial: Pack unfinished folds too.
-        wheelhouse: ``wheelhouse(folder, python_version)`` fills the wheels folder (tests give a stand-in).
+        wheelhouse: ``wheelhouse(folder, python_version)`` fills the wheels folder (default
+            ``build_wheelhouse``; tests give a stand-in).
     """
     owner, name = check_names(competition, dataset)
     python_version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -99,7 +100,7 @@ def package(
         data.mkdir()
         export_bundle(cfg, data / BUNDLE_NAME, folds, half, partial=partial)
         save_resolved(cfg, data / CONFIG_NAME)
-        wheels = wheelhouse(data / WHEELS_DIR, python_version)
+        wheels = (wheelhouse or build_wheelhouse)(data / WHEELS_DIR, python_version)
         _write_json(data / "dataset-metadata.json", {"title": name, "id": dataset, "licenses": [{"name": "CC0-1.0"}]})
         book = tmp / "notebook"
         book.mkdir()

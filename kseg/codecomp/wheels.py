@@ -101,8 +101,9 @@ def _pip(args: list[str], what: str, python_version: str | None = None) -> None:
     text = done.stderr + done.stdout
     missing = re.search(r"(?:No matching distribution found for|satisfies the requirement) ([^\s(]+)", text)
     if missing and python_version is not None:
+        name = re.split(r"[=<>!~]", missing.group(1))[0]
         raise KsegError(
-            f"{missing.group(1)} has no wheel for Python {python_version} on manylinux x86-64 in the package index; "
+            f"{name} has no wheel for Python {python_version} on manylinux x86-64 in the package index; "
             "choose another --python-version, or install a version of it that has one"
         )
     tail = " | ".join(line.strip() for line in text.strip().splitlines()[-3:])
