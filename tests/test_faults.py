@@ -54,7 +54,9 @@ def _kill_after(command: list[str], seconds: float) -> bool:
 
 
 def _fold_is_consistent(work: WorkDir) -> int:
-    """The fold's committed files belong to one epoch: returns it."""
+    """The fold's committed files belong to one epoch, as a reader sees them: returns it. A reader that opens
+    a fold's files by their paths settles the fold first (completes a commit the kill cut short)."""
+    work.settle(0)
     last = torch.load(work.last(0), map_location="cpu", weights_only=False)
     best = torch.load(work.best(0), map_location="cpu", weights_only=False)
     metrics = pd.read_csv(work.metrics(0))
