@@ -5,9 +5,9 @@ decides (the ``data`` and ``submission`` sections and the split groups), class n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from kseg.config import Config, DataConfig, SplitConfig, SubmissionConfig
+from kseg.config import DataConfig, SplitConfig, SubmissionConfig
 
 # plan keys (chosen for the run, not read from the files) and project choices
 NOT_COMPARED = frozenset(
@@ -60,7 +60,20 @@ def _keys(data: DataConfig, submission: SubmissionConfig, split: SplitConfig) ->
     return {k: v for k, v in leaves.items() if k not in NOT_COMPARED}
 
 
-def compare_configs(written: Config, reference: Config, flagged: set[str]) -> Comparison:
+class Sections(Protocol):
+    """What a comparison reads of a config: its data, submission and split sections (a ``Config`` is one)."""
+
+    @property
+    def data(self) -> DataConfig: ...
+
+    @property
+    def submission(self) -> SubmissionConfig: ...
+
+    @property
+    def split(self) -> SplitConfig: ...
+
+
+def compare_configs(written: Sections, reference: Sections, flagged: set[str]) -> Comparison:
     """Compare ``written`` (by ``kseg init``, which flagged the keys ``flagged``) with ``reference``."""
     mine = _keys(written.data, written.submission, written.split)
     theirs = _keys(reference.data, reference.submission, reference.split)
