@@ -252,3 +252,16 @@ def test_a_dependency_without_a_wheel_for_the_target_python_is_named(tmp_path, m
     monkeypatch.setattr(wheels, "pinned_requirements", lambda version: ["timm==1.0.31", "no-such-dependency==1.0"])
     with pytest.raises(KsegError, match=r"^no-such-dependency has no wheel for Python 3\.11 on manylinux x86-64"):
         wheels.build_wheelhouse(tmp_path / "wheels", "3.11")
+
+
+def test_a_rehearsal_without_the_competition_s_files_says_where_to_give_them(packaged, tmp_path):
+    from kseg.codecomp.rehearse import rehearse
+
+    root, _, result = packaged
+    shutil.move(root, tmp_path / "moved")  # the competition's download is not where the config says
+    with pytest.raises(KsegError, match=r"the competition's files are not at .*; give --images DIR"):
+        rehearse(result.out)
+    with pytest.raises(KsegError, match=r"--images .*nowhere is not a folder"):
+        rehearse(result.out, images=tmp_path / "nowhere")
+    with pytest.raises(KsegError, match=r"kernel-metadata.json does not exist; write the package with 'kseg package'"):
+        rehearse(tmp_path)

@@ -88,6 +88,10 @@ def package(
             ``build_wheelhouse``; tests give a stand-in).
     """
     owner, name = check_names(competition, dataset)
+    try:
+        import nbformat  # noqa: F401 - checked before minutes of export and downloads
+    except ImportError:
+        raise KsegError('kseg package writes notebooks with nbformat; pip install -e ".[notebook]"') from None
     python_version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     if not re.fullmatch(r"3\.\d+", python_version):
         raise KsegError(f"--python-version {python_version!r} is not X.Y; give the notebook image's Python, e.g. 3.11")

@@ -75,6 +75,11 @@ def rehearse(
     cfg = load_config(out / "dataset" / CONFIG_NAME)
     if images is not None and not Path(images).is_dir():
         raise KsegError(f"--images {images} is not a folder; give a folder laid out as the competition's download")
+    if images is None and not Path(cfg.data.root).is_dir():
+        raise KsegError(
+            f"the competition's files are not at {cfg.data.root} (the packaged config's data.root); give --images "
+            "DIR, a folder laid out as the competition's download"
+        )
     scratch = Path(tempfile.mkdtemp(prefix="kseg-rehearsal-")) if keep is None else Path(keep)
     try:
         inputs, working = scratch / "input", scratch / "working"
@@ -105,10 +110,15 @@ def _link(link: Path, target: Path) -> None:
 
 def _image_venv(venv: Path) -> str:
     """A virtual environment with pip and, linked from this environment, the image's packages only."""
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+    if made.returncode != 0:
+        raise KsegError(
+            f"python -m venv could not make the rehearsal's environment ({made.stderr.strip()[-200:]}); "
+            "install Python's venv module (e.g. apt install python3-venv)"
+        )
     python = str(venv / "bin" / "python")
     # the venv's own setuptools is older than torch asks for: the image's (this environment's) replaces it
-    subprocess.run([python, "-m", "pip", "uninstall", "-y", "-q", "setuptools"], check=True, capture_output=True)
+    subprocess.run([python, "-m", "pip", "uninstall", "-y", "-q", "setuptools"], capture_output=True)
     site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
     image = venv / "image"
