@@ -80,16 +80,23 @@ SUMMARY = """TIMES["total"] = time.perf_counter() - started
 print(" | ".join(f"{{step}} {{seconds:.1f}} s" for step, seconds in TIMES.items()))"""
 
 
-def notebook_json(plan: NotebookPlan) -> str:
-    """The notebook as nbformat 4 JSON, validated.
+STEPS = ("setup", "install", "predict", "submit", "summary")  # the notebook's code cells, in order
+CELLS = {"setup": SETUP, "install": INSTALL, "predict": PREDICT, "submit": SUBMIT, "summary": SUMMARY}
 
-    Raises:
-        KsegError: nbformat is not installed (``pip install -e ".[notebook]"``).
-    """
+
+def require_nbformat() -> None:
+    """Raises ``KsegError`` (with the install command) where nbformat is missing."""
     try:
-        import nbformat
+        import nbformat  # noqa: F401
     except ImportError:
         raise KsegError('kseg package writes notebooks with nbformat; pip install -e ".[notebook]"') from None
+
+
+def notebook_json(plan: NotebookPlan) -> str:
+    """The notebook as nbformat 4 JSON, validated (``require_nbformat`` first)."""
+    require_nbformat()
+    import nbformat
+
     fields = {"competition": plan.competition, "dataset": plan.dataset, "tta": plan.tta, "wheels": WHEELS_DIR}
     fields.update(config=CONFIG_NAME, bundle=BUNDLE_NAME)
     cells = [
@@ -98,7 +105,7 @@ def notebook_json(plan: NotebookPlan) -> str:
             f"the `{plan.dataset}` dataset, predicts the test set with its bundle ({plan.tta} TTA) and writes "
             "`submission.csv`."
         ),
-        *(nbformat.v4.new_code_cell(text.format(**fields)) for text in (SETUP, INSTALL, PREDICT, SUBMIT, SUMMARY)),
+        *(nbformat.v4.new_code_cell(CELLS[step].format(**fields)) for step in STEPS),
     ]
     notebook = nbformat.v4.new_notebook(cells=cells)
     notebook.metadata.update(

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kseg.codecomp.notebook import BUNDLE_NAME, CONFIG_NAME, WHEELS_DIR, NotebookPlan, notebook_json
+from kseg.codecomp.notebook import (
+    BUNDLE_NAME,
+    CONFIG_NAME,
+    WHEELS_DIR,
+    NotebookPlan,
+    notebook_json,
+    require_nbformat,
+)
 from kseg.codecomp.wheels import build_wheelhouse
 from kseg.config import Config, save_resolved
 from kseg.errors import KsegError
@@ -88,10 +95,7 @@ def package(
             ``build_wheelhouse``; tests give a stand-in).
     """
     owner, name = check_names(competition, dataset)
-    try:
-        import nbformat  # noqa: F401 - checked before minutes of export and downloads
-    except ImportError:
-        raise KsegError('kseg package writes notebooks with nbformat; pip install -e ".[notebook]"') from None
+    require_nbformat()  # before minutes of export and downloads
     python_version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     if not re.fullmatch(r"3\.\d+", python_version):
         raise KsegError(f"--python-version {python_version!r} is not X.Y; give the notebook image's Python, e.g. 3.11")

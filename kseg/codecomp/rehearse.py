@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kseg.codecomp.notebook import CONFIG_NAME, WHEELS_DIR
+from kseg.codecomp.notebook import CONFIG_NAME, STEPS, WHEELS_DIR
 from kseg.codecomp.wheels import closure, normalise
 from kseg.config import load_config
 from kseg.errors import KsegError
@@ -176,8 +176,8 @@ def _result(report: dict, isolated: bool, out: Path, working: Path, test_images:
 
     submission = working / "submission.csv"
     valid = submission.is_file() and validate_file(submission, cfg).ok
-    install = next((c["seconds"] for c in cells if "pip" in c["tail"] or "installed kseg" in c["tail"]), 0.0)
-    predict = next((c["seconds"] for c in cells if "predicted" in c["tail"]), 0.0)
+    by_step = dict(zip(STEPS, (c["seconds"] for c in cells), strict=False))  # code cells in STEPS order
+    install, predict = by_step.get("install", 0.0), by_step.get("predict", 0.0)
     n_images = len(list((working / "predictions").glob("*.png")))
     wheels = sum(w.stat().st_size for w in (out / "dataset" / WHEELS_DIR).glob("*.whl")) / 1e6
     total = sum(c["seconds"] for c in cells)

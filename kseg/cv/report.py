@@ -66,17 +66,13 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
         if params is not None:  # a class kept at argmax (threshold 0) may still have a minimum area
             min_area = params.min_area
             if params.threshold > 0:
-                level = _level(oof, params.threshold)
+                level = oof.level(params.threshold)
             if params.gate > 0:
-                emptied = area[:, _level(oof, params.gate)] < np.maximum(1.0, params.gate_area * oof.n_pixels)
+                emptied = area[:, oof.level(params.gate)] < np.maximum(1.0, params.gate_area * oof.n_pixels)
         emptied |= area[:, level] < min_area * oof.n_pixels
         pred[:, j] = np.where(emptied, 0, area[:, level])
         inter[:, j] = np.where(emptied, 0, hits[:, level])
     return inter, pred, oof.truth_area.astype(np.float64)
-
-
-def _level(oof: OOFSet, threshold: float) -> int:
-    return int(np.argmin(np.abs(oof.thresholds - threshold)))
 
 
 def empty_rows(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:

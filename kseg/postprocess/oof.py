@@ -64,6 +64,10 @@ class OOFSet:
         """The threshold grid searched (``identity`` says which entry is no post-processing)."""
         return threshold_grid(self.multilabel)[0]
 
+    def level(self, threshold: float) -> int:
+        """The index of ``threshold`` (the nearest) in the threshold grid."""
+        return int(np.argmin(np.abs(self.thresholds - threshold)))
+
     @property
     def identity(self) -> tuple[int, int]:
         """Grid indices (threshold, min area) of no post-processing: argmax, or sigmoid at 0.5."""

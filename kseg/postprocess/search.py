@@ -93,13 +93,19 @@ def pixel_grids(oof: OOFSet, metric: str, gates: bool = True) -> Grids:
     """Each class's metric for every (threshold, min area) pair and, with ``gates``, every gated rule
     (gate, gate area, mask threshold), from the OOF histograms."""
     pairs = gate_pairs(oof.thresholds)
+    tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the search asks for each class's many times
+
+    def table(k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k not in tables:
+            tables[k] = class_table(oof, k)
+        return tables[k]
 
     def grid_for(k: int, rows: np.ndarray) -> np.ndarray:
-        area, inter = class_table(oof, k)
+        area, inter = table(k)
         return _score_grid(area[rows], inter[rows], oof.truth_area[rows, k], oof.n_pixels[rows], metric)
 
     def gates_for(k: int, rows: np.ndarray) -> np.ndarray:
-        area, inter = class_table(oof, k)
+        area, inter = table(k)
         kept = gate_keeps(area[rows][:, pairs[:, 0]], oof.n_pixels[rows])  # (N, P, A)
         a = np.where(kept, area[rows][:, pairs[:, 1], None], 0)
         i = np.where(kept, inter[rows][:, pairs[:, 1], None], 0)
@@ -153,12 +159,10 @@ def gate_rows(oof: OOFSet, post: PostProcess) -> dict[str, tuple[int, int]]:
     """Per gated class, the OOF rows its gate empties that its mask rule alone would not: ``(right, wrong)``,
     right where the truth is empty."""
     out = {}
-    levels = list(np.round(oof.thresholds, 6))
     for name in post.gated:
         k, params = post.classes.index(name), post.params[name]
         area = class_table(oof, k)[0]
-        strong = area[:, levels.index(round(params.gate, 6))]
-        drawn = area[:, levels.index(round(params.threshold, 6))]
+        strong, drawn = area[:, oof.level(params.gate)], area[:, oof.level(params.threshold)]
         emptied = (strong < np.maximum(1.0, params.gate_area * oof.n_pixels)) & (drawn > 0)
         empty_truth = oof.truth_area[:, k] == 0
         out[name] = (int((emptied & empty_truth).sum()), int((emptied & ~empty_truth).sum()))

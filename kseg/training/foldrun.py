@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pandas as pd
+import torch
 
 from kseg import __version__
 from kseg.config import Config, save_resolved
@@ -98,10 +99,11 @@ class FoldRun:
         ``train.epochs`` changed gets its per-step schedule stretched to the new length from where it was."""
         cfg = self.cfg
         stretch = checkpoint["total_epochs"] != cfg.train.epochs and self.task.per_step
-        steps = steps_per_epoch(self.data, cfg.train.accumulate)
-        self.task.load_state_dict(
-            checkpoint, new_schedule=(lambda opt: build_scheduler(cfg.train, opt, steps)) if stretch else None
-        )
+
+        def new_schedule(optimizer: torch.optim.Optimizer) -> Any:
+            return build_scheduler(cfg.train, optimizer, steps_per_epoch(self.data, cfg.train.accumulate))
+
+        self.task.load_state_dict(checkpoint, new_schedule=new_schedule if stretch else None)
         if stretch:
             self.note(f"train.epochs {checkpoint['total_epochs']} -> {cfg.train.epochs}: schedule stretched")
         self.progress = RunProgress.from_checkpoint(checkpoint)
