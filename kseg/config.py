@@ -304,7 +304,8 @@ def save_resolved(cfg: Config, path: Path) -> Path:
     return path
 
 
-MODEL_KEYS = ("arch", "encoder_name", "in_channels")  # what a checkpoint's weights must agree with
+MODEL_KEYS = ("arch", "encoder_name", "in_channels", "presence_head")  # what a checkpoint's weights must agree with
+_MODEL_KEY_DEFAULTS = {"presence_head": False}  # keys added later: checkpoints from before read as the default
 
 
 def checkpoint_mismatch_of(
@@ -314,8 +315,9 @@ def checkpoint_mismatch_of(
     config = checkpoint.get("config") or {}
     saved = config.get("model") or {}
     for key in MODEL_KEYS:
-        if saved.get(key) != model[key]:
-            return f"was trained with model.{key}={saved.get(key)!r} but the config says {model[key]!r}"
+        trained = saved.get(key, _MODEL_KEY_DEFAULTS.get(key))
+        if trained != model[key]:
+            return f"was trained with model.{key}={trained!r} but the config says {model[key]!r}"
     if checkpoint.get("classes") != list(classes):
         return f"was trained on classes {checkpoint.get('classes')}, not {list(classes)}"
     trained = bool((config.get("data") or {}).get("multilabel", False))

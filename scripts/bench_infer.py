@@ -69,7 +69,7 @@ def throughput(n_images: int, device: torch.device) -> None:
         predictor = Predictor.from_config([model], cfg, device, tta=name)
         predictor.predict_batch(batch[:1])  # warm-up
         t0 = time.perf_counter()
-        ours = predictor.predict_batch(batch)
+        ours = predictor.predict_batch(batch)[0]
         sync(device)
         kseg_rate = n_images / (time.perf_counter() - t0)
         line = f"  TTA {name:5s} ({len(predictor.views)} views): kseg {kseg_rate:6.2f} images/s"

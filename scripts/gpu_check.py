@@ -398,7 +398,7 @@ def figure_tta(device: torch.device, s: Sizes) -> tuple[str, dict]:
     predictor.predict_batch(batch[:1])
     sync(device)
     t0 = time.perf_counter()
-    ours = predictor.predict_batch(batch)
+    ours = predictor.predict_batch(batch)[0]
     sync(device)
     rate = len(images) / (time.perf_counter() - t0)
     detail: dict[str, Any] = {"kseg": rate}

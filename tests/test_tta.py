@@ -36,7 +36,11 @@ class PositionalModel(nn.Module):
 
 
 def _forward(model):
-    return lambda batch: model(batch).softmax(1)[None]
+    def forward(batch):
+        probs = model(batch).softmax(1)[None]
+        return probs, probs.amax((3, 4))
+
+    return forward
 
 
 @pytest.mark.parametrize("shape", [(5, 5), (4, 7)])
@@ -57,7 +61,7 @@ def test_each_view_on_its_own_with_an_asymmetric_model(view, shape):
     model = PositionalModel()
     x = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        got = predict_views(_forward(model), x, [View(), view], chunk=64)
+        got = predict_views(_forward(model), x, [View(), view], chunk=64)[0]
         plain = model(x).softmax(1).numpy()
         seen = model(torch.from_numpy(numpy_view(x.numpy(), view))).softmax(1).numpy()
     expected = (plain + numpy_inverse(seen, view)) / 2
@@ -81,8 +85,8 @@ def test_mirrored_image_gets_exactly_the_mirrored_prediction(name, shape):
     model = smp.Unet("resnet18", encoder_weights=None, classes=4).eval()
     x = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        a = predict_views(_forward(model), x, views(name), chunk=16)
-        b = predict_views(_forward(model), x.flip(-1), views(name), chunk=16)
+        a = predict_views(_forward(model), x, views(name), chunk=16)[0]
+        b = predict_views(_forward(model), x.flip(-1), views(name), chunk=16)[0]
     assert torch.equal(b, a.flip(-1))  # bit for bit, not just close
     assert torch.equal(b.argmax(1), a.argmax(1).flip(-1))
 
@@ -96,9 +100,9 @@ def test_every_symmetry_of_the_view_set_commutes_bit_for_bit(name):
     model = smp.Unet("resnet18", encoder_weights=None, classes=3).eval()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
-        base = predict_views(_forward(model), x, views(name), chunk=16)
+        base = predict_views(_forward(model), x, views(name), chunk=16)[0]
         for h in views(name):
-            moved = predict_views(_forward(model), h.augment(x), views(name), chunk=16)
+            moved = predict_views(_forward(model), h.augment(x), views(name), chunk=16)[0]
             assert torch.equal(moved, h.augment(base)), h.name
 
 
@@ -131,7 +135,8 @@ def test_views_are_batched_into_few_forward_passes():
 
     def forward(batch):
         calls.append(tuple(batch.shape))
-        return batch[:, :2].softmax(1)[None]
+        probs = batch[:, :2].softmax(1)[None]
+        return probs, probs.amax((3, 4))
 
     predict_views(forward, torch.randn(2, 3, 8, 12), views("d4"), chunk=64)
     assert calls == [(8, 3, 8, 12), (8, 3, 12, 8)]  # 4 upright views, then the 4 turned ones
@@ -164,5 +169,5 @@ def test_same_as_ttach_mean_merge(name, transform, shape):
     x = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         theirs = wrapper(x)
-        ours = predict_views(_forward(model), x, views(name), chunk=64)
+        ours = predict_views(_forward(model), x, views(name), chunk=64)[0]
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)

@@ -26,7 +26,7 @@ from kseg.errors import KsegError
 from kseg.metrics.scores import class_scores
 from kseg.postprocess import OOFBuilder, TuneResult, tune_oof
 from kseg.prediction.ensemble import run_config
-from kseg.workspace.oof import read_oof
+from kseg.workspace.oof import read_oof, read_oof_presence
 from kseg.workspace.pins import pin_run
 from kseg.workspace.workdir import ID, WorkDir
 
@@ -48,6 +48,7 @@ class RunOOF:
     probs: dict[int, np.ndarray]  # fold -> (N_f, K, H, W) uint8
     masks: dict[int, np.ndarray]  # fold -> (N_f, H, W)
     ids: dict[int, list[str]]  # fold -> OOF row ids
+    presence: dict[int, np.ndarray | None] = field(default_factory=dict)  # fold -> (N_f, K) head scores, if any
 
 
 def open_run(path: Path) -> RunOOF:
@@ -70,16 +71,17 @@ def open_run(path: Path) -> RunOOF:
         folds = work.read_folds()
     except KsegError as exc:
         raise BlendError(f"{exc}") from None
-    probs, masks, ids = {}, {}, {}
+    probs, masks, ids, presence = {}, {}, {}, {}
     for f in sorted(folds["fold"].unique().tolist()):
         try:
             p, m, table = read_oof(work, f)
+            presence[f] = read_oof_presence(work, f, tuple(p.shape[:2]))
         except KsegError as exc:
             raise BlendError(
                 f"run {path}: {exc}; train the fold again with 'kseg train --fold {f}' (train.save_oof: true)"
             ) from None
         probs[f], masks[f], ids[f] = p, m, table[ID].astype(str).tolist()
-    return RunOOF(path, cfg, folds, probs, masks, ids)
+    return RunOOF(path, cfg, folds, probs, masks, ids, presence)
 
 
 def check_compatible(runs: list[RunOOF]) -> None:
@@ -221,17 +223,31 @@ def search_weights(
 
 
 def blended_statistics(runs: list[RunOOF], weights: np.ndarray) -> OOFBuilder:
-    """The blend's OOF statistics (what ``kseg tune`` reads for one run), from its weighted probabilities."""
+    """The blend's OOF statistics (what ``kseg tune`` reads for one run), from its weighted probabilities;
+    with presence scores when a run has a presence head (a run without one counts with its masks' maximum,
+    as ``BlendPredictor`` counts it)."""
     first = runs[0]
     builder = OOFBuilder(first.cfg.n_classes)
     w = torch.from_numpy(weights).float()
+    heads = any(s is not None for run in runs for s in run.presence.values())
     for f, fold_ids in first.ids.items():
         size = tuple(first.probs[f].shape[2:])
         for i, image_id in enumerate(fold_ids):
-            blended = torch.einsum("r,rkhw->khw", w, _image_probs(runs, f, i, size))
+            probs = _image_probs(runs, f, i, size)
+            blended = torch.einsum("r,rkhw->khw", w, probs)
             uint8 = (blended * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-            builder.add(image_id, f, uint8, np.asarray(first.masks[f][i]))
+            presence = None
+            if heads:
+                scores = [_presence(run, f, i, probs[r]) for r, run in enumerate(runs)]
+                presence = np.einsum("r,rk->k", weights.astype(np.float32), np.stack(scores))
+            builder.add(image_id, f, uint8, np.asarray(first.masks[f][i]), presence)
     return builder
+
+
+def _presence(run: RunOOF, fold: int, i: int, probs: torch.Tensor) -> np.ndarray:
+    """A run's presence scores of one OOF image: its head's, or its mask's highest probability per class."""
+    scores = run.presence.get(fold)
+    return scores[i] if scores is not None else probs.amax((1, 2)).numpy()
 
 
 @dataclass

@@ -17,6 +17,7 @@ from kseg.common import Progress
 from kseg.config import Config, DataConfig
 from kseg.data.images import load_image
 from kseg.data.reading import ID, MaskSpec, list_samples
+from kseg.errors import TuneError
 from kseg.io import atomic_write_text
 from kseg.metrics.scores import class_scores, row_dice, row_iou
 from kseg.plotting import NO_CLASS_COLOUR, class_colour, colorize, palette_rgb, pyplot, save_figure, to_uint8
@@ -31,7 +32,7 @@ from kseg.postprocess import (
     load,
     load_oof,
 )
-from kseg.workspace.oof import read_oof
+from kseg.workspace.oof import read_oof, read_oof_presence
 from kseg.workspace.workdir import WorkDir
 
 
@@ -69,6 +70,13 @@ def _row_counts(oof: OOFSet, post: PostProcess | None, classes: list[str]) -> tu
                 level = oof.level(params.threshold)
             if params.gate > 0:
                 emptied = area[:, oof.level(params.gate)] < np.maximum(1.0, params.gate_area * oof.n_pixels)
+            if params.presence > 0:
+                if oof.presence is None:
+                    raise TuneError(
+                        f"class {name}'s post-processing gates on presence scores, which this run's out-of-fold "
+                        "predictions lack (no model.presence_head); run 'kseg tune' again"
+                    )
+                emptied |= oof.presence[:, j] < params.presence
         emptied |= area[:, level] < min_area * oof.n_pixels
         pred[:, j] = np.where(emptied, 0, area[:, level])
         inter[:, j] = np.where(emptied, 0, hits[:, level])
@@ -208,10 +216,11 @@ def _plot_worst(
         oof_probs, oof_masks, table = read_oof(work, fold)
         i = int(np.flatnonzero(table[ID].to_numpy() == image_id)[0])
         probs, truth = oof_probs[i], oof_masks[i]
+        scores = read_oof_presence(work, fold, tuple(oof_probs.shape[:2]))
         image = load_image(samples.loc[image_id, "image"], channels)[..., :3]
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         image = to_uint8(image)
-        pred = apply(np.asarray(probs), post, data.multilabel)
+        pred = apply(np.asarray(probs), post, data.multilabel, None if scores is None else scores[i])
         truth = np.where(truth < spec.n_values, truth, 255).astype(np.uint8)
         for c, (picture, title) in enumerate(
             [

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from kseg.config import ModelConfig
 from kseg.errors import ModelError
 from kseg.models.weights import LoadReport, load_encoder, read_state_dict, weights_path
 from kseg.schema import is_weights_file
+
+HEADS = ("segmentation_head.", "classification_head.")  # re-initialised when a whole model's file does not fit
 
 
 @dataclass
@@ -83,14 +86,38 @@ def check_names(cfg: ModelConfig) -> type:
     return arch
 
 
+def presence_params(cfg: ModelConfig, arch: type, n_classes: int) -> dict[str, Any]:
+    """smp's ``aux_params`` of ``model.presence_head`` (a classification head on the pooled deepest encoder
+    features, one logit per class), or none without it.
+
+    Raises:
+        ModelError: The architecture takes no ``aux_params`` (an smp older or newer than kseg knows).
+    """
+    if not cfg.presence_head:
+        return {}
+    if "aux_params" not in inspect.signature(arch).parameters:
+        raise ModelError(
+            f"model.presence_head: smp.{arch.__name__} builds no classification head (it takes no aux_params); "
+            "choose another model.arch (Unet, FPN, DeepLabV3Plus, ...) or set model.presence_head: false"
+        )
+    if "aux_params" in cfg.params:
+        raise ModelError(
+            "model.params sets aux_params and model.presence_head adds them too; keep model.presence_head: true "
+            "and remove aux_params from model.params"
+        )
+    return {"aux_params": {"classes": n_classes, "dropout": 0.2}}
+
+
 def _create(cfg: ModelConfig, n_classes: int, weights: str | None, in_channels: int) -> nn.Module:
     arch = check_names(cfg)
+    head = presence_params(cfg, arch, n_classes)
     try:
         return arch(
             encoder_name=cfg.encoder_name,
             encoder_weights=weights,
             in_channels=in_channels,
             classes=n_classes,
+            **head,
             **cfg.params,
         )
     except KeyError as exc:
@@ -136,7 +163,7 @@ def load_local_weights(model_cfg: ModelConfig, n_classes: int, path: Path) -> tu
             model = _create(model_cfg, n_classes, None, model_cfg.in_channels)
             whole = model.state_dict()
         bad = [k for k in whole if k in full and full[k].shape != whole[k].shape]
-        head_only = bad and all(k.startswith("segmentation_head.") for k in bad)
+        head_only = bad and all(k.startswith(HEADS) for k in bad)
         if bad and not head_only:
             raise ModelError(
                 f"model weights {path} do not fit {model_cfg.arch}/{model_cfg.encoder_name}: {len(bad)} tensor(s) "
@@ -144,14 +171,16 @@ def load_local_weights(model_cfg: ModelConfig, n_classes: int, path: Path) -> tu
                 f"{tuple(whole[bad[0]].shape)}); check model.arch, model.encoder_name and model.in_channels"
             )
         missing = [k for k in whole if k not in full and not k.endswith("num_batches_tracked")]
-        if missing and not head_only:
+        if missing and all(k.startswith(HEADS) for k in missing):  # a presence head the file lacks: left new
+            head_only = True
+        elif missing and not head_only:
             raise ModelError(
                 f"model weights {path} lack {len(missing)} tensor(s) of {model_cfg.arch}/{model_cfg.encoder_name} "
                 f"(e.g. {missing[0]}); check model.arch and model.encoder_name"
             )
         keep = {k: v for k, v in full.items() if k in whole and k not in bad}
         model.load_state_dict(keep, strict=False)
-        note = " (segmentation head re-initialised: other class count)" if head_only else ""
+        note = " (heads the file lacks or shapes differently re-initialised)" if head_only else ""
         return model, WeightsSource(f"whole model from {path}{note}")
     encoder: Any = model.encoder  # smp's encoder module (untyped)
     report = load_encoder(encoder, model_cfg.encoder_name, path, state)

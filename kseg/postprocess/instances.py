@@ -72,11 +72,11 @@ def instance_grids(
     levels = np.minimum(np.ceil(thresholds * 255 - 1e-6).astype(int), 255)
     per_class: dict[int, list[np.ndarray]] = {k: [] for k in run.scored_classes}
     resolution, ids, folds = [0, 0], [], []
-    for image_id, fold, probs, truth in read_oof_images(run.workdir, run.n_classes, on_progress):
+    for image_id, fold, probs, truth, presence in read_oof_images(run.workdir, run.n_classes, on_progress):
         probs, truth = np.asarray(probs).astype(np.int16), np.asarray(truth)
         resolution = [int(probs.shape[1]), int(probs.shape[2])]
         if pixels is not None:
-            pixels.add(image_id, fold, probs.astype(np.uint8), truth)
+            pixels.add(image_id, fold, probs.astype(np.uint8), truth, presence)
         ids.append(image_id)
         folds.append(fold)
         for k in per_class:

@@ -15,7 +15,7 @@ from kseg.config import Config
 from kseg.data.reading import ID
 from kseg.errors import KsegError, TuneError
 from kseg.postprocess.params import threshold_grid
-from kseg.workspace.oof import read_oof
+from kseg.workspace.oof import read_oof, read_oof_presence
 from kseg.workspace.workdir import WorkDir
 
 
@@ -48,6 +48,8 @@ class OOFSet:
         n_pixels: Scored pixels per image.
         confusion: ``(K, K)`` truth x argmax pixel counts over all images (multilabel: pixels holding true
             class t and predicted class p at 0.5).
+        presence: ``(N, K)`` float32 presence head scores (``model.presence_head``), or ``None`` when an
+            image has none (a run without the head: its gates are drawn from the masks).
     """
 
     ids: list[str]
@@ -58,6 +60,7 @@ class OOFSet:
     confusion: np.ndarray
     resolution: tuple[int, int]
     multilabel: bool = False
+    presence: np.ndarray | None = None
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -87,11 +90,16 @@ class OOFBuilder:
         self.pixels: list[int] = []
         self.confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
         self.resolution = (0, 0)
+        self.presence: list[np.ndarray | None] = []
 
-    def add(self, image_id: str, fold: int, probs: np.ndarray, truth: np.ndarray) -> None:
-        """One image: ``probs`` ``(K, H, W)`` uint8, ``truth`` ``(H, W)`` (values >= K are not scored)."""
+    def add(
+        self, image_id: str, fold: int, probs: np.ndarray, truth: np.ndarray, presence: np.ndarray | None = None
+    ) -> None:
+        """One image: ``probs`` ``(K, H, W)`` uint8, ``truth`` ``(H, W)`` (values >= K are not scored),
+        ``presence`` ``(K,)`` its presence head's scores, if any."""
         self.ids.append(image_id)
         self.folds.append(fold)
+        self.presence.append(None if presence is None else np.asarray(presence, dtype=np.float32))
         self.resolution = (int(probs.shape[1]), int(probs.shape[2]))
         if self.multilabel:
             self._add_planes(np.asarray(probs), np.asarray(truth))
@@ -126,6 +134,8 @@ class OOFBuilder:
         self.confusion += hit.astype(np.int64) @ predicted.T.astype(np.int64)
 
     def build(self) -> OOFSet:
+        """The statistics; presence scores only when every image has them (every fold's model a head)."""
+        whole = bool(self.presence) and all(p is not None for p in self.presence)
         return OOFSet(
             self.ids,
             np.array(self.folds),
@@ -135,13 +145,15 @@ class OOFBuilder:
             self.confusion,
             self.resolution,
             self.multilabel,
+            np.stack(self.presence) if whole else None,  # type: ignore[arg-type]
         )
 
 
 def read_oof_images(
     workdir: Path, n_classes: int, on_progress: Progress | None = None
-) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-    """Every fold's OOF images: ``(id, fold, probabilities (K, H, W) uint8, true labels (H, W))``.
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Every fold's OOF images: ``(id, fold, probabilities (K, H, W) uint8, true labels (H, W), presence
+    scores (K,) or None)``.
 
     Raises:
         TuneError: No fold has OOF files, or a fold's cannot be read or has other classes.
@@ -151,10 +163,11 @@ def read_oof_images(
     if not folds:
         raise TuneError(f"no out-of-fold predictions in {workdir} (fold*/oof.npy); run 'kseg train' first")
     k = n_classes
-    tables = {}
+    tables, presence = {}, {}
     for f in folds:
         try:
             tables[f] = read_oof(work, f)
+            presence[f] = read_oof_presence(work, f, tuple(tables[f][0].shape[:2]))
         except KsegError as exc:
             raise TuneError(f"{exc}; train the fold again with 'kseg train --fold {f}'") from None
     total = sum(len(table) for _, _, table in tables.values())
@@ -171,8 +184,9 @@ def read_oof_images(
     for f, (probs, masks, table) in tables.items():
         if probs.shape[1] != k:
             raise TuneError(f"fold {f}'s OOF has {probs.shape[1]} classes but the config has {k}; train it again")
+        scores = presence[f]
         for i in range(len(table)):
-            yield table[ID].iloc[i], f, probs[i], masks[i]
+            yield table[ID].iloc[i], f, probs[i], masks[i], None if scores is None else scores[i]
             done += 1
             if on_progress:
                 on_progress(done, total)
@@ -181,8 +195,8 @@ def read_oof_images(
 def load_oof(workdir: Path, n_classes: int, multilabel: bool, on_progress: Progress | None = None) -> OOFSet:
     """Read every fold's OOF files once into compact per-image statistics."""
     builder = OOFBuilder(n_classes, multilabel)
-    for image_id, fold, probs, truth in read_oof_images(workdir, n_classes, on_progress):
-        builder.add(image_id, fold, probs, truth)
+    for image_id, fold, probs, truth, presence in read_oof_images(workdir, n_classes, on_progress):
+        builder.add(image_id, fold, probs, truth, presence)
     return builder.build()
 
 

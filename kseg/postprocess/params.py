@@ -23,20 +23,40 @@ AREA_FRACTIONS = np.concatenate([[0.0], np.geomspace(1e-5, 0.05, 24)])
 NO_CLASS = 255
 
 
+PRESENCE_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)  # the presence head's gates searched
+
+
 @dataclass
 class ClassParams:
-    """Post-processing of one class: the mask rule (``threshold``, ``min_area``) and, when ``gate`` > 0, the
-    presence gate in front of it (the "triplet" of Kaggle write-ups): an image keeps the class only if at
-    least ``gate_area`` of its pixels, and at least one, reach ``gate``; its mask is then drawn at
-    ``threshold``. Files written before the gate existed read as no gate."""
+    """Post-processing of one class: the mask rule (``threshold``, ``min_area``) and, in front of it, at
+    most one of two presence gates:
+
+    - ``gate`` > 0, drawn from the mask (the "triplet" of Kaggle write-ups): an image keeps the class only
+      if at least ``gate_area`` of its pixels, and at least one, reach ``gate``; its mask is then drawn at
+      ``threshold``;
+    - ``presence`` > 0, the presence head's (``model.presence_head``): an image keeps the class only if its
+      presence score reaches ``presence``.
+
+    Files written before the gates existed read as no gate."""
 
     threshold: float = 0.0
     min_area: float = 0.0  # share of the image's pixels
-    gate: float = 0.0  # presence threshold (0: no gate)
+    gate: float = 0.0  # mask gate: probability threshold (0: no gate)
     gate_area: float = 0.0  # share of the image's pixels that must reach the gate
+    presence: float = 0.0  # head gate: presence score threshold (0: no gate)
 
-    def gated_out(self, strong_pixels: int, n_pixels: int) -> bool:
-        """Whether the gate empties the row: ``strong_pixels`` of the image's ``n_pixels`` reach ``gate``."""
+    def gated_out(self, strong_pixels: int, n_pixels: int, presence: float | None = None) -> bool:
+        """Whether a gate empties the row: ``strong_pixels`` of the image's ``n_pixels`` reach ``gate``;
+        ``presence`` is the image's presence score of the class (needed when the head gate is set)."""
+        if self.presence > 0:
+            if presence is None:
+                raise TuneError(
+                    f"the post-processing gates on a presence score of {self.presence:g} but the prediction has "
+                    "none (its models have no presence head); predict with the run it was tuned on, or run "
+                    "'kseg tune' again"
+                )
+            if presence < self.presence:
+                return True
         return self.gate > 0 and strong_pixels < max(1.0, self.gate_area * n_pixels)
 
 
@@ -69,20 +89,37 @@ class PostProcess:
     @property
     def identity(self) -> bool:
         plain = (0.0, LABEL_THRESHOLD) if self.multilabel else (0.0,)
-        return all(p.threshold in plain and p.min_area == 0 and p.gate == 0 for p in self.params.values())
+        return all(
+            p.threshold in plain and p.min_area == 0 and p.gate == 0 and p.presence == 0 for p in self.params.values()
+        )
 
     @property
     def gated(self) -> list[str]:
-        """The classes with a presence gate."""
-        return [name for name, p in self.params.items() if p.gate > 0]
+        """The classes with a presence gate (from the mask, or the presence head)."""
+        return [name for name, p in self.params.items() if p.gate > 0 or p.presence > 0]
+
+    @property
+    def needs_presence(self) -> bool:
+        """Whether a class is gated on the presence head's score (predictions must carry it)."""
+        return any(p.presence > 0 for p in self.params.values())
 
 
-def apply(probs: torch.Tensor | np.ndarray, post: PostProcess | None, multilabel: bool = False) -> np.ndarray:
+def _score_of(presence: torch.Tensor | np.ndarray | None, k: int) -> float | None:
+    return None if presence is None else float(presence[k])
+
+
+def apply(
+    probs: torch.Tensor | np.ndarray,
+    post: PostProcess | None,
+    multilabel: bool = False,
+    presence: torch.Tensor | np.ndarray | None = None,
+) -> np.ndarray:
     """Labels from probabilities with the post-processing applied (argmax when ``post`` is None).
 
     Shape:
-        probs ``(K, H, W)`` (float 0-1, or uint8 0-255); returns ``(H, W)`` uint8, 255 = no class
-        (``multilabel``: class bitmasks, 0 = no class).
+        probs ``(K, H, W)`` (float 0-1, or uint8 0-255), presence ``(K,)`` the image's presence scores
+        (needed by head gates); returns ``(H, W)`` uint8, 255 = no class (``multilabel``: class bitmasks,
+        0 = no class).
     """
     import torch
 
@@ -90,7 +127,7 @@ def apply(probs: torch.Tensor | np.ndarray, post: PostProcess | None, multilabel
     if p.dtype == torch.uint8:
         p = p.float() / 255
     if multilabel:
-        return _apply_multilabel(p, post)
+        return _apply_multilabel(p, post, presence)
     labels = p.argmax(0).to(torch.uint8)
     if post is None:
         return labels.numpy()
@@ -100,7 +137,8 @@ def apply(probs: torch.Tensor | np.ndarray, post: PostProcess | None, multilabel
         if params is None:
             continue
         mine = labels == k
-        if params.gate > 0 and params.gated_out(int((mine & (p[k] >= params.gate - 1e-6)).sum()), height * width):
+        strong = int((mine & (p[k] >= params.gate - 1e-6)).sum()) if params.gate > 0 else 0
+        if params.gated_out(strong, height * width, _score_of(presence, k)):
             labels[mine] = NO_CLASS
             continue
         if params.threshold > 0:
@@ -112,13 +150,16 @@ def apply(probs: torch.Tensor | np.ndarray, post: PostProcess | None, multilabel
     return labels.numpy()
 
 
-def _apply_multilabel(p: torch.Tensor, post: PostProcess | None) -> np.ndarray:
+def _apply_multilabel(
+    p: torch.Tensor, post: PostProcess | None, presence: torch.Tensor | np.ndarray | None
+) -> np.ndarray:
     height, width = p.shape[1:]
     planes = np.zeros(p.shape, dtype=bool)
     for k in range(len(p)):
         params = post.params.get(post.classes[k]) if post is not None else None
         threshold = params.threshold if params is not None and params.threshold > 0 else LABEL_THRESHOLD
-        if params is not None and params.gated_out(int((p[k] >= params.gate - 1e-6).sum()), height * width):
+        strong = int((p[k] >= params.gate - 1e-6).sum()) if params is not None and params.gate > 0 else 0
+        if params is not None and params.gated_out(strong, height * width, _score_of(presence, k)):
             continue  # the class's plane stays empty
         planes[k] = (p[k] >= threshold - 1e-6).numpy()
         if params is not None and params.min_area > 0 and planes[k].sum() < params.min_area * height * width:

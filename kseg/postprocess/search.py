@@ -1,5 +1,6 @@
-"""The post-processing search: each scored class's (threshold, min area) that maximises the OOF metric,
-exhaustively over a grid that includes the identity, with the gain checked on held-out halves."""
+"""The post-processing search: each scored class's rule that maximises the OOF metric, exhaustively over
+grids that include the identity: (threshold, min area), a mask gate in front of a threshold, or the
+presence head's gate in front of a (threshold, min area); the gain is checked on held-out halves."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from kseg.metrics.scores import class_scores
 from kseg.postprocess.oof import OOFSet, class_table
-from kseg.postprocess.params import AREA_FRACTIONS, ClassParams, PostProcess
+from kseg.postprocess.params import AREA_FRACTIONS, PRESENCE_THRESHOLDS, ClassParams, PostProcess
 
 
 def _score_grid(
@@ -31,20 +32,27 @@ def _score_grid(
 
 GridFn = Callable[[int, np.ndarray], np.ndarray]  # (class, image rows) -> (T, A) scores of that class
 GateFn = Callable[[int, np.ndarray], np.ndarray]  # (class, image rows) -> (P, A) scores of the gated rules
-Choice = tuple[int, ...]  # (threshold, min area) grid indices, or (gate pair, gate area) with a gate
+HeadFn = Callable[[int, np.ndarray], np.ndarray]  # (class, image rows) -> (Q, T, A) scores of the head gates
+# A rule's grid indices: (threshold, min area); (-1, gate pair, gate area) with a mask gate; (-2, presence
+# threshold, threshold, min area) with the presence head's gate.
+Choice = tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Grids:
     """A class's scores over the rules searched: ``pairs`` (threshold x min area) and, where gates are
-    searched, ``gates`` (the pairs (gate, mask threshold) of ``gate_pairs`` x gate area)."""
+    searched, ``gates`` (the pairs (gate, mask threshold) of ``gate_pairs`` x gate area) and, where the
+    OOF predictions have presence scores, ``heads`` (``PRESENCE_THRESHOLDS`` x threshold x min area)."""
 
     pairs: GridFn
     gates: GateFn | None = None
+    heads: HeadFn | None = None
 
     def value(self, k: int, rows: np.ndarray, choice: Choice) -> float:
-        grid = self.pairs(k, rows) if len(choice) == 2 else self.gates(k, rows)  # type: ignore[misc]
-        return float(grid[choice[-2:]])
+        if len(choice) == 2:
+            return float(self.pairs(k, rows)[choice])
+        grid = self.gates(k, rows) if len(choice) == 3 else self.heads(k, rows)  # type: ignore[misc]
+        return float(grid[choice[1:]])
 
 
 # A gate is a third parameter: it must beat the best threshold and minimum area by half a row's score at
@@ -58,7 +66,8 @@ def _search(
     grids: Grids, classes: list[int], identity: tuple[int, int], rows: np.ndarray
 ) -> tuple[dict[int, Choice], dict[int, float], dict[int, float]]:
     """Each class's best rule on the chosen images: its best (threshold, min area) pair, or a gated rule
-    when one scores higher by ``GATE_MARGIN`` rows; ties keep the identity.
+    (a mask gate, then a head gate) when one scores higher than the rule so far by ``GATE_MARGIN`` rows;
+    ties keep the identity.
 
     Returns:
         ``(choice, score before, score after)`` per class: each class's share of the metric.
@@ -70,11 +79,13 @@ def _search(
         t, a = np.unravel_index(np.argmax(grid), grid.shape)
         best: Choice = (int(t), int(a)) if grid[t, a] > grid[identity] else identity
         score = float(grid[best])
-        if grids.gates is not None:
-            gated = grids.gates(k, rows)
-            g, ga = np.unravel_index(np.argmax(gated), gated.shape)
-            if gated[g, ga] > score + GATE_MARGIN / len(rows):
-                best, score = (-1, int(g), int(ga)), float(gated[g, ga])
+        for tag, family in ((-1, grids.gates), (-2, grids.heads)):
+            if family is None:
+                continue
+            gated = family(k, rows)
+            top = np.unravel_index(np.argmax(gated), gated.shape)
+            if gated[top] > score + GATE_MARGIN / len(rows):
+                best, score = (tag, *(int(i) for i in top)), float(gated[top])
         choice[k], before[k], after[k] = best, float(grid[identity]), score
     return choice, before, after
 
@@ -91,7 +102,8 @@ def gate_pairs(thresholds: np.ndarray) -> np.ndarray:
 
 def pixel_grids(oof: OOFSet, metric: str, gates: bool = True) -> Grids:
     """Each class's metric for every (threshold, min area) pair and, with ``gates``, every gated rule
-    (gate, gate area, mask threshold), from the OOF histograms."""
+    (gate, gate area, mask threshold) from the OOF histograms and, where the OOF predictions have presence
+    scores, every head gate (presence threshold, threshold, min area)."""
     pairs = gate_pairs(oof.thresholds)
     tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the search asks for each class's many times
 
@@ -111,7 +123,19 @@ def pixel_grids(oof: OOFSet, metric: str, gates: bool = True) -> Grids:
         i = np.where(kept, inter[rows][:, pairs[:, 1], None], 0)
         return class_scores(i, a, np.broadcast_to(oof.truth_area[rows, k][:, None, None], a.shape), metric)
 
-    return Grids(grid_for, gates_for if gates else None)
+    def heads_for(k: int, rows: np.ndarray) -> np.ndarray:
+        area, inter = table(k)
+        assert oof.presence is not None
+        score = oof.presence[rows, k]
+        truth, n_pixels = oof.truth_area[rows, k], oof.n_pixels[rows]
+        grid = []
+        for q in PRESENCE_THRESHOLDS:  # an image below the presence threshold predicts nothing
+            kept = (score >= q)[:, None]
+            grid.append(_score_grid(area[rows] * kept, inter[rows] * kept, truth, n_pixels, metric))
+        return np.stack(grid)
+
+    heads = gates and oof.presence is not None
+    return Grids(grid_for, gates_for if gates else None, heads_for if heads else None)
 
 
 def gate_keeps(strong: np.ndarray, n_pixels: np.ndarray) -> np.ndarray:
@@ -162,8 +186,14 @@ def gate_rows(oof: OOFSet, post: PostProcess) -> dict[str, tuple[int, int]]:
     for name in post.gated:
         k, params = post.classes.index(name), post.params[name]
         area = class_table(oof, k)[0]
-        strong, drawn = area[:, oof.level(params.gate)], area[:, oof.level(params.threshold)]
-        emptied = (strong < np.maximum(1.0, params.gate_area * oof.n_pixels)) & (drawn > 0)
+        drawn = area[:, oof.level(params.threshold)]
+        drawn = np.where(drawn >= params.min_area * oof.n_pixels, drawn, 0)  # what the mask rule keeps
+        if params.presence > 0:
+            assert oof.presence is not None  # a head gate is only chosen on presence scores
+            emptied = (oof.presence[:, k] < params.presence) & (drawn > 0)
+        else:
+            strong = area[:, oof.level(params.gate)]
+            emptied = (strong < np.maximum(1.0, params.gate_area * oof.n_pixels)) & (drawn > 0)
         empty_truth = oof.truth_area[:, k] == 0
         out[name] = (int((emptied & empty_truth).sum()), int((emptied & ~empty_truth).sum()))
     return out
@@ -184,6 +214,12 @@ class SearchSpace:
         """The parameters a grid choice stands for."""
         if len(choice) == 2:
             return ClassParams(float(self.thresholds[choice[0]]), float(AREA_FRACTIONS[choice[1]]))
+        if len(choice) == 4:
+            return ClassParams(
+                float(self.thresholds[choice[2]]),
+                float(AREA_FRACTIONS[choice[3]]),
+                presence=float(PRESENCE_THRESHOLDS[choice[1]]),
+            )
         g, t = gate_pairs(self.thresholds)[choice[1]]
         return ClassParams(
             float(self.thresholds[t]), 0.0, gate=float(self.thresholds[g]), gate_area=float(AREA_FRACTIONS[choice[2]])

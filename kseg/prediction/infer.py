@@ -1,6 +1,7 @@
 """Streaming inference: images flow loader -> model -> merge -> writer in batches, so memory does not grow
 with the number of images. Each image leaves ``<id>.png`` (class indices) and, on request,
-``<id>.probs.npy`` (uint8 probabilities), ``<id>_color.png`` (palette colours) and ``<id>_overlay.png``
+``<id>.probs.npy`` (uint8 probabilities; with a presence head ``<id>.presence.npy``, its ``(K,)``
+float32 scores), ``<id>_color.png`` (palette colours) and ``<id>_overlay.png``
 (image | blend); the folder gets ``predictions.csv`` and ``inference.json`` (how it was made).
 """
 
@@ -105,14 +106,17 @@ def _write_outputs(
     image_id: str,
     image: np.ndarray,
     labels: np.ndarray,
-    probs: np.ndarray | None,
+    probs: tuple[np.ndarray, np.ndarray | None] | None,
     palette: np.ndarray,
     options: OutputOptions,
 ) -> None:
     _save_png(prediction_file(out, image_id), labels)
     if probs is not None:
         with atomic_open(prediction_file(out, image_id, "probs"), "wb") as handle:
-            np.save(handle, probs)
+            np.save(handle, probs[0])
+        if probs[1] is not None:
+            with atomic_open(prediction_file(out, image_id, "presence"), "wb") as handle:
+                np.save(handle, probs[1])
     if options.color or options.overlay:
         colored = colorize(labels, palette)
         if options.color:
@@ -180,6 +184,12 @@ def run_inference(
     outputs = outputs or OutputOptions()
     post = ensemble.post if postprocess else None
     predictor = _predictor(ensemble, tta)
+    if post is not None and post.needs_presence and not predictor.has_presence:
+        raise InferError(
+            f"the post-processing of {ensemble.source} gates classes {', '.join(post.gated)} on the presence head's "
+            "score, which these models do not have (trained without model.presence_head); run 'kseg tune' on "
+            "this run again, or predict with --no-postprocess"
+        )
     out = Path(out)
     check_output_folder(out)
     remove_stale(out.parent, target=out.name)  # what a killed run of this output left next to it
@@ -272,10 +282,13 @@ def _predict_into(
     with ThreadPoolExecutor(max_workers=2) as writer:
         for batch in stream.batches:
             good = _readable(batch, stream.on_error, skipped)
-            predicted = predictor.predict([im for _, im in good]) if good else iter(())
-            for (image_id, image), probs in zip(good, predicted, strict=True):
-                labels = apply(probs, post, stream.multilabel)
-                stored = (probs * 255).round().to(torch.uint8).numpy() if outputs.probs else None
+            predicted = predictor.predict_scored([im for _, im in good]) if good else iter(())
+            for (image_id, image), (probs, presence) in zip(good, predicted, strict=True):
+                labels = apply(probs, post, stream.multilabel, presence)
+                stored = None
+                if outputs.probs:
+                    scores = presence.numpy() if predictor.has_presence else None
+                    stored = ((probs * 255).round().to(torch.uint8).numpy(), scores)
                 args = (folder, image_id, image, labels, stored, palette, outputs)
                 pending.append(writer.submit(_write_outputs, *args))
                 written.append((image_id, *labels.shape))

@@ -1,7 +1,10 @@
 """One image -> class probabilities: a model ensemble merged over TTA views, at the image's own size.
 
 Probabilities are a softmax over classes, or with ``data.multilabel`` one sigmoid per class; either way
-views, scales, windows and models are averaged in probability space.
+views, scales, windows and models are averaged in probability space. Each image also gets a presence score
+per class: a model's presence head's sigmoid (``model.presence_head``), or without a head its mask's
+highest probability of the class; merged like the probabilities, and the highest of the windows in tile
+mode.
 
 ``mode: resize`` predicts at ``image_size`` and resizes the probabilities (not the labels) back to the
 image. ``mode: tile`` runs sliding windows of ``image_size`` over the image at its own resolution, with
@@ -22,6 +25,7 @@ from torch import nn
 
 from kseg.config import Config
 from kseg.data.images import channel_stats, normalize, rescale
+from kseg.models.heads import has_presence_head, split_output
 from kseg.prediction.tta import predict_views, views
 from kseg.runtime import autocast
 
@@ -154,37 +158,56 @@ class Predictor:
     ) -> Predictor:
         return cls(models, PredictOptions.from_config(cfg), device, amp, tta, model_weights)
 
+    @property
+    def has_presence(self) -> bool:
+        """Whether a model has a presence head (``model.presence_head``), so that presence scores mean more
+        than the mask's maximum."""
+        return any(has_presence_head(model) for model in self.models)
+
     @torch.inference_mode()
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Shape: ``(B, C, h, w)`` -> per-model probabilities ``(M, B, K, h, w)``."""
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-model probabilities and presence scores: a model's presence head's sigmoid, or without a head
+        its mask's highest probability of each class.
+
+        Shape:
+            ``(B, C, h, w)`` -> ``((M, B, K, h, w), (M, B, K))``.
+        """
         batch = batch.to(self.device, non_blocking=True)
         if self.options.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
+        probs, presence = [], []
         with autocast(self.device, self.amp):
-            if self.options.multilabel:
-                return torch.stack([model(batch).float().sigmoid() for model in self.models])
-            return torch.stack([model(batch).float().softmax(1) for model in self.models])
+            for model in self.models:
+                logits, head = split_output(model(batch))
+                p = logits.float().sigmoid() if self.options.multilabel else logits.float().softmax(1)
+                probs.append(p)
+                presence.append(head.float().sigmoid() if head is not None else p.amax((2, 3)))
+        return torch.stack(probs), torch.stack(presence)
 
     @torch.inference_mode()
-    def predict_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Merged probabilities of a normalised batch at its own size.
+    def predict_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merged probabilities and presence scores of a normalised batch at its own size.
 
         Shape:
-            ``(N, C, H, W)`` -> ``(N, K, H, W)`` float32 (on the CPU).
+            ``(N, C, H, W)`` -> ``((N, K, H, W), (N, K))`` float32 (on the CPU).
         """
-        merged = []
+        merged, presence = [], []
         height, width = batch.shape[-2:]
         for scale in self.options.tta_scales:
             scaled = batch
             if scale != 1.0:
                 size = (_round32(height * scale), _round32(width * scale))
                 scaled = nn.functional.interpolate(batch, size=size, mode="bilinear", align_corners=False)
-            probs = predict_views(self._forward, scaled, self.views, self.batch, self.options.merge, self.model_weights)
+            probs, present = predict_views(
+                self._forward, scaled, self.views, self.batch, self.options.merge, self.model_weights
+            )
             if scale != 1.0:
                 probs = nn.functional.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
             merged.append(probs)
-        out = merged[0] if len(merged) == 1 else torch.stack(merged).mean(0)
-        return out.cpu()
+            presence.append(present)
+        if len(merged) == 1:
+            return merged[0].cpu(), presence[0].cpu()
+        return torch.stack(merged).mean(0).cpu(), torch.stack(presence).mean(0).cpu()
 
     def predict(self, images: list[np.ndarray]) -> Iterator[torch.Tensor]:
         """Yield each image's probabilities at its own size.
@@ -192,13 +215,24 @@ class Predictor:
         Shape:
             images ``(H, W, C)``; yields ``(K, H, W)`` float32 on the CPU.
         """
+        for probs, _ in self.predict_scored(images):
+            yield probs
+
+    def predict_scored(self, images: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield each image's probabilities at its own size and its presence scores (merged over views,
+        scales and models like the probabilities; in tile mode the highest of its windows').
+
+        Shape:
+            images ``(H, W, C)``; yields ``((K, H, W), (K,))`` float32 on the CPU.
+        """
         if self.options.mode == "tile":
             for image in images:
                 yield self._tiled(image)
             return
         batch = torch.stack([self._prepare(im) for im in images])
-        for image, p in zip(images, self.predict_batch(batch), strict=True):
-            yield self._resize_back(p, image.shape[:2])
+        probs, presence = self.predict_batch(batch)
+        for image, p, present in zip(images, probs, presence, strict=True):
+            yield self._resize_back(p, image.shape[:2]), present
 
     def _stats(self, image: np.ndarray) -> tuple[list[float], list[float]]:
         if self.options.per_image:
@@ -221,14 +255,14 @@ class Predictor:
             probs = nn.functional.interpolate(probs[None], size=shape, mode="bilinear", align_corners=False)[0]
         return probs
 
-    def _tiled(self, image: np.ndarray) -> torch.Tensor:
+    def _tiled(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         scale = self.options.scale
         if scale != 1.0:  # predict at the training scale, then back to the image's own size
-            probs = self._tiled_native(rescale(image, scale))
-            return self._resize_back(probs, image.shape[:2])
+            probs, presence = self._tiled_native(rescale(image, scale))
+            return self._resize_back(probs, image.shape[:2]), presence
         return self._tiled_native(image)
 
-    def _tiled_native(self, image: np.ndarray) -> torch.Tensor:
+    def _tiled_native(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         tile_h, tile_w = self.size
         height, width = image.shape[:2]
         pad_h, pad_w = max(0, tile_h - height), max(0, tile_w - width)
@@ -244,19 +278,22 @@ class Predictor:
             (y, x) for y in window_origins(full_h, tile_h, overlap) for x in window_origins(full_w, tile_w, overlap)
         ]
         total = None
+        presence: torch.Tensor | None = None
         norm = torch.zeros(full_h, full_w)
         step = max(1, self.batch // max(1, len(self.views)))
         for first in range(0, len(origins), step):
             part = origins[first : first + step]
             batch = torch.stack([tensor[:, y : y + tile_h, x : x + tile_w] for y, x in part])
-            probs = self.predict_batch(batch)
+            probs, present = self.predict_batch(batch)
             if total is None:
                 total = torch.zeros(probs.shape[1], full_h, full_w)
+            top = present.amax(0)  # a class is in the image when it is in one of its windows
+            presence = top if presence is None else torch.maximum(presence, top)
             for (y, x), p in zip(part, probs, strict=True):
                 total[:, y : y + tile_h, x : x + tile_w] += p * weights
                 norm[y : y + tile_h, x : x + tile_w] += weights
-        assert total is not None  # there is always at least one window
-        return (total / norm)[:, :height, :width].contiguous()
+        assert total is not None and presence is not None  # there is always at least one window
+        return (total / norm)[:, :height, :width].contiguous(), presence
 
 
 class BlendPredictor:
@@ -274,13 +311,25 @@ class BlendPredictor:
         self.device, self.views, self.batch = first.device, first.views, first.batch
         self.models = [m for p, _ in self.members for m in p.models]
 
+    @property
+    def has_presence(self) -> bool:
+        """Whether a member has a presence head (those without one count with their masks' maximum)."""
+        return any(p.has_presence for p, _ in self.members)
+
     def predict(self, images: list[np.ndarray]) -> Iterator[torch.Tensor]:
         """Yield each image's blended probabilities at its own size. Shape: as ``Predictor.predict``."""
-        total: list[torch.Tensor] = []
+        for probs, _ in self.predict_scored(images):
+            yield probs
+
+    def predict_scored(self, images: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield each image's blended probabilities and presence scores. Shape: as ``Predictor.predict_scored``."""
+        total: list[list[torch.Tensor]] = []
         for predictor, weight in self.members:
-            for i, probs in enumerate(predictor.predict(images)):
+            for i, (probs, presence) in enumerate(predictor.predict_scored(images)):
                 if i == len(total):
-                    total.append(probs * weight)
+                    total.append([probs * weight, presence * weight])
                 else:
-                    total[i] += probs * weight
-        yield from total
+                    total[i][0] += probs * weight
+                    total[i][1] += presence * weight
+        for probs, presence in total:
+            yield probs, presence

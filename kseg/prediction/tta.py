@@ -110,7 +110,8 @@ def merge_views(per_view: dict[View, torch.Tensor], model_weights: list[float] |
     """Merge per-view, per-model probabilities into one prediction.
 
     Shape:
-        per_view values ``(M, N, K, H, W)`` probabilities; returns ``(N, K, H, W)``.
+        per_view values ``(M, N, K, ...)`` probabilities (``(M, N, K)`` presence scores too); returns
+        ``(N, K, ...)``.
     """
     n_models = next(iter(per_view.values())).shape[0]
     weights = torch.tensor(model_weights if model_weights is not None else [1.0] * n_models, dtype=torch.float32)
@@ -128,33 +129,38 @@ def merge_views(per_view: dict[View, torch.Tensor], model_weights: list[float] |
 
 
 def predict_views(
-    forward: Callable[[torch.Tensor], torch.Tensor],
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     batch: torch.Tensor,
     view_list: list[View],
     chunk: int,
     merge: str = "mean",
     model_weights: list[float] | None = None,
-) -> torch.Tensor:
-    """Class probabilities of a batch merged over views (and models).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and presence scores of a batch merged over views (and models).
 
     Args:
-        forward: Maps an input batch to per-model probabilities ``(M, B, K, h, w)``.
+        forward: Maps an input batch to per-model probabilities ``(M, B, K, h, w)`` and presence scores
+            ``(M, B, K)``.
         batch: Input images ``(N, C, H, W)``.
         view_list: The views.
         chunk: Most images (views count as images) per forward pass.
-        merge: ``mean`` or ``gmean``.
+        merge: ``mean`` or ``gmean`` (of the probabilities; presence scores are always averaged).
         model_weights: One weight per model (default: equal).
 
     Shape:
-        Returns ``(N, K, H, W)`` float32.
+        Returns ``((N, K, H, W), (N, K))`` float32.
     """
     per_view: dict[View, torch.Tensor] = {}
+    presence: dict[View, torch.Tensor] = {}
     for transposed in (False, True):
         group = [v for v in view_list if v.transposes == transposed]
         if not group:
             continue
         stacked = torch.cat([v.augment(batch) for v in group])  # (len(group) * N, C, h, w)
-        outputs = torch.cat([forward(part) for part in stacked.split(chunk)], dim=1)  # (M, V*N, K, h, w)
+        parts = [forward(part) for part in stacked.split(chunk)]
+        outputs = torch.cat([probs for probs, _ in parts], dim=1)  # (M, V*N, K, h, w)
+        scores = torch.cat([present for _, present in parts], dim=1)  # (M, V*N, K)
         for i, v in enumerate(group):
             per_view[v] = v.deaugment(outputs[:, i * len(batch) : (i + 1) * len(batch)])
-    return merge_views(per_view, model_weights, merge)
+            presence[v] = scores[:, i * len(batch) : (i + 1) * len(batch)]
+    return merge_views(per_view, model_weights, merge), merge_views(presence, model_weights, "mean")

@@ -37,6 +37,13 @@ class ModelConfig(Section):
     )
     in_channels: int = Field(3, ge=1, description="input bands; more than 3 reads images stored as `.npy` arrays")
     params: dict[str, Any] = Field(default_factory=dict, description="extra arguments for the smp architecture")
+    presence_head: bool = Field(
+        False,
+        description=(
+            "add smp's classification head (`aux_params`): a per-class probability that the class is in the "
+            "image, trained with `train.presence_weight` and searched as a gate by `kseg tune`"
+        ),
+    )
 
 
 class AugmentConfig(Section):
@@ -77,6 +84,9 @@ class TrainConfig(Section):
     )
     class_weights: Literal["none", "inverse", "sqrt_inverse"] = Field("none", description="cross-entropy options")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy options")
+    presence_weight: float = Field(
+        0.5, ge=0, description="weight of the presence head's loss (BCE on 'class in the crop'; model.presence_head)"
+    )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimiser")
     lr: float = Field(3e-4, gt=0, description="optimiser")
     weight_decay: float = Field(1e-4, ge=0, description="optimiser")

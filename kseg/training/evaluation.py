@@ -63,6 +63,7 @@ def evaluate(
     *,
     channels: int = 3,
     oof: np.ndarray | None = None,
+    presence: np.ndarray | None = None,
     fbeta: tuple[np.ndarray, float] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Predict the validation images at their original size and count, per image and class, the
@@ -76,6 +77,7 @@ def evaluate(
         channels: Image channels (``model.in_channels``).
         oof: Optional ``(N, K, H, W)`` uint8 array (memmap) to receive the probabilities at the
             predictor's ``image_size``.
+        presence: Optional ``(N, K)`` float array to receive the presence scores (``Predictor.predict_scored``).
         fbeta: Optional ``((N, K) float array, beta)``: the array receives each image and class's instance
             F-beta (``instance_fbeta``; instances as connected components).
 
@@ -90,7 +92,9 @@ def evaluate(
         rows = val.iloc[first : first + step]
         images = [load_image(p, channels) for p in rows["image"]]
         masks = [read_mask(Path(p), spec) for p in rows["mask"]]
-        for i, (probs, mask) in enumerate(zip(predictor.predict(images), masks, strict=True)):
+        for i, ((probs, present), mask) in enumerate(zip(predictor.predict_scored(images), masks, strict=True)):
+            if presence is not None:
+                presence[first + i] = present.numpy()
             target = torch.from_numpy(mask.astype(np.int64))[None]
             with torch.no_grad():
                 losses.append(float(loss_fn(_logits(probs, spec.multilabel)[None], target)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -30,7 +31,7 @@ from kseg.training.foldstate import FoldResult, NoteCallback, RunProgress, check
 from kseg.training.loop import Callback
 from kseg.training.losses import loss_from_config
 from kseg.training.optim import build_scheduler
-from kseg.workspace.oof import open_oof, write_oof_truth
+from kseg.workspace.oof import OOF_PRESENCE, open_oof, stage_oof_presence, write_oof_truth
 from kseg.workspace.workdir import WorkDir
 
 
@@ -138,14 +139,24 @@ class FoldRun:
         (``oof.npy.next``, for ``save`` to commit) only when it beats the best score so far."""
         cfg, val_rows = self.cfg, self.data.val_rows
         oof: Any = None  # a numpy memmap
+        presence = None
         if cfg.train.save_oof:
             oof = open_oof(self.work, self.fold, (len(val_rows), len(self.classes), *cfg.data.image_size))
+            if predictor.has_presence:
+                presence = np.zeros((len(val_rows), len(self.classes)), dtype=np.float32)
         for model in predictor.models:
             model.eval()
         sub = cfg.submission
         fbeta = instance_buffer(len(val_rows), len(self.classes), sub.metric, sub.beta)
         val_loss, counts = evaluate(
-            predictor, val_rows, self.spec, self.val_loss_fn, channels=cfg.model.in_channels, oof=oof, fbeta=fbeta
+            predictor,
+            val_rows,
+            self.spec,
+            self.val_loss_fn,
+            channels=cfg.model.in_channels,
+            oof=oof,
+            presence=presence,
+            fbeta=fbeta,
         )
         dice, class_dice, class_iou = summarize(counts, self.classes)
         score = validation_score(counts, None if fbeta is None else fbeta[0], cfg.scored_classes, sub.metric)
@@ -156,6 +167,8 @@ class FoldRun:
             del oof
             if not improved:  # only the best model's probabilities are kept
                 self.journal.staged("oof.npy").unlink(missing_ok=True)
+            elif presence is not None:
+                stage_oof_presence(self.work, self.fold, presence)
         return EpochStats(
             epoch=epoch,
             lr=self.task.lr,
@@ -205,8 +218,7 @@ class FoldRun:
         if best:
             save_checkpoint(journal.staged("best.pt"), inference_state(state))
             names.insert(0, "best.pt")
-            if journal.staged("oof.npy").exists():
-                names.insert(1, "oof.npy")
+            names[1:1] = self.staged_oof()
         keep = self.averaged_epochs()
         if epoch + 1 in keep:
             snapshot = self.work.snapshot(self.fold, epoch + 1).name
@@ -219,6 +231,17 @@ class FoldRun:
         for old in set(self.work.snapshot_epochs(self.fold)) - set(keep):
             self.work.snapshot(self.fold, old).unlink(missing_ok=True)  # no longer among those averaged
         training_curves(table, self.work.curves(self.fold), self.fold)
+
+    def staged_oof(self) -> list[str]:
+        """The OOF files staged for the next commit: ``oof.npy`` and, from a model with a presence head,
+        ``oof_presence.npy``. A head-less model's staged ``oof.npy`` makes an earlier run's presence scores
+        stale: they are removed."""
+        if not self.journal.staged("oof.npy").exists():
+            return []
+        if self.journal.staged(OOF_PRESENCE).exists():
+            return ["oof.npy", OOF_PRESENCE]
+        self.work.oof_presence(self.fold).unlink(missing_ok=True)
+        return ["oof.npy"]
 
     def averaged_epochs(self) -> list[int]:
         """The epochs (1-based) ``train.average`` takes as the history stands; none without it."""

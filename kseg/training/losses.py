@@ -7,7 +7,8 @@ are their sigmoid forms (``ce``, or its alias ``bce``: per-class binary cross-en
 Dice, focal and Lovasz).
 
 Shape:
-    logits ``(N, C, H, W)``, target ``(N, H, W)`` int64.
+    logits ``(N, C, H, W)`` (or ``(logits, presence logits (N, C))`` with ``model.presence_head``), target
+    ``(N, H, W)`` int64.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from kseg.bits import bit_targets
 from kseg.config import Config
 from kseg.errors import ConfigError
+from kseg.models.heads import split_output
 
 
 class CrossEntropy(nn.Module):
@@ -113,18 +115,41 @@ LOSSES: dict[str, Callable[[int, torch.Tensor | None, float, str], nn.Module]] =
 }
 
 
-class WeightedSum(nn.Module):
-    """``sum_i weight_i * term_i(logits, target)``; ``parts`` holds each term's last value."""
+def presence_targets(target: torch.Tensor, n_classes: int, multilabel: bool) -> torch.Tensor:
+    """Whether each class has a pixel in each crop: what the presence head learns (ignored pixels count
+    for no class).
 
-    def __init__(self, terms: dict[str, tuple[float, nn.Module]], bits: tuple[int, int] | None = None):
+    Shape:
+        target ``(B, H, W)`` class indices, or with ``multilabel`` ``(B, K, H, W)`` 0/1 per class (the
+        ignore index elsewhere); returns ``(B, K)`` float 0/1.
+    """
+    if multilabel:
+        return (target == 1).flatten(2).any(2).float()
+    classes = torch.arange(n_classes, device=target.device)
+    return (target[:, None] == classes[None, :, None, None]).flatten(2).any(2).float()
+
+
+class WeightedSum(nn.Module):
+    """``sum_i weight_i * term_i(logits, target)``; ``parts`` holds each term's last value. A model output
+    with presence logits (``model.presence_head``) adds ``presence_weight`` x their binary cross-entropy
+    against ``presence_targets`` (part ``presence``)."""
+
+    def __init__(
+        self,
+        terms: dict[str, tuple[float, nn.Module]],
+        bits: tuple[int, int] | None = None,
+        presence_weight: float = 0.0,
+    ):
         super().__init__()
         self.bits = bits  # multilabel: (classes, ignore index) to turn bitmask targets into per-class ones
         self.names = list(terms)
         self.weights = [w for w, _ in terms.values()]
         self.terms = nn.ModuleList(t for _, t in terms.values())
+        self.presence_weight = presence_weight
         self.parts: dict[str, float] = {}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        logits, presence = split_output(output)
         total = logits.new_zeros((), dtype=torch.float32)
         if self.bits is not None:
             target = bit_targets(target, *self.bits)
@@ -133,6 +158,11 @@ class WeightedSum(nn.Module):
                 value = term(logits, target)
                 self.parts[name] = float(value.detach())
                 total = total + weight * value
+        if presence is not None and self.presence_weight:
+            present = presence_targets(target, presence.shape[1], self.bits is not None)
+            value = nn.functional.binary_cross_entropy_with_logits(presence.float(), present)
+            self.parts["presence"] = float(value.detach())
+            total = total + self.presence_weight * value
         return total
 
 
@@ -163,6 +193,7 @@ def build_loss(
     label_smoothing: float = 0.0,
     class_pixels: np.ndarray | None = None,
     multilabel: int | None = None,
+    presence_weight: float = 0.0,
 ) -> WeightedSum:
     """A weighted sum of named loss terms.
 
@@ -173,6 +204,7 @@ def build_loss(
         label_smoothing: Cross-entropy label smoothing.
         class_pixels: Training pixels per class (from ``kseg split``), needed for class weights.
         multilabel: The number of classes when targets are class bitmasks (one sigmoid per class).
+        presence_weight: Weight of the presence head's term, for models that output one.
     """
     unknown = [name for name in terms if name not in LOSSES]
     if unknown:
@@ -188,11 +220,13 @@ def build_loss(
     return WeightedSum(
         {name: (w, LOSSES[name](ignore_index, weight, label_smoothing, mode)) for name, w in terms.items()},
         None if multilabel is None else (multilabel, ignore_index),
+        presence_weight,
     )
 
 
 def loss_from_config(cfg: Config, class_pixels: np.ndarray | None = None) -> WeightedSum:
-    """The loss of ``cfg.train.loss`` (``build_loss`` with the config's values)."""
+    """The loss of ``cfg.train.loss`` (``build_loss`` with the config's values), with the presence term of
+    ``train.presence_weight`` when ``model.presence_head`` is on."""
     return build_loss(
         cfg.train.loss,
         ignore_index=cfg.data.ignore_index,
@@ -200,4 +234,5 @@ def loss_from_config(cfg: Config, class_pixels: np.ndarray | None = None) -> Wei
         label_smoothing=cfg.train.label_smoothing,
         class_pixels=class_pixels,
         multilabel=cfg.n_classes if cfg.multilabel else None,
+        presence_weight=cfg.train.presence_weight if cfg.model.presence_head else 0.0,
     )

@@ -316,7 +316,7 @@ def average_fold(run: FoldRun, note: NoteCallback | None = None) -> AverageResul
         state = inference_state(run.state(after - 1))
         state.update(model=unwrap(model).state_dict(), averaged_epochs=epochs)
         save_checkpoint(journal.staged("best.pt"), state)
-        names += ["best.pt", "oof.npy", "last.pt"] if journal.staged("oof.npy").exists() else ["best.pt", "last.pt"]
+        names += ["best.pt", *run.staged_oof(), "last.pt"]
     work.write_average(fold, result.__dict__, staged=True)
     journal.commit([*names, "average.json"])
     if note:

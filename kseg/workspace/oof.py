@@ -38,6 +38,34 @@ def open_oof(work: WorkDir, fold: int, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+OOF_PRESENCE = "oof_presence.npy"
+
+
+def stage_oof_presence(work: WorkDir, fold: int, presence: np.ndarray) -> None:
+    """Stage the presence scores ``(N, K)`` of the OOF probabilities staged beside them (committed together)."""
+    with atomic_open(work.journal(fold).staged(OOF_PRESENCE), "wb") as handle:
+        np.save(handle, presence.astype(np.float32))
+
+
+def read_oof_presence(work: WorkDir, fold: int, shape: tuple[int, int]) -> np.ndarray | None:
+    """The fold's presence scores ``(N, K)`` float32, or ``None`` when its model has no presence head.
+
+    Raises:
+        KsegError: The file is damaged or does not fit the fold's ``shape`` ``(N, K)`` of OOF maps.
+    """
+    work.settle(fold)
+    path = work.oof_presence(fold)
+    if not path.is_file():
+        return None
+    try:
+        presence = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise KsegError(f"{path} is damaged, perhaps truncated ({exc})") from None
+    if presence.shape != tuple(shape):
+        raise KsegError(f"{path} holds {presence.shape} presence scores for {tuple(shape)} out-of-fold maps")
+    return presence
+
+
 def read_oof(work: WorkDir, fold: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """``(probabilities (N, K, H, W), true labels (N, H, W), ids table)``, arrays memory-mapped.
 

@@ -13,6 +13,7 @@
         metrics.csv        one row per epoch                              kseg train
         curves.png         loss and Dice curves                           kseg train
         oof.npy            uint8 probabilities (N, K, H, W) of best.pt    kseg train
+        oof_presence.npy   presence head's scores (N, K) float32 of best.pt  kseg train (model.presence_head)
         oof_masks.npy      true labels (N, H, W) at data.image_size       kseg train
         oof.csv            ImageID,height,width of the OOF rows           kseg train
         epoch<NNN>.pt      weights of the epochs train.average will take  kseg train
@@ -152,6 +153,9 @@ class WorkDir:
 
     def average_json(self, fold: int) -> Path:
         return self.fold_dir(fold) / "average.json"
+
+    def oof_presence(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "oof_presence.npy"
 
     def oof_masks(self, fold: int) -> Path:
         return self.fold_dir(fold) / "oof_masks.npy"
@@ -294,10 +298,12 @@ def default_predictions(chosen: Path | None, workdir: Path) -> Path:
 
 
 def prediction_file(directory: Path, image_id: str, kind: str = "labels") -> Path:
-    """One output of ``kseg infer`` for one image: ``labels`` (``<id>.png``), ``probs``, ``color``, ``overlay``."""
+    """One output of ``kseg infer`` for one image: ``labels`` (``<id>.png``), ``probs``, ``presence``, ``color``,
+    ``overlay``."""
     names = {
         "labels": f"{image_id}.png",
         "probs": f"{image_id}.probs.npy",
+        "presence": f"{image_id}.presence.npy",
         "color": f"{image_id}_color.png",
         "overlay": f"{image_id}_overlay.png",
     }
