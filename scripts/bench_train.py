@@ -3,6 +3,7 @@
 Prints images/s of full training steps (forward, CE + Dice loss, backward, AdamW step) under
   fp32                      plain float32, contiguous tensors
   amp + channels_last       bf16 (or fp16) autocast and channels_last memory format
+  presence head             fp32 + channels_last with model.presence_head (its head and BCE term)
 and the images/s the data loader delivers by itself (JPEG decode + mask decode + augmentations +
 normalisation, with --workers processes), so a GPU starved by its loader is visible: if the loader is
 slower than the step, the GPU waits.
@@ -129,11 +130,14 @@ def main() -> None:
         fp32 = step_rate(device, False, batch, steps, cfg)
         fp32_cl = step_rate(device, False, batch, steps, cfg, channels_last=True)
         amp = step_rate(device, True, batch, steps, cfg, channels_last=True)
+        headed = cfg.model_copy(update={"model": cfg.model.model_copy(update={"presence_head": True})})
+        head = step_rate(device, False, batch, steps, headed, channels_last=True)
         label = "bf16 autocast + channels_last (CPU)" if not cuda else "AMP + channels_last"
         rows = [
             ("train step, fp32", fp32),
             ("train step, fp32 + channels_last", fp32_cl),
             (f"train step, {label}", amp),
+            ("train step, fp32 + channels_last, presence head", head),
         ]
         loader = loader_rate(cfg, root, batch, batches=max(8, 64 // batch))
         rows.append((f"data loader alone ({args.workers} workers)", loader))
@@ -141,6 +145,7 @@ def main() -> None:
         for name, rate in rows:
             print(f"  {name:<{width}s} {rate:8.2f} images/s")
         print(f"  fp32 + channels_last vs fp32: {fp32_cl / fp32:.2f}x; amp + channels_last vs fp32: {amp / fp32:.2f}x")
+        print(f"  the presence head (model.presence_head) costs {fp32_cl / head - 1:+.1%} time per step")
         faster = max(fp32, fp32_cl, amp)
         verdict = "keeps up with" if loader >= faster else "STARVES"
         print(f"the loader {verdict} the fastest step ({loader / faster:.1f}x its rate)")

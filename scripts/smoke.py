@@ -19,15 +19,16 @@ TINY = [
 ]
 
 
-def tiny_run(folder: Path) -> tuple[Path, list[str]]:
-    """A synthetic competition with both folds trained for one epoch: its config and the overrides to use."""
+def tiny_run(folder: Path, *extra: str) -> tuple[Path, list[str]]:
+    """A synthetic competition with both folds trained for one epoch (under ``extra`` overrides too): its
+    config and the overrides to use."""
     from typer.testing import CliRunner
 
     from kseg.cli import app
 
     runner = CliRunner()
     comp = Path(folder) / "comp"
-    sets = [x for item in TINY for x in ("--set", item)]
+    sets = [x for item in (*TINY, *extra) for x in ("--set", item)]
     for args in (
         ["synth", str(comp), "--train", "10", "--test", "2", "--height", "32", "--width", "64"],
         ["split", "-c", str(comp / "kseg.yaml"), *sets],
@@ -36,7 +37,7 @@ def tiny_run(folder: Path) -> tuple[Path, list[str]]:
         result = runner.invoke(app, args)
         if result.exit_code != 0:
             raise SystemExit(f"smoke set-up failed: kseg {' '.join(args[:2])}: {result.output}")
-    return comp / "kseg.yaml", list(TINY)
+    return comp / "kseg.yaml", [*TINY, *extra]
 
 
 def tiny_dubai(folder: Path) -> Path:

@@ -48,7 +48,12 @@ def infer(
     fold_weights: Annotated[str | None, typer.Option("--fold-weights", help="One weight per fold, e.g. 1,1,2.")] = None,
     color: Annotated[bool, typer.Option("--color", help="Also write <id>_color.png in the palette.")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write <id>_overlay.png (image | blend).")] = False,
-    probs: Annotated[bool, typer.Option("--probs", help="Also write uint8 probabilities <id>.probs.npy.")] = False,
+    probs: Annotated[
+        bool,
+        typer.Option(
+            "--probs", help="Also write uint8 probabilities <id>.probs.npy (and a presence head's <id>.presence.npy)."
+        ),
+    ] = False,
     stitch: Annotated[
         Path | None,
         typer.Option("--stitch", help="Tiles of 'kseg tile': also write the predictions as one GeoTIFF here."),

@@ -52,7 +52,11 @@ def tune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     gate: Annotated[
-        bool, typer.Option("--gate/--no-gate", help="Search presence gates too (a threshold some pixels must reach).")
+        bool,
+        typer.Option(
+            "--gate/--no-gate",
+            help="Search presence gates too (a threshold some pixels must reach, or the presence head's score).",
+        ),
     ] = True,
     partial: PartialOpt = False,
     debug: DebugOpt = False,

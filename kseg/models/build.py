@@ -105,7 +105,7 @@ def presence_params(cfg: ModelConfig, arch: type, n_classes: int) -> dict[str, A
             "model.params sets aux_params and model.presence_head adds them too; keep model.presence_head: true "
             "and remove aux_params from model.params"
         )
-    return {"aux_params": {"classes": n_classes, "dropout": 0.2}}
+    return {"aux_params": {"classes": n_classes, "pooling": cfg.presence_pooling, "dropout": 0.2}}
 
 
 def _create(cfg: ModelConfig, n_classes: int, weights: str | None, in_channels: int) -> nn.Module:

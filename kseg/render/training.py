@@ -148,8 +148,9 @@ def blend_result(result: Any) -> None:
 
 
 def tune_result(result: Any) -> None:
-    """``kseg tune``: the chosen rule per class (threshold and minimum area, or a presence gate in front of
-    a threshold), its gain in-sample and on held-out halves, and the rows a gate empties."""
+    """``kseg tune``: the chosen rule per class (threshold and minimum area, or a presence gate, from the
+    mask or the presence head, in front of them), its gain in-sample and on held-out halves, and the rows a
+    gate empties."""
     post = result.post
     table = Table(
         title=f"post-processing tuned on {post.n_images} out-of-fold images "
@@ -165,9 +166,9 @@ def tune_result(result: Any) -> None:
         threshold = f"{params.threshold:.2f}" if params.threshold else "argmax"
         area = f"{100 * params.min_area:.3g}% of image" if params.min_area else "-"
         gate = "-"
-        if params.gate:
+        if params.gate or params.presence:
             reach = f"{100 * params.gate_area:.3g}% of image" if params.gate_area else "a pixel"
-            gate = f"{reach} >= {params.gate:.2f}"
+            gate = f"head score >= {params.presence:.2f}" if params.presence else f"{reach} >= {params.gate:.2f}"
             if name in result.gate_rows:
                 right, wrong = result.gate_rows[name]
                 gate += f" (empties {right} right, {wrong} wrong)"

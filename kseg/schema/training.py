@@ -44,6 +44,9 @@ class ModelConfig(Section):
             "image, trained with `train.presence_weight` and searched as a gate by `kseg tune`"
         ),
     )
+    presence_pooling: Literal["avg", "max"] = Field(
+        "avg", description="how the presence head pools the deepest encoder features (smp's `aux_params.pooling`)"
+    )
 
 
 class AugmentConfig(Section):
