@@ -299,3 +299,118 @@ def test_a_blend_counts_a_headless_run_with_its_mask_maximum():
     np.testing.assert_allclose(oof.presence, expected, atol=1e-6)
     neither = blended_statistics([run(False), run(False)], np.array([0.5, 0.5])).build()
     assert neither.presence is None
+
+
+def test_an_averaged_headed_fold_keeps_its_presence_and_a_headless_retraining_drops_it(split_template, tmp_path):
+    from kseg.training.train import train_fold
+
+    root = copy_comp(split_template, tmp_path)
+    work = WorkDir(root / "work")
+    train_fold(fast_config(root, *HEAD, "train.epochs=2", "train.average=2", "train.average_rule=last"), 0)
+    assert work.average_json(0).is_file()  # kept or not, best.pt's OOF files come with presence scores
+    presence = np.load(work.oof_presence(0))
+    assert presence.shape == (len(np.load(work.oof(0))), 6) and ((presence > 0) & (presence < 1)).all()
+    saved = load_checkpoint(work.best(0))
+    assert any(key.startswith("classification_head.") for key in saved["model"])
+    result = tune(fast_config(root, *HEAD))
+    assert result.oof is not None and result.oof.presence is not None and result.oof.presence.shape[1] == 6
+
+
+def test_images_below_the_presence_gate_get_empty_rows_and_a_bundle_submits_the_same_bytes(headed_template, tmp_path):
+    root = copy_comp(headed_template, tmp_path)
+    cfg = fast_config(root, *HEAD)
+    images = competition_test_images(cfg.data)
+    written = {}
+    for gate in (0.999, 0.01):
+        _gate_on_presence(root, gate)
+        run_inference(load_ensemble(cfg), images, tmp_path / f"pred{gate}", "flip")
+        out = fast_config(root, *HEAD, f"submission.predictions={tmp_path / f'pred{gate}'}",
+                          f"submission.path={tmp_path / f'sub{gate}.csv'}")  # fmt: skip
+        written[gate] = pd.read_csv(write_submission(out).path, keep_default_na=False)
+    assert (written[0.999]["EncodedPixels"] == "").all()  # no presence score reaches 0.999
+    assert (written[0.01]["EncodedPixels"] != "").any()
+
+    ensemble = load_ensemble(cfg)
+    run_inference(ensemble, images, tmp_path / "probs", "flip", postprocess=False, outputs=_probs())
+    median = float(np.median(np.stack([np.load(p) for p in sorted((tmp_path / "probs").glob("*.presence.npy"))])))
+    _gate_on_presence(root, median)  # some rows gated, some not
+    bundle = export_bundle(cfg, tmp_path / "m.kseg", [0, 1, 2])
+    paths = {}
+    for name, source in (("work", load_ensemble(cfg)), ("bundle", load_bundle(bundle))):
+        assert source.post is not None and source.post.needs_presence  # the head gate travels in the bundle
+        run_inference(source, images, tmp_path / name, "flip")
+        out = fast_config(
+            root, *HEAD, f"submission.predictions={tmp_path / name}", f"submission.path={tmp_path / name}.csv"
+        )
+        paths[name] = write_submission(out).path
+    assert paths["work"].read_bytes() == paths["bundle"].read_bytes()
+    submitted = pd.read_csv(paths["work"], keep_default_na=False)
+    assert 0 < (submitted["EncodedPixels"] == "").sum() < len(submitted)
+    from_probs = fast_config(root, *HEAD, f"submission.predictions={tmp_path / 'probs'}",
+                             f"submission.path={tmp_path / 'from_probs.csv'}")  # fmt: skip
+    rows = pd.read_csv(write_submission(from_probs).path, keep_default_na=False).set_index("ImageID")
+    below = {
+        f"{path.name.split('.')[0]}_{k}": bool(score < median)
+        for path in (tmp_path / "probs").glob("*.presence.npy")
+        for k, score in enumerate(np.load(path))
+    }
+    assert all(rows.loc[row, "EncodedPixels"] == "" for row, gated in below.items() if gated)  # the saved scores
+    assert any(rows.loc[row, "EncodedPixels"] != "" for row, gated in below.items() if not gated)
+
+
+def _probs():
+    from kseg.prediction.infer import OutputOptions
+
+    return OutputOptions(probs=True)
+
+
+def test_a_head_gate_without_head_scores_is_refused_by_infer_and_submit(trained_template, tmp_path):
+    root = copy_comp(trained_template, tmp_path)
+    cfg = fast_config(root)
+    images = competition_test_images(cfg.data)
+    run_inference(load_ensemble(cfg), images, tmp_path / "probs", "none", postprocess=False, outputs=_probs())
+    _gate_on_presence(root, 0.5)
+    with pytest.raises(InferError, match="presence head's score, which these models do not have"):
+        run_inference(load_ensemble(cfg), images, tmp_path / "pred", "none")
+    out = fast_config(root, f"submission.predictions={tmp_path / 'probs'}", f"submission.path={tmp_path / 's.csv'}")
+    with pytest.raises(SubmissionError, match=r"presence.npy is missing"):
+        write_submission(out)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_blend_counts_a_headless_run_with_its_mask_maximum():
+    k, size = 2, (4, 4)
+    rng = np.random.default_rng(0)
+
+    def run(presence: bool) -> RunOOF:
+        probs = rng.integers(0, 256, (3, k, *size), dtype=np.uint8)
+        scores = rng.uniform(0, 1, (3, k)).astype(np.float32) if presence else None
+        masks = np.zeros((3, *size), np.uint8)
+        cfg = SimpleNamespace(n_classes=k)
+        return RunOOF(Path("run"), cfg, pd.DataFrame(), {0: probs}, {0: masks}, {0: ["a", "b", "c"]}, {0: scores})  # type: ignore[arg-type]
+
+    headed, headless = run(True), run(False)
+    oof = blended_statistics([headed, headless], np.array([0.25, 0.75])).build()
+    expected = 0.25 * headed.presence[0] + 0.75 * headless.probs[0].reshape(3, k, -1).max(2) / 255
+    np.testing.assert_allclose(oof.presence, expected, atol=1e-6)
+    neither = blended_statistics([run(False), run(False)], np.array([0.5, 0.5])).build()
+    assert neither.presence is None
+
+
+def test_an_averaged_headed_fold_keeps_its_presence_and_a_headless_retraining_drops_it(split_template, tmp_path):
+    from kseg.training.train import train_fold
+
+    root = copy_comp(split_template, tmp_path)
+    work = WorkDir(root / "work")
+    for seed in range(6):  # until the average beats the epochs, so that its OOF files replace theirs
+        averaged = ["train.epochs=2", "train.average=2", "train.average_rule=last", f"train.seed={seed}"]
+        train_fold(fast_config(root, *HEAD, *averaged), 0)
+        if json.loads(work.average_json(0).read_text())["kept"]:
+            break
+    else:
+        pytest.fail("no seed made the average best")
+    presence = np.load(work.oof_presence(0))
+    assert presence.shape == (len(np.load(work.oof(0))), 6)
+    train_fold(fast_config(root, "train.epochs=1"), 0)  # the same fold again, without the head
+    assert work.oof(0).is_file() and not work.oof_presence(0).exists()
+    assert tune(fast_config(root)).oof.presence is None
