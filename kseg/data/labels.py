@@ -10,14 +10,17 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from kseg.bits import class_planes
 from kseg.errors import DataError
 from kseg.rle import decode_labels, encode, encode_labels, parse_rows
 from kseg.schema import DataConfig
+
+if TYPE_CHECKING:  # pandas is imported where a table is read or made
+    import pandas as pd
 
 REF_SEPARATOR = "::"
 
@@ -102,6 +105,8 @@ def mask_file(ref: str) -> str:
 
 
 def _read_table(source: RleSource) -> pd.DataFrame:
+    import pandas as pd
+
     path = Path(source.csv)
     if not path.is_file():
         raise DataError(f"{path} does not exist; check data.root and data.rle.csv")
@@ -270,6 +275,8 @@ def rle_table(labels: dict[str, np.ndarray], source: RleSource) -> pd.DataFrame:
     masks as ``source.empty``. Long:
     the non-empty rows only. Classes are written by name or by number as the source says.
     """
+    import pandas as pd
+
     rows = []
     n = len(source.classes)
     for key, label_map in labels.items():

@@ -13,23 +13,22 @@ indices at or above the class count, and colours outside the palette, are errors
 
 from __future__ import annotations
 
-import fnmatch
 import functools
-import re
-import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from kseg.common import ID  # re-exported: the id column of every table
 from kseg.config import DataConfig
 from kseg.data.labels import RleSource, image_keys, make_ref, read_rle_labels
+from kseg.data.listing import list_records
 from kseg.errors import DataError
 
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+if TYPE_CHECKING:  # pandas is imported where a DataFrame is made: listing the test set needs none
+    import pandas as pd
 
 
 # --------------------------------------------------------------------------------------- masks
@@ -253,167 +252,8 @@ def read_mask(path: Path, spec: MaskSpec) -> np.ndarray:
 # ------------------------------------------------------------------------------------- layouts
 
 
-def _fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
-
-
-def _format(template: str, row: dict, what: str) -> str:
-    try:
-        return template.format(**row)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise DataError(
-            f"data.{what} {template!r} uses {exc} which is neither 'id' nor a column of the CSV; fix the template"
-        ) from None
-
-
-def _read_id_csv(root: Path, name: str, id_column: str) -> pd.DataFrame:
-    path = root / name
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; check data.root ({root}) and the CSV name in the config")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable CSV ({exc}); fix or re-download it") from None
-    if id_column not in table.columns:
-        raise DataError(f"{path} has no column {id_column!r} (columns: {', '.join(table.columns)}); set data.id_column")
-    table = table.rename(columns={id_column: ID})
-    _check_unique(table[ID], str(path))
-    empty = table[ID].str.strip() == ""
-    if empty.any():
-        raise DataError(f"{path} has {int(empty.sum())} row(s) with an empty {id_column}; remove them")
-    return table
-
-
-def _check_unique(ids: pd.Series, where: str) -> None:
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        shown = ", ".join(map(repr, dup.unique()[:5]))
-        raise DataError(f"{where} lists {len(dup)} duplicate id(s): {shown}; each id must appear once")
-
-
-def _check_exist(paths: pd.Series, what: str, fix: str) -> None:
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise DataError(f"{what} {missing[0]} does not exist{more}; {fix}")
-
-
-def _csv_table(data: DataConfig, which: str) -> pd.DataFrame:
-    root = data.root
-    csv_name = data.train_csv if which == "train" else data.test_csv
-    if csv_name is None:
-        raise DataError("this config has no test set; set data.test_csv, or pass --images DIR")
-    table = _read_id_csv(root, csv_name, data.id_column)
-    image_t = data.image_template if which == "train" else (data.test_image_template or data.image_template)
-    image_key = "data.test_image_template" if which == "test" and data.test_image_template else "data.image_template"
-    mask_t = data.mask_template if which == "train" else data.test_mask_template
-    mask_key = "data.mask_template" if which == "train" else "data.test_mask_template"
-    if data.mask_format == "rle":
-        mask_t = None  # training masks come from the runs table (list_samples); no hidden test masks
-    rows = table.to_dict("records")
-    table["image"] = [str(root / _format(image_t, {**r, "id": r[ID]}, "image_template")) for r in rows]
-    _check_exist(table["image"], "image", f"check data.root and {image_key} ({image_t!r})")
-    if mask_t:
-        table["mask"] = [str(root / _format(mask_t, {**r, "id": r[ID]}, "mask_template")) for r in rows]
-        _check_exist(
-            table["mask"], "mask", f"each image needs its mask; check {mask_key or 'data.mask_template'} ({mask_t!r})"
-        )
-    return table
-
-
-def _pattern_regex(pattern: str) -> tuple[re.Pattern, str, list[str]]:
-    """``{tile}/images/{name}.jpg`` -> (regex with named groups, glob ``*/images/*.jpg``, [tile, name])."""
-    regex, glob, names = "", "", []
-    for literal, name, _, _ in string.Formatter().parse(pattern):
-        for chunk in re.split(r"(\*)", literal):
-            if chunk == "*":
-                regex += "[^/]*"
-                glob += "*"
-            elif chunk:
-                regex += re.escape(chunk)
-                glob += re.sub(r"([\[\]?])", r"[\1]", chunk)
-        if name:
-            if not name.isidentifier() or name in names:
-                raise DataError(f"pattern {pattern!r}: field {{{name}}} must be a unique name like {{tile}}")
-            names.append(name)
-            regex += f"(?P<{name}>[^/]+?)"
-            glob += "*"
-    return re.compile(regex + "$"), glob, names
-
-
-def _discover(root: Path, pattern: str, key: str) -> pd.DataFrame:
-    regex, glob, names = _pattern_regex(pattern)
-    if not root.is_dir():
-        raise DataError(f"data.root {root} is not a folder; point data.root at the data set")
-    rows = []
-    for path in sorted(root.glob(glob)):
-        match = regex.match(path.relative_to(root).as_posix())
-        if match and path.is_file():
-            rows.append({**match.groupdict(), key: str(path)})
-    if not rows:
-        raise DataError(f"data.{key}_pattern {pattern!r} matches no file under {root}; fix the pattern or data.root")
-    return pd.DataFrame(rows, columns=[*names, key])
-
-
-def _make_ids(table: pd.DataFrame, names: list[str], id_template: str | None) -> pd.Series:
-    if id_template:
-        raw = [_format(id_template, r, "id_template") for r in table[names].to_dict("records")]
-    else:
-        raw = table[names].astype(str).agg("_".join, axis=1).tolist() if names else []
-    return pd.Series([safe_id(s) for s in raw], index=table.index, dtype=object)
-
-
-def safe_id(text: str) -> str:
-    """The glob layout's id of joined pattern fields: other than ``[A-Za-z0-9._-]`` becomes ``_``."""
-    return _SAFE_ID.sub("_", text).strip("_")
-
-
-def _glob_table(data: DataConfig, which: str) -> pd.DataFrame:
-    root = data.root
-    if which == "test":
-        if not data.test_image_pattern:
-            raise DataError("this config has no test set; set data.test_image_pattern, or pass --images DIR")
-        images = _discover(root, data.test_image_pattern, "image")
-        names = [c for c in images.columns if c != "image"]
-        images.insert(0, ID, _make_ids(images, names, data.id_template))
-        _check_unique(images[ID], f"data.test_image_pattern {data.test_image_pattern!r}")
-        return images
-    assert data.image_pattern  # DataConfig requires it for layout: glob
-    images = _discover(root, data.image_pattern, "image")
-    if data.mask_format == "rle":  # the masks are rows of the runs table (list_samples)
-        names = [c for c in images.columns if c != "image"]
-        images.insert(0, ID, _make_ids(images, names, data.id_template))
-        _check_unique(images[ID], f"data.image_pattern {data.image_pattern!r}")
-        return images
-    assert data.mask_pattern
-    masks = _discover(root, data.mask_pattern, "mask")
-    names = [c for c in images.columns if c != "image"]
-    mask_names = [c for c in masks.columns if c != "mask"]
-    if sorted(names) != sorted(mask_names):
-        raise DataError(
-            f"data.image_pattern fields {names} differ from data.mask_pattern fields {mask_names}; "
-            "use the same {fields} in both so images and masks can be paired"
-        )
-    if not names:
-        raise DataError("data.image_pattern has no {field}; name the varying parts, e.g. '{tile}/images/{name}.jpg'")
-    merged = images.merge(masks, on=names, how="outer", indicator=True)
-    lonely = merged[merged["_merge"] != "both"]
-    if len(lonely):
-        first = lonely.iloc[0]
-        if first["_merge"] == "left_only":
-            message = f"image {first['image']} has no mask matching data.mask_pattern {data.mask_pattern!r}"
-        else:
-            message = f"mask {first['mask']} has no image matching data.image_pattern {data.image_pattern!r}"
-        more = f" ({len(lonely) - 1} more unpaired file(s))" if len(lonely) > 1 else ""
-        raise DataError(f"{message}{more}; every image needs exactly one mask")
-    table = merged.drop(columns="_merge").reset_index(drop=True)
-    table.insert(0, ID, _make_ids(table, names, data.id_template))
-    _check_unique(table[ID], f"data.image_pattern {data.image_pattern!r}")
-    return table[[ID, "image", "mask", *names]]
-
-
 def list_samples(data: DataConfig, which: str = "train") -> pd.DataFrame:
-    """The table of one split's samples.
+    """The table of one split's samples (``kseg.data.listing.list_records`` as a DataFrame).
 
     Args:
         data: The data config.
@@ -423,23 +263,13 @@ def list_samples(data: DataConfig, which: str = "train") -> pd.DataFrame:
         A DataFrame with columns ``ImageID``, ``image``, ``mask`` (train, and test when hidden test
         masks are configured) and the layout's extra columns (CSV columns or pattern fields).
     """
-    if which == "test" and data.layout == "csv" and not data.test_csv:
-        raise DataError("this config has no test set; set data.test_csv, or pass --images DIR")
-    if not data.root.exists():
-        raise DataError(f"data.root {data.root} does not exist; point it at the competition's data folder")
-    table = _csv_table(data, which) if data.layout == "csv" else _glob_table(data, which)
+    import pandas as pd
+
+    columns, rows = list_records(data, which)
+    table = pd.DataFrame(rows, columns=columns)
     if which == "train" and data.mask_format == "rle":
-        table.insert(list(table.columns).index("image") + 1, "mask", _rle_refs(table, data))
-    if data.exclude:
-        relative = [
-            Path(p).relative_to(data.root).as_posix() if Path(p).is_relative_to(data.root) else p
-            for p in table["image"]
-        ]
-        keep = [not any(fnmatch.fnmatch(r, pattern) for pattern in data.exclude) for r in relative]
-        table = table[keep]
-        if table.empty:
-            raise DataError(f"data.exclude {data.exclude} leaves no {which} image; narrow the patterns")
-    return table.reset_index(drop=True)
+        table.insert(columns.index("image") + 1, "mask", _rle_refs(table, data))
+    return table
 
 
 def _rle_refs(table: pd.DataFrame, data: DataConfig) -> list[str]:

@@ -13,17 +13,18 @@ from kseg.rle.pixels import Order, check_order, thread_map, transpose
 _NIBBLES = np.array([sum(0x0F << (8 * b) for b in range(8 - nd, 8)) for nd in range(9)], dtype=np.uint64)
 
 
-def _parse8(data: np.ndarray, last: np.ndarray, n_digits: np.ndarray) -> np.ndarray:
-    """Values of digit tokens of at most 8 digits ending at byte ``last``, eight bytes at a time.
+def _parse8(data: np.ndarray, end: np.ndarray, n_digits: np.ndarray, longest: int) -> np.ndarray:
+    """Values of digit tokens of at most 8 digits ending before byte ``end``, eight bytes at a time.
 
     Each token's last 8 bytes are read as one little-endian uint64 (an unaligned view), leading bytes
     are masked off, and the digits are combined pairwise with three multiply-shift steps (SWAR), in place.
+    ``longest``: the most digits of a token (longer ones are cut to their last 8 here).
     """
     padded = np.zeros(len(data) + 8, dtype=np.uint8)
     padded[8:] = data
     windows = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
-    x = windows[last + 1]  # bytes data[last - 7 .. last]
-    x &= _NIBBLES[np.minimum(n_digits, 8)]
+    x = windows[end]  # bytes data[end - 8 .. end - 1]
+    x &= _NIBBLES[n_digits if longest <= 8 else np.minimum(n_digits, 8)]
     for multiplier, shift, keep in _SWAR:
         x *= multiplier
         x >>= shift
@@ -75,14 +76,19 @@ def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[
     digit = (data - np.uint8(48)) < 10
     other = ~(digit | (data == 10) | (data == 32))
     bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other))) if other.any() else none
-    edges = np.diff(digit.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    first = np.flatnonzero(edges == 1)
-    last = np.flatnonzero(edges == -1) - 1
-    n_digits = last - first + 1
-    values = _parse8(data, last, n_digits)
-    long = np.flatnonzero(n_digits > 8)
+    # Token bounds in one pass: where ``digit`` changes (a token's first byte, or the byte after its last),
+    # plus the blob's own ends; they alternate start, end, start, end.
+    change = np.empty(len(data) + 1, dtype=bool)
+    np.not_equal(digit[1:], digit[:-1], out=change[1:-1])
+    change[0], change[-1] = digit[0], digit[-1]
+    bounds = np.flatnonzero(change)
+    first, end = bounds[0::2], bounds[1::2]
+    n_digits = end - first
+    longest = int(n_digits.max()) if len(n_digits) else 0
+    values = _parse8(data, end, n_digits, longest)
+    long = np.flatnonzero(n_digits > 8) if longest > 8 else none
     for i in long.tolist():  # rare: 9+ digit numbers (images above 100 megapixels, or garbage)
-        token = blob[first[i] : last[i] + 1]
+        token = blob[first[i] : end[i]]
         values[i] = int(token) if len(token) <= 18 else -1
     per_row = np.diff(np.searchsorted(first, newlines), prepend=0, append=len(first))  # one search per row
     row = np.repeat(np.arange(len(per_row), dtype=np.int64), per_row)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from kseg.config import DataConfig, SubmissionConfig
-from kseg.data.reading import ID, image_size, list_samples
-from kseg.errors import SubmissionError
+from kseg.data.listing import Records, list_records, read_csv_records
+from kseg.data.reading import ID, image_size
+from kseg.errors import DataError, SubmissionError
 from kseg.rle import Order
 
 
@@ -72,11 +72,11 @@ def grid_key(image: str, klass: str) -> str:
     return f"{image},{klass}"
 
 
-def _grid(sub: SubmissionConfig, classes: list[str], test: pd.DataFrame) -> dict[str, tuple[int, int, str, str]]:
+def _grid(sub: SubmissionConfig, classes: list[str], test: Records) -> dict[str, tuple[int, int, str, str]]:
     """Every (image, class) row of the competition: key -> (image index, class index, image cell, class cell)."""
     submitted = [classes.index(c) for c in sub.classes] if sub.classes else range(len(classes))
     grid: dict[str, tuple[int, int, str, str]] = {}
-    for i, (image_id, image) in enumerate(zip(test[ID].tolist(), test["image"], strict=True)):
+    for i, (image_id, image) in enumerate((r[ID], r["image"]) for r in test):
         names = {"id": image_id, "file": Path(image).name}
         for k in submitted:
             if sub.layout == "wide":
@@ -96,8 +96,9 @@ def _grid(sub: SubmissionConfig, classes: list[str], test: pd.DataFrame) -> dict
     return grid
 
 
-def _read_sample(sample_path: Path | None, width: int) -> pd.DataFrame | None:
-    """The sample submission (``None`` when ``submission.sample`` is null), with at least ``width`` columns."""
+def _read_sample(sample_path: Path | None, width: int) -> tuple[list[str], list[str]] | None:
+    """The sample submission's header and first column (``None`` when ``submission.sample`` is null); it
+    has at least ``width`` columns."""
     if sample_path is None:
         return None
     if not sample_path.is_file():
@@ -105,23 +106,26 @@ def _read_sample(sample_path: Path | None, width: int) -> pd.DataFrame | None:
             f"sample submission {sample_path} does not exist; set submission.sample (relative to data.root), "
             "or null to write every test image and class"
         )
-    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False, na_filter=False)
-    if len(sample.columns) < width:
+    try:
+        header, rows = read_csv_records(sample_path)
+    except DataError as exc:
+        raise SubmissionError(str(exc)) from None
+    if len(header) < width:
         need = "an id and a mask column" if width == 2 else "image, mask and class columns (submission.layout: long)"
-        raise SubmissionError(f"{sample_path} has {len(sample.columns)} column(s); a sample submission has {need}")
-    return sample
+        raise SubmissionError(f"{sample_path} has {len(header)} column(s); a sample submission has {need}")
+    return header, [row[header[0]] for row in rows]
 
 
-def _sample_rows(sub: SubmissionConfig, path: Path, sample: pd.DataFrame, grid: dict) -> list[str] | None:
+def _sample_rows(sub: SubmissionConfig, path: Path, firsts: list[str], grid: dict) -> list[str] | None:
     """The sample's own row order where it lists every row (wide layout, all rows); else ``None``, after
-    checking that the sample names only test images and classes (``path``: the sample, for messages)."""
-    first = sample.columns[0]
+    checking that the sample (its first column ``firsts``) names only test images and classes (``path``:
+    the sample, for messages)."""
     if sub.layout == "long":
         known = {cell for _, _, cell, _ in grid.values()}
-        unknown = [x for x in sample[first] if x not in known]
+        unknown = [x for x in firsts if x not in known]
         what = f"names no test image under submission.id_format {sub.row_id!r}"
     else:
-        unknown = [x for x in sample[first] if x not in grid]
+        unknown = [x for x in firsts if x not in grid]
         what = f"is no test image and class under submission.id_format {sub.row_id!r}"
     if unknown:
         raise SubmissionError(
@@ -131,41 +135,44 @@ def _sample_rows(sub: SubmissionConfig, path: Path, sample: pd.DataFrame, grid: 
     if sub.layout == "long" or sub.rows == "nonempty":
         return None
     if sub.rows == "instances":  # the sample's order of keys, where it names every one (rows repeat keys)
-        keys = list(dict.fromkeys(sample[first].tolist()))
+        keys = list(dict.fromkeys(firsts))
         return keys if len(keys) == len(grid) else None
-    dup = sample[first][sample[first].duplicated()]
-    if len(dup):
-        raise SubmissionError(f"{path} lists id {dup.iloc[0]!r} twice; fix the sample file")
-    return sample[first].tolist()
+    seen: set[str] = set()
+    for x in firsts:
+        if x in seen:
+            raise SubmissionError(f"{path} lists id {x!r} twice; fix the sample file")
+        seen.add(x)
+    return list(firsts)
 
 
-def load_format(data: DataConfig, sub: SubmissionConfig, test: pd.DataFrame | None = None) -> SubmissionFormat:
+def load_format(data: DataConfig, sub: SubmissionConfig, test: Records | None = None) -> SubmissionFormat:
     """The submission format of a competition (its data and submission sections), from its sample
-    submission and test set (``test``: the test set's table, listed from ``data`` by default)."""
-    test = list_samples(data, "test") if test is None else test
+    submission and test set (``test``: the test set's records, ``list_records(data, "test")`` by default)."""
+    test = list_records(data, "test")[1] if test is None else test
     sample_path = data.root / sub.sample if sub.sample is not None else None
     grid = _grid(sub, list(data.classes), test)
     width = 2 if sub.layout == "wide" else 3
     sample = _read_sample(sample_path, width)
-    ids = _sample_rows(sub, Path(str(sample_path)), sample, grid) if sample is not None else None
+    ids = _sample_rows(sub, Path(str(sample_path)), sample[1], grid) if sample is not None else None
     if sample is not None:
-        header, source = list(sample.columns), str(sample_path)
+        header, source = sample[0], str(sample_path)
     else:
         header = [ID, "EncodedPixels", "ClassId"][:width]
         source = "submission.id_format" if sub.layout == "wide" else "submission.id_format and class_format"
     ids = list(grid) if ids is None else ids
     rows = [grid[x] for x in ids]
     pairs = np.array([(i, k) for i, k, _, _ in rows], dtype=np.int64).reshape(-1, 2)
+    paths = [r["image"] for r in test]
     if sub.size == "original":
         with ThreadPoolExecutor(8) as pool:
-            shapes = np.array(list(pool.map(lambda p: image_size(Path(p)), test["image"])), dtype=np.int64)
+            shapes = np.array(list(pool.map(lambda p: image_size(Path(p)), paths)), dtype=np.int64)
     else:
         shapes = np.tile(np.array(sub.size, dtype=np.int64), (len(test), 1))
     return SubmissionFormat(
         header=header,
         ids=ids,
-        image_ids=test[ID].tolist(),
-        image_paths=test["image"].tolist(),
+        image_ids=[r[ID] for r in test],
+        image_paths=paths,
         row_image=pairs[:, 0],
         row_class=pairs[:, 1],
         shapes=shapes.reshape(-1, 2),

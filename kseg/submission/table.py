@@ -40,8 +40,8 @@ def _plain(data: bytes) -> SubmissionTable | None:
     n = len(header)
     if len(set(header)) != n or n < 2 or any(not cell for cell in header):
         return None
-    rows = [line.split(b",") for line in lines[1:]]
-    if any(len(row) != n for row in rows):
+    rows = [line.split(b",", n - 1) for line in lines[1:]]  # a comma in the last cell: a row too long
+    if any(len(row) != n for row in rows) or any(b"," in row[-1] for row in rows):
         return None
     columns = list(zip(*rows, strict=True)) if rows else [()] * n
     first = [cell.decode("ascii") for cell in columns[0]]

@@ -7,15 +7,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from kseg import rle
 from kseg.config import Config
 from kseg.errors import SubmissionError
 from kseg.submission.format import SubmissionFormat, grid_key, load_format
 from kseg.submission.table import NotCSV, read_table
+
+if TYPE_CHECKING:  # pandas is imported where the parsed runs become a table (scoring)
+    import pandas as pd
 
 
 @dataclass
@@ -266,10 +269,21 @@ def validate_bytes(
     return ValidationReport(len(ids), problems, parsed)
 
 
+def _repeats(ids: list[str]) -> np.ndarray:
+    """The rows whose id an earlier row already has."""
+    seen: set[str] = set()
+    again = []
+    for row, x in enumerate(ids):
+        if x in seen:
+            again.append(row)
+        seen.add(x)
+    return np.array(again, dtype=np.int64)
+
+
 def _id_problems(ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat) -> list[Problem]:
     """Duplicate, unknown and missing ids (``sample_row`` is each row's index in the sample, -1 if none)."""
     problems = []
-    dup = np.flatnonzero(pd.Series(ids).duplicated().to_numpy()) if not fmt.instances else np.zeros(0, np.int64)
+    dup = _repeats(ids) if not fmt.instances else np.zeros(0, np.int64)
     if len(dup):
         examples = [f"line {_line(r)}: {clip(ids[r])} appears again" for r in dup[:EXAMPLES]]
         problems.append(Problem("duplicate ids", "keep one row per id", len(dup), examples))
@@ -329,6 +343,8 @@ def _run_problems(found: _Findings, texts: list[bytes], fmt: SubmissionFormat) -
 
 def _parsed_runs(runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], sample_row: np.ndarray) -> pd.DataFrame:
     """Every valid run: ``row, start, length, sample_row``, for scoring."""
+    import pandas as pd
+
     empty = np.zeros(0, np.int64)
     prow = np.concatenate([r[0] for r in runs]) if runs else empty
     return pd.DataFrame(

@@ -26,7 +26,8 @@ from PIL import Image
 from kseg.common import Progress
 from kseg.config import load_config
 from kseg.data.labels import RleSource, rle_table
-from kseg.data.reading import ID, MaskSpec, list_samples, read_mask
+from kseg.data.listing import list_records
+from kseg.data.reading import ID, MaskSpec, read_mask
 from kseg.errors import KsegError
 from kseg.io import atomic_write_text
 from kseg.metrics.instances import components
@@ -297,11 +298,11 @@ def write_solution(config: Path, truth: dict[str, np.ndarray]) -> Path:
     submissions leave empty rows out."""
     every_row = ["submission.rows=all"] if load_config(config).submission.rows == "nonempty" else []
     cfg = load_config(config, ["submission.require_manifest=false", "submission.solution=null", *every_row])
-    test = list_samples(cfg.data, "test")
+    test = list_records(cfg.data, "test")[1]
     fmt = load_format(cfg.data, cfg.submission, test)
     with tempfile.TemporaryDirectory(dir=cfg.data.root) as tmp:
         folder = Path(tmp)
-        for image_id in test[ID]:
+        for image_id in (r[ID] for r in test):
             Image.fromarray(truth[image_id]).save(folder / f"{image_id}.png")
         written = write_submission(cfg, out=folder / "solution.csv", predictions=folder, postprocess=False)
         table = pd.read_csv(written.path, dtype=str, keep_default_na=False)
