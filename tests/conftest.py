@@ -104,6 +104,15 @@ def fast_config(root: Path, *extra: str, resnet18: bool = False) -> Config:
     return load_config(root / "kseg.yaml", [*FAST, *(RESNET18 if resnet18 else []), *extra])
 
 
+def rule_for_every_class(root: Path, **rule: float) -> None:
+    """Write ``<root>/work/postprocess.json`` with the same rule (``ClassParams`` fields) for every class."""
+    from kseg.postprocess import ClassParams, PostProcess
+
+    classes = list(fast_config(root).data.classes)
+    post = PostProcess(classes, {c: ClassParams(**rule) for c in classes})
+    (root / "work" / "postprocess.json").write_text(post.to_json())
+
+
 def scan(cfg, *args, **kwargs):
     """``kseg.data.scan.scan_masks`` of a whole config (its data and split sections, its work folder)."""
     from kseg.data.scan import scan_masks

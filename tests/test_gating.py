@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import copy_comp, fast_config
+from conftest import copy_comp, fast_config, rule_for_every_class
 
 from kseg.cv.report import empty_rows
 from kseg.postprocess import ClassParams, OOFBuilder, PostProcess, apply, tune_oof
@@ -140,19 +140,13 @@ def test_rows_by_empty_truth_and_empty_prediction():
     assert rows["both_filled"].tolist() == [1, 2]
 
 
-def _gate_everything(root, gate: float) -> None:
-    classes = fast_config(root).data.classes
-    post = PostProcess(list(classes), {c: ClassParams(gate=gate) for c in classes})
-    (root / "work" / "postprocess.json").write_text(post.to_json())
-
-
 def test_images_below_the_gate_get_empty_rows_and_a_bundle_submits_the_same_bytes(trained_template, tmp_path):
     root = copy_comp(trained_template, tmp_path)
     cfg = fast_config(root)
     images = competition_test_images(cfg.data)
     written = {}
     for gate in (0.999, 0.01):
-        _gate_everything(root, gate)
+        rule_for_every_class(root, gate=gate)
         run_inference(load_ensemble(cfg), images, tmp_path / f"pred{gate}", "flip")
         out = fast_config(root, f"submission.predictions={tmp_path / f'pred{gate}'}",
                           f"submission.path={tmp_path / f'sub{gate}.csv'}")  # fmt: skip
@@ -160,7 +154,7 @@ def test_images_below_the_gate_get_empty_rows_and_a_bundle_submits_the_same_byte
     assert (written[0.999]["EncodedPixels"] == "").all()  # no class of any image reaches 0.999
     assert (written[0.01]["EncodedPixels"] != "").any()
 
-    _gate_everything(root, 0.6)
+    rule_for_every_class(root, gate=0.6)
     bundle = export_bundle(cfg, tmp_path / "m.kseg", [0, 1, 2])
     paths = {}
     for name, ensemble in (("work", load_ensemble(cfg)), ("bundle", load_bundle(bundle))):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_comp, fast_config
+from conftest import copy_comp, fast_config, rule_for_every_class
 from torch import nn
 
 from kseg.config import ModelConfig
@@ -203,12 +203,6 @@ def headed_template(split_template, tmp_path_factory):
     return root
 
 
-def _gate_on_presence(root, presence: float) -> None:
-    classes = fast_config(root).data.classes
-    post = PostProcess(list(classes), {c: ClassParams(presence=presence) for c in classes})
-    (root / "work" / "postprocess.json").write_text(post.to_json())
-
-
 def test_a_headed_run_keeps_presence_with_its_oof_and_tune_reads_it(headed_template, tmp_path):
     root = copy_comp(headed_template, tmp_path)
     work = WorkDir(root / "work")
@@ -226,7 +220,7 @@ def test_images_below_the_presence_gate_get_empty_rows_and_a_bundle_submits_the_
     images = competition_test_images(cfg.data)
     written = {}
     for gate in (0.999, 0.01):
-        _gate_on_presence(root, gate)
+        rule_for_every_class(root, presence=gate)
         run_inference(load_ensemble(cfg), images, tmp_path / f"pred{gate}", "flip")
         out = fast_config(root, *HEAD, f"submission.predictions={tmp_path / f'pred{gate}'}",
                           f"submission.path={tmp_path / f'sub{gate}.csv'}")  # fmt: skip
@@ -237,7 +231,7 @@ def test_images_below_the_presence_gate_get_empty_rows_and_a_bundle_submits_the_
     ensemble = load_ensemble(cfg)
     run_inference(ensemble, images, tmp_path / "probs", "flip", postprocess=False, outputs=_probs())
     median = float(np.median(np.stack([np.load(p) for p in sorted((tmp_path / "probs").glob("*.presence.npy"))])))
-    _gate_on_presence(root, median)  # some rows gated, some not
+    rule_for_every_class(root, presence=median)  # some rows gated, some not
     bundle = export_bundle(cfg, tmp_path / "m.kseg", [0, 1, 2])
     paths = {}
     for name, source in (("work", load_ensemble(cfg)), ("bundle", load_bundle(bundle))):
@@ -273,7 +267,7 @@ def test_a_head_gate_without_head_scores_is_refused_by_infer_and_submit(trained_
     cfg = fast_config(root)
     images = competition_test_images(cfg.data)
     run_inference(load_ensemble(cfg), images, tmp_path / "probs", "none", postprocess=False, outputs=_probs())
-    _gate_on_presence(root, 0.5)
+    rule_for_every_class(root, presence=0.5)
     with pytest.raises(InferError, match="presence head's score, which these models do not have"):
         run_inference(load_ensemble(cfg), images, tmp_path / "pred", "none")
     out = fast_config(root, f"submission.predictions={tmp_path / 'probs'}", f"submission.path={tmp_path / 's.csv'}")
