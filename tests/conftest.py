@@ -104,12 +104,14 @@ def fast_config(root: Path, *extra: str, resnet18: bool = False) -> Config:
     return load_config(root / "kseg.yaml", [*FAST, *(RESNET18 if resnet18 else []), *extra])
 
 
-def rule_for_every_class(root: Path, **rule: float) -> None:
-    """Write ``<root>/work/postprocess.json`` with the same rule (``ClassParams`` fields) for every class."""
+def rule_for_every_class(root: Path, *overrides: str, **rule: float) -> None:
+    """Write ``<root>/work/postprocess.json`` with the same rule (``ClassParams`` fields) for every class of
+    the competition's config under ``overrides``."""
     from kseg.postprocess import ClassParams, PostProcess
 
-    classes = list(fast_config(root).data.classes)
-    post = PostProcess(classes, {c: ClassParams(**rule) for c in classes})
+    cfg = fast_config(root, *overrides)
+    classes = list(cfg.data.classes)
+    post = PostProcess(classes, {c: ClassParams(**rule) for c in classes}, multilabel=cfg.multilabel)
     (root / "work" / "postprocess.json").write_text(post.to_json())
 
 

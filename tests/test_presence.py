@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import copy_comp, fast_config, rule_for_every_class
+from PIL import Image
 from torch import nn
 
 from kseg.config import ModelConfig
@@ -307,3 +308,26 @@ def test_an_averaged_headed_fold_keeps_its_presence_and_a_headless_retraining_dr
     train_fold(fast_config(root, "train.epochs=1"), 0)  # the same fold again, without the head
     assert work.oof(0).is_file() and not work.oof_presence(0).exists()
     assert tune(fast_config(root)).oof.presence is None
+
+
+def test_a_multilabel_run_trains_a_head_and_tunes_its_gates(split_template, tmp_path):
+    """One sigmoid per class (the masks' values read as class bitmasks) with a head: trained, its scores
+    kept with the OOF predictions, searched, and applied by inference."""
+    from kseg.training.train import train_fold
+
+    root = copy_comp(split_template, tmp_path)
+    multilabel = [*HEAD, "data.multilabel=true", "data.classes=[a,b,c]", "data.palette=null", "train.epochs=1"]
+    cfg = fast_config(root, *multilabel)
+    train_fold(cfg, 0)
+    work = WorkDir(root / "work")
+    assert np.load(work.oof_presence(0)).shape == (len(np.load(work.oof(0))), 3)
+    result = tune(cfg)
+    assert result.oof is not None and result.oof.presence is not None and result.post.multilabel
+    images = competition_test_images(cfg.data)
+    set_bits = {}
+    for presence in (0.001, 0.999):
+        rule_for_every_class(root, *multilabel, presence=presence)
+        run_inference(load_ensemble(cfg), images, tmp_path / str(presence), "none")
+        labels = [np.asarray(Image.open(p)) for p in sorted((tmp_path / str(presence)).glob("*.png"))]
+        set_bits[presence] = sum(int((m > 0).sum()) for m in labels)
+    assert set_bits[0.001] > 0 and set_bits[0.999] == 0  # every class gated out: no bit set
