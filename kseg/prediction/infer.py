@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ class InferResult:
     views: int
     source: str
     postprocessed: bool = False
+    gated: list[str] = field(default_factory=list)  # classes the post-processing gates
 
     @property
     def images_per_s(self) -> float:
@@ -212,6 +213,7 @@ def run_inference(
         len(predictor.views),
         ensemble.source,
         post is not None,
+        post.gated if post is not None else [],
     )
 
 

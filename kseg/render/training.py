@@ -112,7 +112,10 @@ def inference_result(result: Any, n_models: int, mode: str, post_available: bool
         f"wrote {escape(str(result.out))}"
     )
     if result.postprocessed:
-        say(f"post-processing: tuned thresholds and minimum areas applied ({escape(result.source)})")
+        rules = "thresholds and minimum areas"
+        if result.gated:
+            rules = f"thresholds, minimum areas and presence gates ({', '.join(result.gated)})"
+        say(f"post-processing: tuned {rules} applied ({escape(result.source)})")
     elif post_available:
         say("post-processing: off (--no-postprocess)")
     for item in result.skipped:
