@@ -216,7 +216,8 @@ def _plot_worst(
         oof_probs, oof_masks, table = read_oof(work, fold)
         i = int(np.flatnonzero(table[ID].to_numpy() == image_id)[0])
         probs, truth = oof_probs[i], oof_masks[i]
-        scores = read_oof_presence(work, fold, tuple(oof_probs.shape[:2]))
+        needs = post is not None and post.needs_presence
+        scores = read_oof_presence(work, fold, tuple(oof_probs.shape[:2])) if needs else None
         image = load_image(samples.loc[image_id, "image"], channels)[..., :3]
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         image = to_uint8(image)

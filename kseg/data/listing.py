@@ -12,7 +12,7 @@ import csv
 import fnmatch
 import re
 import string
-from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from kseg.common import ID
@@ -73,14 +73,23 @@ def _read_id_csv(root: Path, name: str, id_column: str) -> tuple[list[str], Reco
     return columns, rows
 
 
+def repeats(ids: Sequence[str]) -> list[int]:
+    """The positions whose id an earlier position already has."""
+    seen: set[str] = set()
+    again = []
+    for position, x in enumerate(ids):
+        if x in seen:
+            again.append(position)
+        seen.add(x)
+    return again
+
+
 def check_unique(ids: list[str], where: str) -> None:
     """Refuse ids that repeat (``where`` names their source)."""
-    counts = Counter(ids)
-    repeated = [i for i, n in counts.items() if n > 1]
-    if repeated:
-        extra = sum(counts[i] - 1 for i in repeated)
-        shown = ", ".join(map(repr, repeated[:5]))
-        raise DataError(f"{where} lists {extra} duplicate id(s): {shown}; each id must appear once")
+    again = repeats(ids)
+    if again:
+        shown = ", ".join(map(repr, list(dict.fromkeys(ids[i] for i in again))[:5]))
+        raise DataError(f"{where} lists {len(again)} duplicate id(s): {shown}; each id must appear once")
 
 
 def _check_exist(paths: list[str], what: str, fix: str) -> None:

@@ -20,5 +20,4 @@ def split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def has_presence_head(model: nn.Module) -> bool:
     """Whether the model (unwrapped from DDP, ``torch.compile`` or an EMA) has smp's classification head."""
-    inner = unwrap(getattr(model, "module", model))
-    return getattr(inner, "classification_head", None) is not None
+    return getattr(unwrap(model), "classification_head", None) is not None

@@ -281,6 +281,7 @@ def _predict_into(
     skipped: list[tuple[str, str]] = []
     written: list[tuple[str, int, int]] = []
     pending: list[Future] = []
+    keep_scores = outputs.probs and predictor.has_presence  # <id>.presence.npy beside <id>.probs.npy
     with ThreadPoolExecutor(max_workers=2) as writer:
         for batch in stream.batches:
             good = _readable(batch, stream.on_error, skipped)
@@ -289,7 +290,7 @@ def _predict_into(
                 labels = apply(probs, post, stream.multilabel, presence)
                 stored = None
                 if outputs.probs:
-                    scores = presence.numpy() if predictor.has_presence else None
+                    scores = presence.numpy() if keep_scores else None
                     stored = ((probs * 255).round().to(torch.uint8).numpy(), scores)
                 args = (folder, image_id, image, labels, stored, palette, outputs)
                 pending.append(writer.submit(_write_outputs, *args))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kseg.config import DataConfig, SubmissionConfig
-from kseg.data.listing import Records, list_records, read_csv_records
+from kseg.data.listing import Records, list_records, read_csv_records, repeats
 from kseg.data.reading import ID, image_size
 from kseg.errors import DataError, SubmissionError
 from kseg.rle import Order
@@ -137,11 +137,9 @@ def _sample_rows(sub: SubmissionConfig, path: Path, firsts: list[str], grid: dic
     if sub.rows == "instances":  # the sample's order of keys, where it names every one (rows repeat keys)
         keys = list(dict.fromkeys(firsts))
         return keys if len(keys) == len(grid) else None
-    seen: set[str] = set()
-    for x in firsts:
-        if x in seen:
-            raise SubmissionError(f"{path} lists id {x!r} twice; fix the sample file")
-        seen.add(x)
+    again = repeats(firsts)
+    if again:
+        raise SubmissionError(f"{path} lists id {firsts[again[0]]!r} twice; fix the sample file")
     return list(firsts)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from kseg import rle
 from kseg.config import Config
+from kseg.data.listing import repeats
 from kseg.errors import SubmissionError
 from kseg.submission.format import SubmissionFormat, grid_key, load_format
 from kseg.submission.table import NotCSV, read_table
@@ -269,21 +270,10 @@ def validate_bytes(
     return ValidationReport(len(ids), problems, parsed)
 
 
-def _repeats(ids: list[str]) -> np.ndarray:
-    """The rows whose id an earlier row already has."""
-    seen: set[str] = set()
-    again = []
-    for row, x in enumerate(ids):
-        if x in seen:
-            again.append(row)
-        seen.add(x)
-    return np.array(again, dtype=np.int64)
-
-
 def _id_problems(ids: list[str], sample_row: np.ndarray, fmt: SubmissionFormat) -> list[Problem]:
     """Duplicate, unknown and missing ids (``sample_row`` is each row's index in the sample, -1 if none)."""
     problems = []
-    dup = _repeats(ids) if not fmt.instances else np.zeros(0, np.int64)
+    dup = np.array(repeats(ids) if not fmt.instances else [], dtype=np.int64)
     if len(dup):
         examples = [f"line {_line(r)}: {clip(ids[r])} appears again" for r in dup[:EXAMPLES]]
         problems.append(Problem("duplicate ids", "keep one row per id", len(dup), examples))

@@ -130,8 +130,10 @@ def _postprocess_plan(
         return None, False, "post-processing: none (no postprocess.json, or nothing to change)", "none"
     tuned = WorkDir(workdir).postprocess_json
     if all(prediction_file(directory, i, "probs").is_file() for i in image_ids):
-        lacking = next((i for i in image_ids if not prediction_file(directory, i, "presence").is_file()), None)
-        if post.needs_presence and lacking is not None:
+        lacking = None
+        if post.needs_presence:  # head gates: every image needs its presence scores too
+            lacking = next((i for i in image_ids if not prediction_file(directory, i, "presence").is_file()), None)
+        if lacking is not None:
             raise SubmissionError(
                 f"{tuned} gates classes {', '.join(post.gated)} on the presence head's score, but "
                 f"{prediction_file(directory, lacking, 'presence')} is missing (the predictions come from models "
@@ -159,8 +161,7 @@ def _read_postprocessed(
 ) -> np.ndarray:
     n_classes, multilabel = classes
     if post is not None and use_probs:
-        scores = path.with_name(f"{path.stem}.presence.npy")
-        presence = np.load(scores) if post.needs_presence else None
+        presence = np.load(path.with_name(f"{path.stem}.presence.npy")) if post.needs_presence else None
         labels = apply(np.load(path.with_name(f"{path.stem}.probs.npy")), post, multilabel, presence)
         if labels.shape != tuple(shape):
             labels = np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.Resampling.NEAREST))
