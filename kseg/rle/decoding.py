@@ -13,18 +13,18 @@ from kseg.rle.pixels import Order, check_order, thread_map, transpose
 _NIBBLES = np.array([sum(0x0F << (8 * b) for b in range(8 - nd, 8)) for nd in range(9)], dtype=np.uint64)
 
 
-def _parse8(data: np.ndarray, end: np.ndarray, n_digits: np.ndarray, longest: int) -> np.ndarray:
-    """Values of digit tokens of at most 8 digits ending before byte ``end``, eight bytes at a time.
+def _parse8(data: np.ndarray, end: np.ndarray, n_digits: np.ndarray) -> np.ndarray:
+    """Values of digit tokens of ``n_digits`` (at most 8) digits ending before byte ``end``, eight bytes at
+    a time.
 
     Each token's last 8 bytes are read as one little-endian uint64 (an unaligned view), leading bytes
     are masked off, and the digits are combined pairwise with three multiply-shift steps (SWAR), in place.
-    ``longest``: the most digits of a token (longer ones are cut to their last 8 here).
     """
     padded = np.zeros(len(data) + 8, dtype=np.uint8)
     padded[8:] = data
     windows = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
     x = windows[end]  # bytes data[end - 8 .. end - 1]
-    x &= _NIBBLES[n_digits if longest <= 8 else np.minimum(n_digits, 8)]
+    x &= _NIBBLES[n_digits]
     for multiplier, shift, keep in _SWAR:
         x *= multiplier
         x >>= shift
@@ -85,7 +85,7 @@ def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[
     first, end = bounds[0::2], bounds[1::2]
     n_digits = end - first
     longest = int(n_digits.max()) if len(n_digits) else 0
-    values = _parse8(data, end, n_digits, longest)
+    values = _parse8(data, end, n_digits if longest <= 8 else np.minimum(n_digits, 8))  # longer: below
     long = np.flatnonzero(n_digits > 8) if longest > 8 else none
     for i in long.tolist():  # rare: 9+ digit numbers (images above 100 megapixels, or garbage)
         token = blob[first[i] : end[i]]
