@@ -10,6 +10,10 @@ processes, and times the command line's start-up itself.
   kseg validate, command line    pycocotools encoding the same masks    at most 0.35x
   kseg init fingerprint          -                                       (reported: cold and cached)
 
+The 0.25 s goals were set in a run where pycocotools encoded the masks in 1.89 s; this host's speed drifts
+by a fifth over a day, so the last column also reads them as that ratio (0.132x of the same run's
+pycocotools encoding), as the issue measures its other goals.
+
 Usage: python scripts/bench_all.py [--smoke] [--images 648] [--init-images 3269]
 """
 
@@ -58,22 +62,46 @@ def main() -> None:
     n = rle["images"]
     coco_encode = rle.get("encode (b) pycocotools")
     coco_decode = rle.get("decode (b) pycocotools")
+    enc, dec = rle["encode (c) kseg, 1 thread(s)"], rle["decode (c) kseg, 1 thread(s)"]
     rows = [
-        ("kseg --help, start", None, help_s, "under 0.4 s"),
-        ("kseg validate --help, start", None, validate_help_s, "under 0.4 s"),
-        (f"encode {n} maps, 1 thread", coco_encode, rle["encode (c) kseg, 1 thread(s)"], "at most 0.25 s"),
-        (f"decode {n} maps, 1 thread", coco_decode, rle["decode (c) kseg, 1 thread(s)"], "at most 0.25 s"),
-        (f"kseg submit, command line, {n} maps", coco_encode, rle["submit, CLI"], "at most 0.75x"),
-        (f"kseg validate, command line, {rle['file MB']:.0f} MB", coco_encode, rle["validate, CLI"], "at most 0.35x"),
-        (f"kseg init fingerprint, {init['images']} images, cold", None, init["cold"], "reported"),
-        (f"kseg init fingerprint, {init['images']} images, cached", None, init["warm"], "reported"),
+        ("kseg --help, start", None, help_s, "under 0.4 s", verdict(help_s < 0.4)),
+        ("kseg validate --help, start", None, validate_help_s, "under 0.4 s", verdict(validate_help_s < 0.4)),
+        (f"encode {n} maps, 1 thread", coco_encode, enc, "at most 0.25 s", seconds_goal(enc, coco_encode)),
+        (f"decode {n} maps, 1 thread", coco_decode, dec, "at most 0.25 s", seconds_goal(dec, coco_encode)),
+        (f"kseg submit, command line, {n} maps", coco_encode, rle["submit, CLI"], "at most 0.75x", None),
+        (
+            f"kseg validate, command line, {rle['file MB']:.0f} MB",
+            coco_encode,
+            rle["validate, CLI"],
+            "at most 0.35x",
+            None,
+        ),
+        (f"kseg init fingerprint, {init['images']} images, cold", None, init["cold"], "reported", "-"),
+        (f"kseg init fingerprint, {init['images']} images, cached", None, init["warm"], "reported", "-"),
     ]
-    print("\n| figure | anchor (pycocotools) s | kseg s | ratio | goal |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    for name, anchor, ours, goal in rows:
+    print("\n| figure | anchor (pycocotools) s | kseg s | ratio | goal | reached |")
+    print("| --- | ---: | ---: | ---: | --- | --- |")
+    for name, anchor, ours, goal, reached in rows:
         a = "-" if anchor is None else f"{anchor:.3f}"
         ratio = "-" if anchor is None else f"{ours / anchor:.2f}x"
-        print(f"| {name} | {a} | {ours:.3f} | {ratio} | {goal} |")
+        if reached is None:  # a ratio goal against pycocotools' encoding
+            reached = verdict(ours / coco_encode <= float(goal.split()[-1].rstrip("x")))
+        print(f"| {name} | {a} | {ours:.3f} | {ratio} | {goal} | {reached} |")
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+# The issue measured its 0.25 s goals in a run where pycocotools encoded the masks in 1.89 s; this host's
+# speed drifts by a fifth over a day, so the goal is also read as that ratio to the same run's anchor.
+ISSUE_ANCHOR_S = 1.89
+
+
+def seconds_goal(ours: float, coco_encode: float) -> str:
+    share = 0.25 / ISSUE_ANCHOR_S
+    as_ratio = verdict(ours / coco_encode <= share)
+    return f"{verdict(ours <= 0.25)} in seconds; {as_ratio} as {share:.3f}x of pycocotools' encoding"
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kseg import rle
+from kseg.rle import encoding
 from kseg.rle.encoding import format_numbers
-from kseg.rle.pixels import transpose
+from kseg.rle.pixels import sparse_flatnonzero, steady_heap, transpose
 
 
 def reference_encode(mask: np.ndarray, order: str = "column") -> str:
@@ -181,3 +182,84 @@ def test_transpose_with_and_without_opencv(monkeypatch, opencv):
     out = transpose(a)
     np.testing.assert_array_equal(out, a.T)
     assert out.flags["C_CONTIGUOUS"]
+
+
+def test_transpose_writes_into_a_view_of_a_stack():
+    rng = np.random.default_rng(3)
+    for dtype in (np.uint8, np.int64):
+        a = rng.integers(0, 200, (37, 23)).astype(dtype)
+        stack = np.zeros((3, 23, 37), dtype=dtype)
+        assert np.shares_memory(transpose(a, out=stack[1]), stack)
+        np.testing.assert_array_equal(stack[1], a.T)
+        assert not stack[0].any() and not stack[2].any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 200), st.floats(0, 1), st.integers(0, 2**32 - 1))
+def test_sparse_flatnonzero_equals_flatnonzero(n, density, seed):
+    mask = np.random.default_rng(seed).random(n) < density
+    np.testing.assert_array_equal(sparse_flatnonzero(mask), np.flatnonzero(mask))
+    np.testing.assert_array_equal(sparse_flatnonzero(mask[1:]), np.flatnonzero(mask[1:]))  # unaligned
+
+
+def test_numpy_stores_overlapping_windows_in_index_order():
+    # The formatter's fast path relies on it; were it ever false, the fallback below would be taken.
+    assert encoding._stores_in_order()
+
+
+@pytest.mark.parametrize("top", [9, 9_999, 99_999, 9_999_999])
+def test_number_formatting_without_overlapping_stores(monkeypatch, top):
+    numbers = np.random.default_rng(top).integers(1, top + 1, 3000).astype(np.uint32)
+    fast_text, fast_offsets = format_numbers(numbers)
+    monkeypatch.setattr(encoding, "_IN_ORDER", False)
+    text, offsets = format_numbers(numbers)
+    assert text.tobytes() == fast_text.tobytes() == "".join(f"{v} " for v in numbers.tolist()).encode()
+    np.testing.assert_array_equal(offsets, fast_offsets)
+
+
+batches = st.lists(label_maps, min_size=1, max_size=12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches, orders, st.integers(0, 2**32 - 1))
+def test_decode_batch_inverts_encode_batch_with_and_without_gaps(batch, order, seed):
+    k = max(n for _, n in batch)
+    maps = [m for m, _ in batch]
+    rows = [r.decode() for per_map in rle.encode_batch(maps, k, order=order, threads=1) for r in per_map]
+    row_image = np.repeat(np.arange(len(maps)), k)
+    row_class = np.tile(np.arange(k), len(maps))
+    shapes = np.array([m.shape for m in maps])
+    for got, want in zip(rle.decode_batch(rows, row_image, row_class, shapes, order, threads=1), maps, strict=True):
+        np.testing.assert_array_equal(got, want)  # whole label maps: the tiling path
+    # Rows dropped (classes absent from the file), and rows shuffled: what they covered gets the fill.
+    keep = np.random.default_rng(seed).permutation(len(rows))[: len(rows) // 2]
+    decoded = rle.decode_batch([rows[r] for r in keep], row_image[keep], row_class[keep], shapes, order, fill=200)
+    for i, (got, want) in enumerate(zip(decoded, maps, strict=True)):
+        kept = row_class[keep][row_image[keep] == i]
+        np.testing.assert_array_equal(got, np.where(np.isin(want, kept), want, 200))
+
+
+def test_decode_batch_rejects_overlaps_and_runs_outside_even_when_the_counts_tile():
+    shapes, images = np.array([[2, 2]]), np.array([0, 0])
+    # Two rows claim pixels 1-2, nobody claims 3-4: the lengths still add up to the image.
+    with pytest.raises(ValueError, match="claim the same pixel"):
+        rle.decode_batch(["1 2", "1 2"], images, np.array([0, 1]), shapes)
+    with pytest.raises(ValueError, match="outside the 2x2 mask"):
+        rle.decode_batch(["1 2", "3 3"], images, np.array([0, 1]), shapes)
+    # Runs that cross from one image into the next image of the same chunk are refused too.
+    with pytest.raises(ValueError, match="outside the 2x2 mask"):
+        rle.decode_batch(["1 5", "2 3"], np.array([0, 1]), np.array([0, 0]), np.array([[2, 2], [2, 2]]))
+
+
+def test_decode_labels_keeps_zero_length_runs_harmless():
+    out = rle.decode_labels(np.array([1, 3]), np.array([0, 2]), np.array([1, 2]), (2, 2), fill=5)
+    assert out.tolist() == [[5, 2], [5, 2]]
+
+
+def test_steady_heap_leaves_a_users_malloc_settings_alone(monkeypatch):
+    steady_heap.cache_clear()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000")
+    try:
+        assert steady_heap() is False
+    finally:
+        steady_heap.cache_clear()

@@ -9,10 +9,14 @@ some competitions want ``"-1"``). ``order="row"`` numbers pixels left to right, 
 
 Runs may continue from the bottom of one column into the top of the next: numbering is continuous.
 
-Everything is vectorised: runs are found with one comparison pass over each label map for all classes
-together, grouped with a radix sort, and turned into text with a two-digit lookup table; no Python loop
-runs over pixels, runs or digits. ``encode_batch`` is the fast path used to write whole submissions and
-spreads its work over threads (NumPy releases the GIL in these kernels).
+Everything is vectorised and no Python loop runs over pixels, runs or digits. Encoding: column order
+first transposes each map (OpenCV's blocked transpose), run starts of all classes come from one
+comparison pass and a word-at-a-time search, a radix sort groups them by (image, class), and numbers
+become text through digit lookup tables, each written at its offset as one overlapping 8-byte store.
+Decoding: eight digits are parsed at a time (SWAR); a whole label map's runs are sorted as uint32 keys
+(SIMD), checked to tile the image, and painted with one ``np.repeat``. ``encode_batch`` and
+``decode_batch`` are the fast paths used for whole submissions and spread their work over threads (NumPy
+releases the GIL in these kernels).
 """
 
 from kseg.rle.decoding import decode, decode_batch, decode_labels, parse_rows

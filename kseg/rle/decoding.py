@@ -7,7 +7,7 @@ from typing import cast
 
 import numpy as np
 
-from kseg.rle.pixels import Order, check_order, thread_map, transpose
+from kseg.rle.pixels import Order, check_order, sparse_flatnonzero, steady_heap, thread_map, transpose, windows8
 
 # Byte masks keeping the last ``nd`` of 8 bytes, low nibbles only (ASCII digit -> value).
 _NIBBLES = np.array([sum(0x0F << (8 * b) for b in range(8 - nd, 8)) for nd in range(9)], dtype=np.uint64)
@@ -22,9 +22,8 @@ def _parse8(data: np.ndarray, end: np.ndarray, n_digits: np.ndarray) -> np.ndarr
     """
     padded = np.zeros(len(data) + 8, dtype=np.uint8)
     padded[8:] = data
-    windows = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
-    x = windows[end]  # bytes data[end - 8 .. end - 1]
-    x &= _NIBBLES[n_digits]
+    x = windows8(padded)[end]  # bytes data[end - 8 .. end - 1]
+    x &= np.take(_NIBBLES, n_digits)
     for multiplier, shift, keep in _SWAR:
         x *= multiplier
         x >>= shift
@@ -54,28 +53,21 @@ def _joined(rows: Sequence[str] | Sequence[bytes], empty: str) -> bytes:
         return "\n".join(t if t.isascii() else "\x00" for t in texts).encode("ascii")
 
 
-def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tokenise many RLE strings at once.
-
-    Args:
-        rows: RLE strings, or their bytes (as a submission file holds them: no decoding, no copy per
-            character); a row equal to ``empty`` (after stripping) has no tokens.
-        empty: The empty-mask token.
-
-    Returns:
-        ``(numbers, row_of_number, bad_rows)``: every integer token in order (int64), the row it came
-        from, and the sorted indices of rows holding anything but ASCII digits and spaces (their
-        tokens are dropped). Numbers of more than 18 digits (never pixel numbers) are returned as -1.
-    """
-    blob = _joined(rows, empty)
+def _tokenise(blob: bytes, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(numbers, per_row, bad_rows)`` of a blob of ``n_rows`` newline-separated rows: every integer token in order,
+    how many each row holds, and the sorted rows holding anything but ASCII digits and spaces (their
+    tokens are still counted and returned)."""
     data = np.frombuffer(blob, dtype=np.uint8)
     none = np.zeros(0, np.int64)
     if data.size == 0:
-        return none, none, none
-    newlines = np.flatnonzero(data == 10)
+        return none, np.zeros(n_rows, np.int64), none
+    newline = data == 10
+    newlines = sparse_flatnonzero(newline)
     digit = (data - np.uint8(48)) < 10
-    other = ~(digit | (data == 10) | (data == 32))
-    bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other))) if other.any() else none
+    bad_rows = none
+    if np.count_nonzero(digit) + len(newlines) + np.count_nonzero(data == 32) < len(data):  # rare: garbage
+        other = ~(digit | newline | (data == 32))
+        bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other))).astype(np.int64)
     # Token bounds in one pass: where ``digit`` changes (a token's first byte, or the byte after its last),
     # plus the blob's own ends; they alternate start, end, start, end.
     change = np.empty(len(data) + 1, dtype=bool)
@@ -91,11 +83,29 @@ def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[
         token = blob[first[i] : end[i]]
         values[i] = int(token) if len(token) <= 18 else -1
     per_row = np.diff(np.searchsorted(first, newlines), prepend=0, append=len(first))  # one search per row
+    return values, per_row, bad_rows
+
+
+def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenise many RLE strings at once.
+
+    Args:
+        rows: RLE strings, or their bytes (as a submission file holds them: no decoding, no copy per
+            character); a row equal to ``empty`` (after stripping) has no tokens.
+        empty: The empty-mask token.
+
+    Returns:
+        ``(numbers, row_of_number, bad_rows)``: every integer token in order (int64), the row it came
+        from, and the sorted indices of rows holding anything but ASCII digits and spaces (their
+        tokens are dropped). Numbers of more than 18 digits (never pixel numbers) are returned as -1.
+    """
+    steady_heap()
+    values, per_row, bad_rows = _tokenise(_joined(rows, empty), len(rows))
     row = np.repeat(np.arange(len(per_row), dtype=np.int64), per_row)
     if len(bad_rows):
         keep = ~np.isin(row, bad_rows)
         values, row = values[keep], row[keep]
-    return values, row, bad_rows.astype(np.int64)
+    return values, row, bad_rows
 
 
 def _pairs(rle: str, empty: str) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +137,62 @@ def decode(rle: str, shape: tuple[int, int], order: Order = "column", empty: str
     return transpose(flat.reshape(width, height)) if order == "column" else flat.reshape(height, width)
 
 
+def _tiling(starts: np.ndarray, lengths: np.ndarray, classes: np.ndarray, size: int) -> np.ndarray | None:
+    """The flat label map when runs (0-based starts, lengths of at least 1) tile ``[0, size)`` exactly (a
+    whole label map, the usual case), else None (gaps or overlaps: the general path decides).
+
+    Runs of positive length tile the image iff their sorted starts begin at 0 and their sorted ends are the
+    starts after the first, then ``size``: the largest start can only pair with the end ``size``, the next
+    one only with the largest start, and so on. Both sorts are of uint32 values (starts carry their class
+    in the low byte), which NumPy sorts with SIMD, several times faster than an argsort.
+    """
+    if not len(starts) or size >= 2**24:
+        return None
+    keyed = starts.astype(np.uint32)
+    keyed <<= np.uint32(8)
+    keyed |= classes
+    keyed.sort()
+    ends = (starts + lengths).astype(np.uint32)
+    ends.sort()
+    first = keyed >> np.uint32(8)
+    if first[0] != 0 or ends[-1] != size or not np.array_equal(ends[:-1], first[1:]):
+        return None
+    return np.repeat(keyed.astype(np.uint8), np.subtract(ends, first, dtype=np.intp))  # the low byte: the class
+
+
+def _paint(
+    starts: np.ndarray, lengths: np.ndarray, classes: np.ndarray, shape: tuple[int, int], fill: int, checked: bool
+) -> np.ndarray:
+    """Flat label map (in pixel-number order) of runs with 0-based ``starts``, int64 ``lengths`` and uint8
+    ``classes``; ``checked``: the starts are known to be at least 0 and the lengths at least 1."""
+    height, width = shape
+    size = height * width
+    if checked or (len(starts) and starts.min() >= 0 and lengths.min() >= 1):
+        tiled = _tiling(starts, lengths, classes, size)
+        if tiled is not None:
+            return tiled
+    if not len(starts):
+        return np.full(size, fill, dtype=np.uint8)
+    by_start = np.argsort(starts, kind="stable")
+    starts, lengths = starts[by_start], lengths[by_start]
+    ends = starts + lengths
+    gaps = np.empty(len(starts) + 1, dtype=np.int64)
+    gaps[0] = starts[0]
+    np.subtract(starts[1:], ends[:-1], out=gaps[1:-1])
+    gaps[-1] = size - ends[-1]
+    if gaps.min() < 0:  # sorted and apart, the first start and the last end bound them all
+        if starts[0] < 0 or ends.max() > size:
+            raise ValueError(f"runs fall outside the {height}x{width} mask")
+        raise ValueError("runs of different rows claim the same pixel; a pixel can have one class only")
+    # Segments alternate gap, run, gap, ..., gap: one np.repeat writes every pixel once.
+    values = np.full(2 * len(starts) + 1, fill, dtype=np.uint8)
+    values[1::2] = classes[by_start]
+    counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
+    counts[0::2] = gaps
+    counts[1::2] = lengths
+    return np.repeat(values, counts)
+
+
 def decode_labels(
     starts: np.ndarray,
     lengths: np.ndarray,
@@ -152,29 +218,10 @@ def decode_labels(
         ValueError: If runs overlap or fall outside the mask.
     """
     height, width = shape
-    size = height * width
     starts = np.asarray(starts, dtype=np.int64) - 1
-    ends = starts + np.asarray(lengths, dtype=np.int64)
-    if len(starts) and (starts.min() < 0 or ends.max() > size):
-        raise ValueError(f"runs fall outside the {height}x{width} mask")
-    if not len(starts):
-        out = np.full(size, fill, dtype=np.uint8)
-    else:
-        by_start = np.argsort(starts, kind="stable")
-        starts, ends = starts[by_start], ends[by_start]
-        gaps = np.empty(len(starts) + 1, dtype=np.int64)
-        gaps[0] = starts[0]
-        gaps[1:-1] = starts[1:] - ends[:-1]
-        gaps[-1] = size - ends[-1]
-        if (gaps < 0).any():
-            raise ValueError("runs of different rows claim the same pixel; a pixel can have one class only")
-        # Segments alternate gap, run, gap, ..., gap: one np.repeat writes every pixel once.
-        values = np.full(2 * len(starts) + 1, fill, dtype=np.uint8)
-        values[1::2] = np.asarray(labels)[by_start]
-        counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
-        counts[0::2] = gaps
-        counts[1::2] = ends - starts
-        out = np.repeat(values, counts)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    classes = np.asarray(labels).astype(np.uint8)
+    out = _paint(starts, lengths, classes, (height, width), fill, checked=False)
     return transpose(out.reshape(width, height)) if order == "column" else out.reshape(height, width)
 
 
@@ -206,9 +253,10 @@ def decode_batch(
     Raises:
         ValueError: On malformed rows, runs outside an image, or a pixel claimed by two rows.
     """
+    steady_heap()
     check_order(order)
     row_image = np.asarray(row_image)
-    row_class = np.asarray(row_class)
+    row_class = np.asarray(row_class).astype(np.uint8)
     by_image = np.argsort(row_image, kind="stable")
     bounds = np.searchsorted(row_image[by_image], np.arange(len(shapes) + 1))
     chunk = 8  # images tokenised together: small arrays stay in cache, chunks run in parallel
@@ -216,22 +264,24 @@ def decode_batch(
     def work(first: int) -> list[np.ndarray]:
         images = range(first, min(first + chunk, len(shapes)))
         mine = by_image[bounds[first] : bounds[images[-1] + 1]]
-        numbers, row_of, bad = parse_rows([rows[r] for r in mine], empty)
+        numbers, per_row, bad = _tokenise(_joined([rows[r] for r in mine], empty), len(mine))
         if len(bad):
             r = int(mine[bad[0]])
             raise ValueError(f"row {r} is not space-separated integers: {rows[r][:40]!r}")
-        counts = np.bincount(row_of, minlength=len(mine))
-        if (counts % 2).any():
-            raise ValueError(f"row {int(mine[np.flatnonzero(counts % 2)[0]])} has an odd number of values")
-        if (numbers < 1).any():
+        if (per_row % 2).any():
+            raise ValueError(f"row {int(mine[np.flatnonzero(per_row % 2)[0]])} has an odd number of values")
+        if len(numbers) and numbers.min() < 1:
             raise ValueError("run starts and lengths must be positive integers")
-        pair_row = mine[row_of[0::2]]
-        pair_image = row_image[pair_row]
-        starts, lengths, classes = numbers[0::2], numbers[1::2], row_class[pair_row]
-        edges = np.searchsorted(pair_image, np.arange(first, images[-1] + 2))  # rows come grouped by image
-        return [
-            decode_labels(starts[a:b], lengths[a:b], classes[a:b], tuple(shapes[i]), order, fill)
-            for i, a, b in zip(images, edges[:-1], edges[1:], strict=True)
-        ]
+        starts, lengths = numbers[0::2] - 1, numbers[1::2]
+        classes = np.repeat(row_class[mine], per_row // 2)
+        pairs = np.zeros(len(mine) + 1, dtype=np.int64)
+        np.cumsum(per_row // 2, out=pairs[1:])
+        edges = pairs[bounds[first : images[-1] + 2] - bounds[first]]  # rows come grouped by image
+        maps = []
+        for i, a, b in zip(images, edges[:-1], edges[1:], strict=True):
+            height, width = (int(v) for v in shapes[i])
+            flat = _paint(starts[a:b], lengths[a:b], classes[a:b], (height, width), fill, checked=True)
+            maps.append(transpose(flat.reshape(width, height)) if order == "column" else flat.reshape(height, width))
+        return maps
 
     return [label for part in thread_map(work, range(0, len(shapes), chunk), threads) for label in part]
