@@ -263,3 +263,13 @@ def test_steady_heap_leaves_a_users_malloc_settings_alone(monkeypatch):
         assert steady_heap() is False
     finally:
         steady_heap.cache_clear()
+
+
+def test_tokenise_rows_counts_what_parse_rows_lists():
+    rows = ["1 2 3 4", "", "-1", "5 x", "  7   8 ", "9"]
+    numbers, per_row, bad = rle.tokenise_rows(rows)
+    listed, row, bad_too = rle.parse_rows(rows)
+    np.testing.assert_array_equal(numbers, listed)
+    np.testing.assert_array_equal(bad, bad_too)
+    assert per_row.tolist() == [4, 0, 0, 0, 2, 1] == np.bincount(row, minlength=len(rows)).tolist()
+    assert rle.tokenise_rows([])[1].tolist() == [] and rle.tokenise_rows([""])[1].tolist() == [0]

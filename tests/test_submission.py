@@ -316,6 +316,22 @@ def test_problem_counts_and_line_numbers(perfect):
     assert problem.examples[0].startswith("line 4 (")
 
 
+def test_bad_and_odd_rows_leave_the_other_rows_checked_in_place(perfect):
+    lines = _lines(perfect)
+    name = [line.split(",")[0] for line in lines]
+    lines[1] = name[1] + ",1 2 a 4"  # not integers: its numbers are dropped
+    lines[2] = name[2] + ",1 2 3"  # odd: dropped too, so that the rows after it still pair up
+    lines[3] = name[3] + f",{64 * 96 - 1} 3"  # outside the mask
+    lines[4] = name[4] + ",1 5 3 4"  # overlapping runs
+    lines[5] = name[5] + ",5 0 5 2"  # a zero length, and a start that does not move on
+    found = {p.kind: p for p in _validate(perfect, lines).problems}
+    expected = {"not integers": 1, "odd count": 2, "outside the mask": 3, "overlapping runs": 4}  # index in lines
+    for kind, i in expected.items():
+        assert found[kind].count == 1 and found[kind].examples[0].startswith(f"line {i + 1} ("), kind
+    assert found["not positive"].examples[0].startswith("line 6 (")
+    assert found["starts not ascending"].examples[0].startswith("line 6 (")
+
+
 def test_cli_validate_exit_codes(runner, perfect):
     good = runner.invoke(
         app, ["validate", str(perfect / "submissions" / "submission.csv"), "-c", str(perfect / "kseg.yaml")]

@@ -19,7 +19,7 @@ Decoding: eight digits are parsed at a time (SWAR); a whole label map's runs are
 releases the GIL in these kernels).
 """
 
-from kseg.rle.decoding import decode, decode_batch, decode_labels, parse_rows
+from kseg.rle.decoding import decode, decode_batch, decode_labels, parse_rows, tokenise_rows
 from kseg.rle.encoding import encode, encode_batch, encode_labels, runs, runs_to_text
 from kseg.rle.pixels import Order
 
@@ -34,4 +34,5 @@ __all__ = [
     "parse_rows",
     "runs",
     "runs_to_text",
+    "tokenise_rows",
 ]

@@ -86,6 +86,23 @@ def _tokenise(blob: bytes, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return values, per_row, bad_rows
 
 
+def tokenise_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``parse_rows`` with a count per row instead of a row per number (no array as long as the numbers).
+
+    Returns:
+        ``(numbers, per_row, bad_rows)``: every integer token of the good rows in order (int64), how
+        many each row holds (0 for a bad row), and the sorted indices of rows holding anything but
+        ASCII digits and spaces.
+    """
+    steady_heap()
+    values, per_row, bad_rows = _tokenise(_joined(rows, empty), len(rows))
+    if len(bad_rows):
+        values = values[~np.isin(np.repeat(np.arange(len(per_row)), per_row), bad_rows)]
+        per_row = per_row.copy()
+        per_row[bad_rows] = 0
+    return values, per_row, bad_rows
+
+
 def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tokenise many RLE strings at once.
 
