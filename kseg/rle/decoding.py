@@ -116,7 +116,6 @@ def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[
         from, and the sorted indices of rows holding anything but ASCII digits and spaces (their
         tokens are dropped). Numbers of more than 18 digits (never pixel numbers) are returned as -1.
     """
-    steady_heap()
     values, per_row, bad_rows = _tokenise(_joined(rows, empty), len(rows))
     row = np.repeat(np.arange(len(per_row), dtype=np.int64), per_row)
     if len(bad_rows):

@@ -49,7 +49,9 @@ def steady_heap() -> bool:
     glibc's adaptive defaults the heap top is trimmed and refilled, or the arrays are mapped afresh, so
     each pass pays its page faults again: a third of the encoder's and decoder's time, depending on the
     chunk sizes. Left alone where the user set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``,
-    and off other C libraries. Returns whether the settings were made.
+    and off other C libraries. Called by the bulk entry points (``encode_batch``, ``decode_batch``,
+    ``tokenise_rows``), which run in short commands, not by the single-mask functions that a training
+    process may call. Returns whether the settings were made.
     """
     if not sys.platform.startswith("linux") or any(
         k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
