@@ -273,3 +273,33 @@ def test_tokenise_rows_counts_what_parse_rows_lists():
     np.testing.assert_array_equal(bad, bad_too)
     assert per_row.tolist() == [4, 0, 0, 0, 2, 1] == np.bincount(row, minlength=len(rows)).tolist()
     assert rle.tokenise_rows([])[1].tolist() == [] and rle.tokenise_rows([""])[1].tolist() == [0]
+
+
+row_texts = st.lists(
+    st.tuples(
+        st.lists(st.integers(0, 10**12), max_size=6),
+        st.sampled_from([" ", "  "]),  # the separator: single (the fast path) or double
+        st.sampled_from(["", " "]),  # padding around the row
+        st.booleans(),  # garbage in the row
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(row_texts, st.booleans())
+def test_tokenising_matches_python_on_any_spacing(rows, as_bytes):
+    texts = []
+    for numbers, sep, pad, garbage in rows:
+        text = pad + sep.join(map(str, numbers)) + pad
+        texts.append(text + (" x" if garbage else ""))
+    rows_in = [t.encode() for t in texts] if as_bytes else texts
+    good = [i for i, t in enumerate(texts) if "x" not in t]
+    want = [int(v) if len(v) <= 18 else -1 for i in good for v in texts[i].split()]
+    numbers, row, bad = rle.parse_rows(rows_in)
+    assert numbers.tolist() == want
+    assert row.tolist() == [i for i in good for _ in texts[i].split()]
+    assert bad.tolist() == [i for i, t in enumerate(texts) if "x" in t]
+    counted, per_row, bad_too = rle.tokenise_rows(rows_in)
+    assert counted.tolist() == want and bad_too.tolist() == bad.tolist()
+    assert per_row.tolist() == [len(t.split()) if i in good else 0 for i, t in enumerate(texts)]

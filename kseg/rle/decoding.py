@@ -22,7 +22,7 @@ def _parse8(data: np.ndarray, end: np.ndarray, n_digits: np.ndarray) -> np.ndarr
     """
     padded = np.zeros(len(data) + 8, dtype=np.uint8)
     padded[8:] = data
-    x = windows8(padded)[end]  # bytes data[end - 8 .. end - 1]
+    x = np.take(windows8(padded), end)  # bytes data[end - 8 .. end - 1]
     x &= np.take(_NIBBLES, n_digits)
     for multiplier, shift, keep in _SWAR:
         x *= multiplier
@@ -40,23 +40,69 @@ _SWAR = (
 )
 
 
-def _joined(rows: Sequence[str] | Sequence[bytes], empty: str) -> bytes:
-    """The rows as one ASCII blob, one row per line, empty-token rows blank; a non-ASCII character becomes
-    a byte that is neither a digit nor a space, so its row is bad."""
+def _joined(rows: Sequence[str] | Sequence[bytes], empty: str) -> tuple[bytes, list[int] | None]:
+    """The rows that hold tokens as one ASCII blob, one row per line, and their indices (None: every row).
+    Rows equal to the empty token are left out: a blank line would put two separators in a row, off the
+    tokeniser's fast path. A non-ASCII character becomes a byte that is neither a digit nor a space, so its
+    row is bad."""
     if rows and isinstance(rows[0], bytes):
         token = empty.encode("utf-8")
-        return b"\n".join(b"" if r.strip() == token else r for r in cast("Sequence[bytes]", rows))
-    texts = ["" if r is None or r.strip() == empty else r for r in cast("Sequence[str]", rows)]
+        kept = [i for i, r in enumerate(cast("Sequence[bytes]", rows)) if r.strip() != token]
+        if len(kept) == len(rows):
+            return b"\n".join(cast("Sequence[bytes]", rows)), None
+        return b"\n".join(cast("bytes", rows[i]) for i in kept), kept
+    kept = [i for i, r in enumerate(cast("Sequence[str]", rows)) if r is not None and r.strip() != empty]
+    texts = cast("Sequence[str]", rows) if len(kept) == len(rows) else [cast("str", rows[i]) for i in kept]
     try:
-        return "\n".join(texts).encode("ascii")
+        blob = "\n".join(texts).encode("ascii")
     except UnicodeEncodeError:
-        return "\n".join(t if t.isascii() else "\x00" for t in texts).encode("ascii")
+        blob = "\n".join(t if t.isascii() else "\x00" for t in texts).encode("ascii")
+    return blob, None if len(kept) == len(rows) else kept
+
+
+def _scan(rows: Sequence[str] | Sequence[bytes], empty: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_tokenise`` of the rows (``per_row`` and ``bad_rows`` in the rows' own numbering)."""
+    blob, kept = _joined(rows, empty)
+    values, per_kept, bad = _tokenise(blob, len(rows) if kept is None else len(kept))
+    if kept is None:
+        return values, per_kept, bad
+    index = np.asarray(kept, dtype=np.int64)
+    per_row = np.zeros(len(rows), dtype=np.int64)
+    per_row[index] = per_kept
+    return values, per_row, index[bad]
+
+
+def _token_ends(data: np.ndarray, digit: np.ndarray, n_digit_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(end, n_digits)`` of every digit token: the byte after its last digit, and its length.
+
+    Fast path, a file as writers write it (one separator between tokens, none first): the ends alone are
+    found (a digit before a non-digit, a fifth of the bytes) and each length is the gap to the previous
+    end less one, which the digit count proves. Otherwise the bounds come from every change of ``digit``
+    (a token's first byte, or the byte after its last), which alternate start, end, start, end.
+    """
+    after = np.empty(len(data) + 1, dtype=bool)
+    after[0] = False
+    np.greater(digit[:-1], digit[1:], out=after[1:-1])
+    after[-1] = digit[-1]
+    end = np.flatnonzero(after)
+    if len(end) and int(end[-1]) - len(end) + 1 == n_digit_bytes:
+        n_digits = np.empty_like(end)
+        n_digits[0] = end[0]
+        np.subtract(end[1:], end[:-1], out=n_digits[1:])
+        n_digits[1:] -= 1
+        return end, n_digits
+    change = np.empty(len(data) + 1, dtype=bool)
+    np.not_equal(digit[1:], digit[:-1], out=change[1:-1])
+    change[0], change[-1] = digit[0], digit[-1]
+    bounds = np.flatnonzero(change)
+    end = np.ascontiguousarray(bounds[1::2])
+    return end, end - bounds[0::2]
 
 
 def _tokenise(blob: bytes, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(numbers, per_row, bad_rows)`` of a blob of ``n_rows`` newline-separated rows: every integer token in order,
-    how many each row holds, and the sorted rows holding anything but ASCII digits and spaces (their
-    tokens are still counted and returned)."""
+    """``(numbers, per_row, bad_rows)`` of a blob of ``n_rows`` newline-separated rows: every integer token
+    in order, how many each row holds, and the sorted rows holding anything but ASCII digits and spaces
+    (their tokens are still counted and returned)."""
     data = np.frombuffer(blob, dtype=np.uint8)
     none = np.zeros(0, np.int64)
     if data.size == 0:
@@ -64,25 +110,19 @@ def _tokenise(blob: bytes, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     newline = data == 10
     newlines = sparse_flatnonzero(newline)
     digit = (data - np.uint8(48)) < 10
+    n_digit_bytes = int(np.count_nonzero(digit))
     bad_rows = none
-    if np.count_nonzero(digit) + len(newlines) + np.count_nonzero(data == 32) < len(data):  # rare: garbage
+    if n_digit_bytes + len(newlines) + np.count_nonzero(data == 32) < len(data):  # rare: garbage
         other = ~(digit | newline | (data == 32))
         bad_rows = np.unique(np.searchsorted(newlines, np.flatnonzero(other))).astype(np.int64)
-    # Token bounds in one pass: where ``digit`` changes (a token's first byte, or the byte after its last),
-    # plus the blob's own ends; they alternate start, end, start, end.
-    change = np.empty(len(data) + 1, dtype=bool)
-    np.not_equal(digit[1:], digit[:-1], out=change[1:-1])
-    change[0], change[-1] = digit[0], digit[-1]
-    bounds = np.flatnonzero(change)
-    first, end = bounds[0::2], bounds[1::2]
-    n_digits = end - first
+    end, n_digits = _token_ends(data, digit, n_digit_bytes)
     longest = int(n_digits.max()) if len(n_digits) else 0
     values = _parse8(data, end, n_digits if longest <= 8 else np.minimum(n_digits, 8))  # longer: below
     long = np.flatnonzero(n_digits > 8) if longest > 8 else none
     for i in long.tolist():  # rare: 9+ digit numbers (images above 100 megapixels, or garbage)
-        token = blob[first[i] : end[i]]
+        token = blob[end[i] - n_digits[i] : end[i]]
         values[i] = int(token) if len(token) <= 18 else -1
-    per_row = np.diff(np.searchsorted(first, newlines), prepend=0, append=len(first))  # one search per row
+    per_row = np.diff(np.searchsorted(end, newlines, side="right"), prepend=0, append=len(end))  # one search a row
     return values, per_row, bad_rows
 
 
@@ -95,7 +135,7 @@ def tokenise_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tup
         ASCII digits and spaces.
     """
     steady_heap()
-    values, per_row, bad_rows = _tokenise(_joined(rows, empty), len(rows))
+    values, per_row, bad_rows = _scan(rows, empty)
     if len(bad_rows):
         values = values[~np.isin(np.repeat(np.arange(len(per_row)), per_row), bad_rows)]
         per_row = per_row.copy()
@@ -116,7 +156,7 @@ def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[
         from, and the sorted indices of rows holding anything but ASCII digits and spaces (their
         tokens are dropped). Numbers of more than 18 digits (never pixel numbers) are returned as -1.
     """
-    values, per_row, bad_rows = _tokenise(_joined(rows, empty), len(rows))
+    values, per_row, bad_rows = _scan(rows, empty)
     row = np.repeat(np.arange(len(per_row), dtype=np.int64), per_row)
     if len(bad_rows):
         keep = ~np.isin(row, bad_rows)
@@ -280,7 +320,7 @@ def decode_batch(
     def work(first: int) -> list[np.ndarray]:
         images = range(first, min(first + chunk, len(shapes)))
         mine = by_image[bounds[first] : bounds[images[-1] + 1]]
-        numbers, per_row, bad = _tokenise(_joined([rows[r] for r in mine], empty), len(mine))
+        numbers, per_row, bad = _scan([rows[r] for r in mine], empty)
         if len(bad):
             r = int(mine[bad[0]])
             raise ValueError(f"row {r} is not space-separated integers: {rows[r][:40]!r}")
