@@ -251,6 +251,13 @@ def test_decode_batch_rejects_overlaps_and_runs_outside_even_when_the_counts_til
         rle.decode_batch(["1 5", "2 3"], np.array([0, 1]), np.array([0, 0]), np.array([[2, 2], [2, 2]]))
 
 
+def test_decode_batch_refuses_starts_past_32_bits_that_would_wrap_into_a_tiling():
+    # 0-based start 2**32 + 1 and end 2**32 + 4 read as 1 and 4 in uint32: a tiling of a 2x2 image with "1 1"
+    rows, images, classes = ["1 1", f"{2**32 + 2} 3"], np.array([0, 0]), np.array([0, 1])
+    with pytest.raises(ValueError, match="outside the 2x2 mask"):
+        rle.decode_batch(rows, images, classes, np.array([[2, 2]]))
+
+
 def test_decode_labels_keeps_zero_length_runs_harmless():
     out = rle.decode_labels(np.array([1, 3]), np.array([0, 2]), np.array([1, 2]), (2, 2), fill=5)
     assert out.tolist() == [[5, 2], [5, 2]]

@@ -135,10 +135,14 @@ def tokenise_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tup
         ASCII digits and spaces.
     """
     steady_heap()
+    return _good_tokens(rows, empty)
+
+
+def _good_tokens(rows: Sequence[str] | Sequence[bytes], empty: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_scan`` with the bad rows' tokens dropped (their count set to 0)."""
     values, per_row, bad_rows = _scan(rows, empty)
     if len(bad_rows):
         values = values[~np.isin(np.repeat(np.arange(len(per_row)), per_row), bad_rows)]
-        per_row = per_row.copy()
         per_row[bad_rows] = 0
     return values, per_row, bad_rows
 
@@ -156,12 +160,8 @@ def parse_rows(rows: Sequence[str] | Sequence[bytes], empty: str = "") -> tuple[
         from, and the sorted indices of rows holding anything but ASCII digits and spaces (their
         tokens are dropped). Numbers of more than 18 digits (never pixel numbers) are returned as -1.
     """
-    values, per_row, bad_rows = _scan(rows, empty)
-    row = np.repeat(np.arange(len(per_row), dtype=np.int64), per_row)
-    if len(bad_rows):
-        keep = ~np.isin(row, bad_rows)
-        values, row = values[keep], row[keep]
-    return values, row, bad_rows
+    values, per_row, bad_rows = _good_tokens(rows, empty)
+    return values, np.repeat(np.arange(len(per_row), dtype=np.int64), per_row), bad_rows
 
 
 def _pairs(rle: str, empty: str) -> tuple[np.ndarray, np.ndarray]:
@@ -204,11 +204,14 @@ def _tiling(starts: np.ndarray, lengths: np.ndarray, classes: np.ndarray, size: 
     """
     if not len(starts) or size >= 2**24:
         return None
+    ends = starts + lengths
+    if int(ends.max()) != size:  # also keeps the uint32 keys below from wrapping (lengths are positive)
+        return None
     keyed = starts.astype(np.uint32)
     keyed <<= np.uint32(8)
     keyed |= classes
     keyed.sort()
-    ends = (starts + lengths).astype(np.uint32)
+    ends = ends.astype(np.uint32)
     ends.sort()
     first = keyed >> np.uint32(8)
     if first[0] != 0 or ends[-1] != size or not np.array_equal(ends[:-1], first[1:]):

@@ -152,8 +152,8 @@ def format_numbers(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             buf = np.empty(int(offsets[-1]) + 8, dtype=np.uint8)
             windows8(buf)[offsets[:0:-1]] = rows[::-1]  # number i's row ends where number i + 1 starts
             return buf[8:], offsets
-        keep = (np.arange(8) >= 7 - n_digits[:, None]).ravel()  # pragma: no cover - NumPy stores in order
-        return np.compress(keep, rows.view(np.uint8)), offsets  # pragma: no cover
+        keep = (np.arange(8) >= 7 - n_digits[:, None]).ravel()  # a NumPy that stores out of order
+        return np.compress(keep, rows.view(np.uint8)), offsets
     pairs = (digits_max + 1) // 2
     width = 2 * pairs + 2  # digits, separator, one pad byte
     work = numbers.astype(np.uint64, copy=True)
